@@ -1,0 +1,198 @@
+"""Writing datasets to disk: the phantom dataset, patient splits with nested subsets, summaries."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from gen.data.manifest import (
+    Manifest, ManifestError, read_manifest, rebase, sort_views, write_manifest,
+)
+from gen.data.splits import assign_splits, subset_column, subset_ranks
+from gen.io import read_json, sha1_bytes, write_bytes, write_json
+
+# ----------------------------------------------------------------------------------------------
+# Summaries
+
+
+def summary_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Counts per view (rows) × source/split (columns), with totals."""
+    cols = ["source", "split"] if (df["split"] != "").any() else ["source"]
+    table = df.pivot_table(index="view", columns=cols, values="path", aggfunc="count", fill_value=0)
+    table = table.reindex(sort_views(table.index))
+    table["total"] = table.sum(axis=1)
+    table.loc["total"] = table.sum(axis=0)
+    return table.astype(int)
+
+
+def summary_dict(df: pd.DataFrame) -> dict:
+    """JSON-friendly counts: per view × source × split, per view, per source, per split."""
+    counts = df.groupby(["view", "source", "split"]).size()
+    return {
+        "n_images": int(len(df)),
+        "n_patients": int(df["patient_id"].nunique()),
+        "by_view_source_split": [
+            {"view": v, "source": s, "split": sp, "count": int(n)} for (v, s, sp), n in counts.items()
+        ],
+        "by_view": {k: int(v) for k, v in df["view"].value_counts().items()},
+        "by_source": {k: int(v) for k, v in df["source"].value_counts().items()},
+        "by_split": {k: int(v) for k, v in df["split"].value_counts().items()},
+    }
+
+
+def print_summary(df: pd.DataFrame, title: str) -> None:
+    """Print the view × source × split table."""
+    with pd.option_context("display.width", 200, "display.max_columns", 50):
+        print(f"{title}: {len(df)} images, {df['patient_id'].nunique()} patients")
+        print(summary_table(df).to_string())
+
+
+# ----------------------------------------------------------------------------------------------
+# Phantom dataset
+
+
+def _png_bytes(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _render_chunk(args: tuple) -> list[str]:
+    """Render and write one chunk of phantom items (in a worker process); return their sha1s."""
+    from gen.data import phantom
+
+    items, seed, size, out = args
+    sha1s = []
+    for item in items:
+        path = Path(out) / _phantom_relpath(item)
+        if path.is_file():  # resumed run: deterministic output, reuse it
+            sha1s.append(sha1_bytes(path.read_bytes()))
+            continue
+        data = _png_bytes(phantom.render(item, seed, size))
+        write_bytes(path, data)
+        sha1s.append(sha1_bytes(data))
+    return sha1s
+
+
+def _phantom_relpath(item) -> str:
+    return f"images/{item.source}/{item.view}/{item.index:06d}.png"
+
+
+def build_phantom(out: str | os.PathLike, n: int, size: int = 112, seed: int = 0,
+                  workers: int = 0, overwrite: bool = False, progress: bool = True) -> Manifest:
+    """Render n phantom frames to OUT/images and write OUT/manifest.csv and OUT/summary.json.
+
+    Resumable: an interrupted run (no manifest yet, same settings in OUT/.prepare.json) keeps
+    the images already written; the manifest is written last and atomically.
+    """
+    from gen.data import phantom
+
+    out = Path(out)
+    settings = {"kind": "phantom", "n": n, "size": size, "seed": seed}
+    _claim_output(out, settings, overwrite)
+    items = phantom.plan(n, seed=seed)
+    workers = workers or min(os.cpu_count() or 1, 8)
+    chunk = max(1, min(256, len(items) // (workers * 4) or 1))
+    chunks = [items[i:i + chunk] for i in range(0, len(items), chunk)]
+    jobs = [(c, seed, size, str(out)) for c in chunks]
+    sha1s: list[str] = []
+    bar = tqdm(total=len(items), desc="phantom", unit="img", disable=not progress)
+    if workers == 1:
+        results = map(_render_chunk, jobs)
+    else:
+        pool = ProcessPoolExecutor(max_workers=workers)
+        results = pool.map(_render_chunk, jobs)
+    for res in results:
+        sha1s.extend(res)
+        bar.update(len(res))
+    bar.close()
+    if workers != 1:
+        pool.shutdown()
+    df = pd.DataFrame({
+        "path": [_phantom_relpath(it) for it in items],
+        "view": [it.view for it in items],
+        "source": [it.source for it in items],
+        "patient_id": [f"{it.source}-{it.patient_id}" for it in items],
+        "split": "",
+        "frame": [it.frame if it.frame is not None else pd.NA for it in items],
+        "quality": [round(float(it.quality), 3) for it in items],
+        "sha1": sha1s,
+    })
+    write_manifest(df, out / "manifest.csv")
+    write_json(out / "summary.json", {"settings": settings, **summary_dict(df)})
+    (out / ".prepare.json").unlink(missing_ok=True)
+    return read_manifest(out / "manifest.csv", check_files=False)
+
+
+def _claim_output(out: Path, settings: dict, overwrite: bool) -> None:
+    """Refuse a finished output unless overwriting; resume an interrupted one with equal settings."""
+    marker = out / ".prepare.json"
+    if out.exists() and any(out.iterdir()):
+        if overwrite:
+            shutil.rmtree(out)
+        elif marker.is_file() and read_json(marker) == settings:
+            return  # interrupted earlier with the same settings: resume
+        else:
+            raise FileExistsError(f"{out} already exists and is not empty; pass --overwrite to replace it")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(marker, settings)
+
+
+# ----------------------------------------------------------------------------------------------
+# Splits
+
+
+def build_splits(manifest: str | os.PathLike, out: str | os.PathLike, subsets: Sequence[int],
+                 seed: int = 0, fractions: Sequence[float] = (0.8, 0.1, 0.1),
+                 holdout_sources: Sequence[str] = ("camus", "unity"), overwrite: bool = False) -> dict:
+    """Write patient-level split manifests and nested training subsets into OUT.
+
+    Outputs: manifest.csv (every row, with `split` and `subset`), train.csv, val.csv, test.csv,
+    shift.csv (holdout sources), train_<N>.csv for each nested subset, splits.json.
+    """
+    m = read_manifest(manifest)
+    out = Path(out)
+    if (out / "manifest.csv").exists() and not overwrite:
+        raise FileExistsError(f"{out / 'manifest.csv'} already exists; pass --overwrite to replace it")
+    if Path(manifest).resolve() == (out / "manifest.csv").resolve():
+        raise ValueError("--out must differ from the input manifest's directory")
+    out.mkdir(parents=True, exist_ok=True)
+    df = rebase(m.df, m.root, out)
+    df["split"] = assign_splits(df, seed=seed, fractions=fractions, holdout_sources=holdout_sources)
+    train = df[df["split"] == "train"]
+    if train.empty:
+        raise ManifestError(f"{manifest}: no training rows after holding out sources {list(holdout_sources)}")
+    sizes = sorted({int(s) for s in subsets if int(s) < len(train)} | {len(train)})
+    dropped = sorted(int(s) for s in subsets if int(s) > len(train))
+    ranks = subset_ranks(train, seed=seed)
+    df["subset"] = pd.Series(pd.NA, index=df.index, dtype="Int64")
+    df.loc[train.index, "subset"] = subset_column(ranks, sizes).astype("Int64")
+    written = {"manifest": write_manifest(df, out / "manifest.csv")}
+    for name in ("train", "val", "test", "shift"):
+        part = df[df["split"] == name]
+        if len(part):
+            written[name] = write_manifest(part, out / f"{name}.csv")
+    for size in sizes[:-1]:
+        written[f"train_{size}"] = write_manifest(df[df["subset"] <= size], out / f"train_{size}.csv")
+    info = {
+        "seed": seed, "fractions": list(fractions), "holdout_sources": list(holdout_sources),
+        "subsets": sizes, "dropped_subsets": dropped,
+        "files": {k: str(Path(v).name) for k, v in written.items()},
+        "subset_counts": {
+            str(s): {k: int(v) for k, v in df[df["subset"] <= s]["view"].value_counts().items()} for s in sizes
+        },
+        **summary_dict(df),
+    }
+    write_json(out / "splits.json", info)
+    return info
+

@@ -1,0 +1,155 @@
+"""Numbered, self-describing run directories and their provenance.
+
+A run directory is `<root>/<NNNNN>-<kind>-<description>/`. `config.json` (the resolved config)
+is written first and `provenance.json` right after, before any work starts, so every output
+can be traced to the exact settings, code version, inputs and parent runs that made it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import os
+import platform
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from gen.io import fingerprint, read_json, write_json
+
+_RUN_RE = re.compile(r"^(\d{5})-")
+TRACKED_PACKAGES = (
+    "echosynth", "torch", "diffusers", "accelerate", "torchmetrics", "numpy", "scipy",
+    "scikit-learn", "pandas", "pillow", "safetensors", "umap-learn", "streamlit",
+)
+
+
+def slug(text: str, max_len: int = 48) -> str:
+    """File-name-safe lowercase description: letters, digits, '.', '_' and '-'."""
+    s = re.sub(r"[^A-Za-z0-9._-]+", "-", text.strip()).strip("-").lower()
+    return s[:max_len].rstrip("-") or "run"
+
+
+def next_run_dir(root: str | os.PathLike, kind: str, description: str = "") -> Path:
+    """Create and return the next numbered run directory under `root` (race-safe via mkdir)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    name_tail = slug(kind) + (f"-{slug(description)}" if description else "")
+    while True:
+        numbers = [int(m.group(1)) for p in root.iterdir() if (m := _RUN_RE.match(p.name))]
+        run = root / f"{(max(numbers) + 1) if numbers else 0:05d}-{name_tail}"
+        try:
+            run.mkdir()
+            return run
+        except FileExistsError:  # another process took this number: try the next
+            continue
+
+
+def git_sha(cwd: str | os.PathLike | None = None) -> str | None:
+    """The current git commit (with '-dirty' if the tree has changes), or None outside git."""
+    cwd = cwd or Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+        if sha.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=10)
+        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def package_versions(names: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str | None]:
+    """Installed versions of the packages that determine results."""
+    out: dict[str, str | None] = {}
+    for n in names:
+        try:
+            out[n] = importlib.metadata.version(n)
+        except importlib.metadata.PackageNotFoundError:
+            out[n] = None
+    return out
+
+
+def hardware() -> dict[str, Any]:
+    """CPU count, platform and (if any) CUDA devices."""
+    info: dict[str, Any] = {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                            "python": sys.version.split()[0]}
+    try:
+        import torch
+
+        info["cuda_devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except Exception:  # torch absent or CUDA query failing must not stop provenance
+        info["cuda_devices"] = []
+    return info
+
+
+def provenance(
+    *, seed: int | None = None, world_size: int = 1, inputs: dict[str, str | os.PathLike] | None = None,
+    parents: list[str | os.PathLike] | None = None, argv: list[str] | None = None,
+) -> dict[str, Any]:
+    """Provenance record: code version, packages, machine, seed, inputs with fingerprints, parents."""
+    fps = {}
+    for name, p in (inputs or {}).items():
+        p = Path(p)
+        fps[name] = {"path": str(p.resolve()), "sha1": fingerprint(p) if p.exists() else None}
+    return {
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "git_sha": git_sha(),
+        "argv": list(sys.argv if argv is None else argv),
+        "hostname": socket.gethostname(),
+        "seed": seed,
+        "world_size": world_size,
+        "packages": package_versions(),
+        "hardware": hardware(),
+        "inputs": fps,
+        "parents": [str(Path(p).resolve()) for p in (parents or [])],
+    }
+
+
+def start_run(
+    root: str | os.PathLike, kind: str, description: str, config: dict, **provenance_kwargs: Any
+) -> Path:
+    """Create the next run directory and write config.json, then provenance.json, into it."""
+    run = next_run_dir(root, kind, description)
+    write_json(run / "config.json", config)
+    write_json(run / "provenance.json", provenance(**provenance_kwargs))
+    return run
+
+
+def init_run_dir(
+    run: str | os.PathLike, config: dict, *, overwrite: bool = False, resume: bool = False,
+    **provenance_kwargs: Any,
+) -> Path:
+    """Use an explicit run directory: refuse a used one unless resuming (same config) or overwriting."""
+    run = Path(run)
+    cfg_path = run / "config.json"
+    if cfg_path.exists():
+        if resume:
+            old = read_json(cfg_path)
+            return run if old == config else _resume_mismatch(run, old, config)
+        if not overwrite:
+            raise FileExistsError(f"{run} already holds a run; pass --overwrite to replace it or --resume to continue it")
+        import shutil
+
+        shutil.rmtree(run)
+    run.mkdir(parents=True, exist_ok=True)
+    write_json(cfg_path, config)
+    write_json(run / "provenance.json", provenance(**provenance_kwargs))
+    return run
+
+
+def _resume_mismatch(run: Path, old: dict, new: dict) -> Path:
+    diffs = sorted(_diff_keys(old, new))
+    raise ValueError(f"{run}: cannot resume, the config differs from the saved one in: {', '.join(diffs)}")
+
+
+def _diff_keys(a: Any, b: Any, prefix: str = "") -> set[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: set[str] = set()
+        for k in set(a) | set(b):
+            out |= _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return set() if a == b else {prefix.rstrip(".")}

@@ -1,0 +1,85 @@
+"""Shared fixtures: a tiny phantom dataset and its patient splits, built once per test session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+ARTIFACTS = REPO / "test-artifacts"  # screenshots and reports worth keeping from a test run
+
+# Small on purpose: 32 px renders in ~1 ms and a split of 320 images keeps every class in
+# every split while the whole suite stays quick on two cores.
+TINY_N = 320
+TINY_SIZE = 32
+
+
+@pytest.fixture(scope="session")
+def phantom_dir(tmp_path_factory) -> Path:
+    """A 320-image phantom dataset at 32×32 (manifest.csv + images/)."""
+    from gen.data.build import build_phantom
+
+    out = tmp_path_factory.mktemp("phantom") / "data"
+    build_phantom(out, n=TINY_N, size=TINY_SIZE, seed=0, workers=1, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def split_dir(phantom_dir, tmp_path_factory) -> Path:
+    """Patient splits of `phantom_dir` with nested subsets of 60 and 120 training images."""
+    from gen.data.build import build_splits
+
+    out = tmp_path_factory.mktemp("split") / "split"
+    build_splits(phantom_dir / "manifest.csv", out, subsets=[60, 120], seed=0)
+    return out
+
+
+def run_cli(args: list[str], cwd: Path = REPO, timeout: int = 600, env: dict | None = None,
+            check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command (e.g. [PYTHON, 'gen/prepare.py', ...]) from the repo root and capture output."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def accelerate_cmd(script: str, num_processes: int = 1) -> list[str]:
+    """`accelerate launch` on CPU with N gloo processes, for a repo script."""
+    cmd = [PYTHON, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "--num_processes", str(num_processes)]
+    if num_processes > 1:
+        cmd.append("--multi_gpu")
+    return cmd + [script]
+
+
+def chromium_path() -> str | None:
+    """Debian's chromium, installed on demand when running as root; None if it cannot be had."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found or os.geteuid() != 0 or not shutil.which("apt-get"):
+        return found
+    subprocess.run(["apt-get", "update", "-qq"], capture_output=True, timeout=600)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], capture_output=True, timeout=900)
+    return shutil.which("chromium")
+
+
+def chromium_screenshot(url: str, png: Path, width: int = 1280, height: int = 2000, timeout: int = 120) -> None:
+    """Headless Chromium screenshot of a URL (file:// or http://localhost) into `png`."""
+    exe = chromium_path()
+    if exe is None:
+        pytest.skip("chromium is not installed and cannot be installed here (needs root + apt-get)")
+    png.parent.mkdir(parents=True, exist_ok=True)
+    profile = png.parent / f".chromium-profile-{png.stem}"
+    cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={profile}", f"--window-size={width},{height}", "--virtual-time-budget=10000",
+           f"--screenshot={png}", url]
+    subprocess.run(cmd, capture_output=True, timeout=timeout)
+    shutil.rmtree(profile, ignore_errors=True)
+    assert png.is_file() and png.stat().st_size > 0, f"chromium wrote no screenshot for {url}"
