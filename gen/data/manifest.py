@@ -120,7 +120,7 @@ def read_manifest(
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found")
     try:
-        df = pd.read_csv(path, dtype={c: str for c in _STRING_COLUMNS}, keep_default_na=False)
+        df = pd.read_csv(path, dtype={c: str for c in _STRING_COLUMNS + ("quality", "frame")}, keep_default_na=False)
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
         raise ManifestError(f"{path}: not a readable CSV ({e})") from None
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]

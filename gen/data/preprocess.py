@@ -1,0 +1,311 @@
+"""The thesis preprocessing (Arevalo & Ranby 2023, §3.2 and §3.7), one testable function per step.
+
+Images: `to_uint8` -> colour checks on the RGB frame (`channel_max_diff`, `colour_fraction`
+inside the cone) -> `to_gray` -> `detect_cone` + `crop_to_cone` (drops burnt-in text, ECG
+traces and colour bars outside the sector) -> `center_crop_square` -> `resize` (bicubic).
+Videos add colour validation across videos (`colour_histogram` of the first frame, grouped by
+two-sample KS tests in `ks_groups`) and frame selection (`select_frames`: one seeded random
+frame, the dissimilar frames under an MSE-similarity quantile, or all frames).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import ndimage, stats
+
+# A pixel is "colour" when its channels differ by more than this (0–255). Video codecs smear
+# chroma by a few levels around edges of gray images; Doppler and colour bars differ by 50+.
+COLOUR_TOLERANCE = 30
+
+# ----------------------------------------------------------------------------------------------
+# Pixel formats
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Any numeric image as uint8: uint8 unchanged, bool ×255, others min–max scaled to 0–255."""
+    a = np.asarray(image)
+    if a.dtype == np.uint8:
+        return a
+    if a.dtype == bool:
+        return a.astype(np.uint8) * 255
+    a = a.astype(np.float64)
+    finite = np.isfinite(a)
+    if not finite.any():
+        return np.zeros(a.shape, np.uint8)
+    lo, hi = float(a[finite].min()), float(a[finite].max())
+    if a.dtype.kind in "ui" or (lo >= 0 and hi <= 255 and hi > 1):
+        lo = min(lo, 0.0)  # keep an integer image's absolute scale when it already fits 0–255
+        hi = hi if hi > 255 else 255.0
+    scaled = (np.where(finite, a, lo) - lo) / max(hi - lo, 1e-12) * 255.0
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def as_rgb(image: np.ndarray) -> np.ndarray:
+    """(H,W), (H,W,1), (H,W,3) or (H,W,4) uint8 as (H,W,3) (alpha dropped, gray repeated)."""
+    a = to_uint8(image)
+    if a.ndim == 2:
+        return np.repeat(a[..., None], 3, axis=2)
+    if a.ndim == 3 and a.shape[2] in (1, 3, 4):
+        return np.repeat(a, 3, axis=2) if a.shape[2] == 1 else a[..., :3]
+    raise ValueError(f"expected an image of shape (H,W) or (H,W,C), got {a.shape}")
+
+
+def is_colour(image: np.ndarray) -> bool:
+    """True when the image has colour channels that are not all equal (a gray RGB is not colour)."""
+    a = np.asarray(image)
+    if a.ndim == 2 or a.shape[-1] == 1:
+        return False
+    return bool(channel_max_diff(a).max() > 0)
+
+
+def to_gray(image: np.ndarray) -> np.ndarray:
+    """uint8 grayscale (H,W): ITU-R 601 luma L = 0.299 R + 0.587 G + 0.114 B (PIL's convert('L'))."""
+    a = to_uint8(image)
+    if a.ndim == 2:
+        return a
+    if a.ndim == 3 and a.shape[2] == 1:
+        return a[..., 0]
+    rgb = as_rgb(a).astype(np.float32)
+    luma = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+    return np.clip(np.rint(luma), 0, 255).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------------------------
+# Colour validation
+
+
+def channel_max_diff(image: np.ndarray) -> np.ndarray:
+    """Per-pixel max(|R−G|, |G−B|, |B−R|) as uint8 (H,W): 0 for gray pixels (thesis §3.7.1)."""
+    rgb = as_rgb(image).astype(np.int16)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    d = np.maximum(np.maximum(np.abs(r - g), np.abs(g - b)), np.abs(b - r))
+    return d.astype(np.uint8)
+
+
+def colour_histogram(image: np.ndarray) -> np.ndarray:
+    """256-bin histogram of `channel_max_diff`: the whole sample the KS test needs, in 1 KB."""
+    return np.bincount(channel_max_diff(image).ravel(), minlength=256).astype(np.int64)
+
+
+def colour_fraction(image: np.ndarray, mask: np.ndarray | None = None,
+                    tolerance: int = COLOUR_TOLERANCE) -> float:
+    """Fraction of pixels (inside `mask` if given) whose channel difference exceeds `tolerance`."""
+    colour = channel_max_diff(image) > tolerance
+    if mask is not None:
+        if not mask.any():
+            return 0.0
+        return float(colour[mask].mean())
+    return float(colour.mean())
+
+
+def is_doppler(image: np.ndarray, mask: np.ndarray | None, threshold: float,
+               tolerance: int = COLOUR_TOLERANCE) -> bool:
+    """Direct colour-Doppler detector: colour-pixel fraction inside the cone above `threshold`."""
+    return threshold > 0 and colour_fraction(image, mask, tolerance) > threshold
+
+
+def _expand(hist: np.ndarray) -> np.ndarray:
+    return np.repeat(np.arange(len(hist)), np.asarray(hist, dtype=np.int64))
+
+
+def ks_pvalue(hist_a: np.ndarray, hist_b: np.ndarray) -> float:
+    """Two-sample KS p-value (scipy.stats.ks_2samp) of two samples given as value histograms."""
+    return float(stats.ks_2samp(_expand(hist_a), _expand(hist_b)).pvalue)
+
+
+def ks_groups(hists: Sequence[np.ndarray], alpha: float = 0.05) -> tuple[list[int], list[int]]:
+    """Group samples into distributions by two-sample KS tests (thesis §3.7.1); deterministic.
+
+    Greedy in the given order: each sample joins the first existing group whose reference (the
+    group's first sample) it does not differ from at level `alpha` (p >= alpha), otherwise it
+    starts a new group and becomes its reference. This gives the same groups as the thesis's
+    iterations (reference = first unassigned video; every video the test does not reject joins
+    it; the rest wait for the next iteration). Returns (group of each sample, reference index
+    of each group).
+    """
+    groups: list[int] = []
+    refs: list[int] = []
+    cache: dict[bytes, int] = {}  # identical histograms (e.g. pure gray videos) test the same
+    for i, h in enumerate(hists):
+        key = np.asarray(h, dtype=np.int64).tobytes()
+        if key in cache:
+            groups.append(cache[key])
+            continue
+        for g, r in enumerate(refs):
+            if ks_pvalue(hists[r], h) >= alpha:
+                groups.append(g)
+                break
+        else:
+            refs.append(i)
+            groups.append(len(refs) - 1)
+        cache[key] = groups[-1]
+    return groups, refs
+
+
+# ----------------------------------------------------------------------------------------------
+# Cone (sector) handling
+
+
+def _convex_fill(mask: np.ndarray) -> np.ndarray:
+    """Convex hull of a binary mask as a mask (the ultrasound sector is convex)."""
+    from scipy.spatial import ConvexHull, QhullError
+
+    ys, xs = np.nonzero(mask)
+    if len(ys) < 3:
+        return mask.copy()
+    # Pixel corners rather than centres so one-pixel-wide shapes keep their width.
+    pts = np.concatenate([np.stack([xs + dx, ys + dy], 1) for dx in (0, 1) for dy in (0, 1)]).astype(float)
+    try:
+        hull = ConvexHull(pts)
+    except QhullError:
+        return mask.copy()
+    gy, gx = np.mgrid[0:mask.shape[0], 0:mask.shape[1]]
+    centres = np.stack([gx.ravel() + 0.5, gy.ravel() + 0.5], 1)
+    inside = np.all(centres @ hull.equations[:, :2].T + hull.equations[:, 2] <= 1e-9, axis=1)
+    return inside.reshape(mask.shape) | mask
+
+
+def detect_cone(frames: np.ndarray, threshold: int = 12, min_fraction: float = 0.1,
+                opening: int = 3) -> np.ndarray | None:
+    """Boolean mask of the ultrasound sector, or None when no plausible sector is found.
+
+    `frames` is one gray image (H,W) or a gray clip (T,H,W); a clip uses the per-pixel maximum
+    over time. Steps: threshold (> `threshold`), a binary opening of `opening` px that cuts thin
+    ECG traces and text strokes, the largest connected component (text, logos and colour bars
+    are separate, smaller blobs), then its convex hull (fills dark cavities inside the sector).
+    Returns None if the component covers less than `min_fraction` of the frame.
+    """
+    a = np.asarray(frames)
+    img = a.max(axis=0) if a.ndim == 3 else a
+    mask = img > threshold
+    if opening > 1:
+        mask = ndimage.binary_opening(mask, structure=np.ones((opening, opening), bool))
+    labels, n = ndimage.label(mask)
+    if n == 0:
+        return None
+    sizes = np.bincount(labels.ravel())[1:]
+    biggest = labels == (int(np.argmax(sizes)) + 1)
+    if biggest.mean() < min_fraction:
+        return None
+    return _convex_fill(biggest)
+
+
+def bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) of a mask's True pixels, bottom/right exclusive."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    if len(rows) == 0:
+        return 0, mask.shape[0], 0, mask.shape[1]
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def crop_to_cone(image: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """Zero everything outside the sector mask and crop to its bounding box (None: unchanged)."""
+    if mask is None:
+        return image
+    t, b, left, r = bbox(mask)
+    out = np.where(mask[..., None] if image.ndim == 3 else mask, image, 0).astype(image.dtype)
+    return out[t:b, left:r]
+
+
+def center_crop_square(image: np.ndarray) -> np.ndarray:
+    """The central square of side min(H, W) (thesis: centre-crop, so resizing keeps the aspect)."""
+    h, w = image.shape[:2]
+    s = min(h, w)
+    t, left = (h - s) // 2, (w - s) // 2
+    return image[t:t + s, left:left + s]
+
+
+def resize(image: np.ndarray, size: int) -> np.ndarray:
+    """Bicubic resize of a uint8 (H,W) image to size×size (PIL; unchanged if already that size)."""
+    from PIL import Image
+
+    if image.shape[:2] == (size, size):
+        return image
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC), dtype=np.uint8)
+
+
+def resample_isotropic(image: np.ndarray, spacing_xy: tuple[float, float]) -> np.ndarray:
+    """Rescale the height so pixels are square, given (x, y) spacing (CAMUS is anisotropic)."""
+    from PIL import Image
+
+    sx, sy = (float(s) for s in spacing_xy)
+    if sx <= 0 or sy <= 0 or abs(sy / sx - 1) < 1e-3:
+        return image
+    h, w = image.shape[:2]
+    new_h = max(1, int(round(h * sy / sx)))
+    return np.asarray(Image.fromarray(image).resize((w, new_h), Image.BICUBIC), dtype=np.uint8)
+
+
+def finish(gray: np.ndarray, size: int, mask: np.ndarray | None = None) -> np.ndarray:
+    """Cone crop (if a mask is given), centre-crop to square and bicubic resize: the PNG array."""
+    return resize(center_crop_square(crop_to_cone(gray, mask)), size)
+
+
+# ----------------------------------------------------------------------------------------------
+# Frame selection
+
+
+def item_rng(seed: int, key: str) -> np.random.Generator:
+    """A generator owned by one item (seed + a stable hash of its key), not by the process."""
+    return np.random.default_rng([int(seed), zlib.crc32(key.encode("utf-8"))])
+
+
+def mse_matrix(frames: np.ndarray) -> np.ndarray:
+    """Pairwise mean squared error between frames (T,H,W) -> (T,T), symmetric, zero diagonal."""
+    x = np.asarray(frames, dtype=np.float64).reshape(len(frames), -1)
+    sq = (x * x).sum(1)
+    d = (sq[:, None] + sq[None, :] - 2.0 * x @ x.T) / x.shape[1]
+    d = np.maximum(d, 0.0)
+    np.fill_diagonal(d, 0.0)
+    return d
+
+
+def dissimilar_frames(frames: np.ndarray, quantile: float = 0.25) -> list[int]:
+    """Frames whose similarity score lies at or below the video's `quantile` (thesis §3.7.2).
+
+    Similarity of frame i = −(mean MSE to the other frames): a frame far from the rest of the
+    clip has low similarity. Frames with similarity <= the `quantile` quantile are kept, i.e.
+    the roughly `quantile` share of most dissimilar frames (at least one).
+    """
+    n = len(frames)
+    if n <= 1:
+        return list(range(n))
+    sim = -mse_matrix(frames).sum(1) / (n - 1)
+    keep = np.flatnonzero(sim <= np.quantile(sim, quantile))
+    return keep.tolist() if len(keep) else [int(np.argmin(sim))]
+
+
+def select_frames(n_frames: int, mode: str, seed: int, key: str,
+                  frames: np.ndarray | None = None, quantile: float = 0.25) -> list[int]:
+    """Frame indices to keep: 'random' (one, seeded per item), 'dissimilar' or 'all'."""
+    if n_frames <= 0:
+        return []
+    if mode == "random":
+        return [int(item_rng(seed, key).integers(n_frames))]
+    if mode == "all":
+        return list(range(n_frames))
+    if mode == "dissimilar":
+        if frames is None:
+            raise ValueError("dissimilar frame selection needs the frames")
+        return dissimilar_frames(frames, quantile)
+    raise ValueError(f"unknown frame selection {mode!r}; use random, dissimilar or all")
+
+
+def cap_per_group(keys: Sequence[str], groups: Sequence[str], limit: int, seed: int) -> list[bool]:
+    """Keep at most `limit` items per group (e.g. TMED2 patient × view), chosen by a seeded draw.
+
+    Items are ranked inside each group by a hash of (seed, key), so the choice does not depend on
+    the input order. Returns a keep flag per item.
+    """
+    order = {}
+    for i, (k, g) in enumerate(zip(keys, groups)):
+        order.setdefault(g, []).append((zlib.crc32(f"{seed}:{k}".encode()), k, i))
+    keep = [False] * len(keys)
+    for members in order.values():
+        for _, _, i in sorted(members)[:limit]:
+            keep[i] = True
+    return keep

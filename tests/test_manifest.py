@@ -1,0 +1,145 @@
+"""Manifest validation (every error case), round trip, dataset and run directories."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from gen.data.dataset import ManifestDataset, to_uint8
+from gen.data.manifest import ManifestError, read_manifest, write_manifest
+from gen.io import read_json, sha1_file, write_text
+from gen.rundir import init_run_dir, next_run_dir, start_run
+
+
+def _make(tmp_path, n=6, overrides=None) -> pd.DataFrame:
+    (tmp_path / "img").mkdir(exist_ok=True)
+    rows = []
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        p = tmp_path / "img" / f"{i}.png"
+        Image.fromarray(rng.integers(0, 255, (20, 24), dtype=np.uint8)).save(p)
+        rows.append({"path": f"img/{i}.png", "view": ["A2C", "A4C", "PLAX"][i % 3], "source": "tmed2",
+                     "patient_id": f"p{i // 2}", "split": "train", "frame": "", "quality": 5.5,
+                     "sha1": sha1_file(p)})
+    df = pd.DataFrame(rows).astype({"quality": object})
+    for (row, col), value in (overrides or {}).items():
+        df.loc[row, col] = value
+    return df
+
+
+def _write(tmp_path, df):
+    path = tmp_path / "manifest.csv"
+    df.to_csv(path, index=False)
+    return path
+
+
+def test_valid_manifest_round_trip(tmp_path):
+    df = _make(tmp_path).assign(meta_extra="x")
+    m = read_manifest(_write(tmp_path, df), decode_images=True, check_sha1=True)
+    assert len(m) == 6 and m.classes() == ["A2C", "A4C", "PLAX"]
+    write_manifest(m.df, tmp_path / "again.csv")
+    again = read_manifest(tmp_path / "again.csv")
+    assert list(again.df.columns)[:8] == ["path", "view", "source", "patient_id", "split", "frame", "quality", "sha1"]
+    assert (again.df["meta_extra"] == "x").all()
+
+
+@pytest.mark.parametrize("overrides, pattern", [
+    ({(2, "view"): "A5C"}, r"row 4 \(img/2.png\): unknown view 'A5C'"),
+    ({(1, "split"): "training"}, r"row 3 \(img/1.png\): unknown split 'training'"),
+    ({(0, "quality"): 11}, r"row 2 \(img/0.png\): quality '?11"),
+    ({(0, "quality"): "good"}, r"row 2 \(img/0.png\): quality 'good'"),
+    ({(3, "path"): "img/2.png"}, r"row 5 \(img/2.png\): duplicate path \(first on row 4\)"),
+    ({(1, "split"): "val"}, r"patient 'p0' spans splits \['train', 'val'\]"),
+    ({(5, "path"): "img/missing.png"}, r"row 7 \(img/missing.png\): file not found"),
+])
+def test_each_validation_error_names_row_and_file(tmp_path, overrides, pattern):
+    path = _write(tmp_path, _make(tmp_path, overrides=overrides))
+    with pytest.raises(ManifestError, match=pattern):
+        read_manifest(path)
+
+
+def test_missing_column(tmp_path):
+    path = _write(tmp_path, _make(tmp_path).drop(columns=["patient_id"]))
+    with pytest.raises(ManifestError, match="missing column.*patient_id"):
+        read_manifest(path)
+
+
+def test_unreadable_image_and_sha1_mismatch(tmp_path):
+    df = _make(tmp_path)
+    write_text(tmp_path / "img" / "4.png", "not a png")
+    path = _write(tmp_path, df)
+    read_manifest(path)  # existence alone passes
+    with pytest.raises(ManifestError, match=r"row 6 \(img/4.png\): unreadable image"):
+        read_manifest(path, decode_images=True)
+    with pytest.raises(ManifestError, match=r"row 6 \(img/4.png\): sha1 mismatch"):
+        read_manifest(path, check_sha1=True)
+
+
+def test_all_errors_reported_together(tmp_path):
+    path = _write(tmp_path, _make(tmp_path, overrides={(0, "view"): "X", (5, "quality"): 12}))
+    with pytest.raises(ManifestError, match="2 problem") as e:
+        read_manifest(path)
+    assert "row 2" in str(e.value) and "row 7" in str(e.value)
+
+
+def test_dataset_shapes_ranges_and_workers(tmp_path):
+    path = _write(tmp_path, _make(tmp_path))
+    ds = ManifestDataset(path, size=16, classes=["A2C", "A4C", "PLAX", "PSAX"])
+    x, y = ds[2]
+    assert x.shape == (1, 16, 16) and x.dtype == torch.float32
+    assert -1.0 <= x.min() and x.max() <= 1.0 and y == 2
+    loader = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=2)
+    xs = torch.cat([b[0] for b in loader])
+    pre = ManifestDataset(path, size=16, classes=["A2C", "A4C", "PLAX", "PSAX"], preload=True)
+    assert torch.equal(xs, torch.stack([pre[i][0] for i in range(len(pre))]))
+    assert np.array_equal(to_uint8(xs), np.stack([pre.uint8(i) for i in range(len(pre))]))
+    assert ds.class_counts() == {"A2C": 2, "A4C": 2, "PLAX": 2, "PSAX": 0}
+
+
+def test_dataset_rejects_views_outside_classes_and_empty_split(tmp_path):
+    path = _write(tmp_path, _make(tmp_path))
+    with pytest.raises(ManifestError, match=r"views \['PLAX'\] are not among the classes"):
+        ManifestDataset(path, size=8, classes=["A2C", "A4C"])
+    with pytest.raises(ManifestError, match="no rows for split='test'"):
+        ManifestDataset(path, size=8, split="test")
+
+
+def test_run_dirs_numbered_with_config_first(tmp_path):
+    a = start_run(tmp_path, "gen", "tiny phantom/32px", {"lr": 1}, seed=3, inputs={"data": tmp_path / "nope"})
+    b = next_run_dir(tmp_path, "classify")
+    assert a.name == "00000-gen-tiny-phantom-32px" and b.name == "00001-classify"
+    assert read_json(a / "config.json") == {"lr": 1}
+    prov = read_json(a / "provenance.json")
+    assert prov["seed"] == 3 and prov["world_size"] == 1 and "torch" in prov["packages"] and prov["hostname"]
+    assert prov["inputs"]["data"]["sha1"] is None  # missing input recorded, not crashed on
+    assert (a / "config.json").stat().st_mtime_ns <= (a / "provenance.json").stat().st_mtime_ns
+
+
+def test_init_run_dir_refuses_resumes_overwrites(tmp_path):
+    run = init_run_dir(tmp_path / "r", {"a": 1})
+    (run / "out.txt").write_text("data")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        init_run_dir(run, {"a": 1})
+    assert init_run_dir(run, {"a": 1}, resume=True) == run and (run / "out.txt").exists()
+    with pytest.raises(ValueError, match="differs from the saved one in: a"):
+        init_run_dir(run, {"a": 2}, resume=True)
+    init_run_dir(run, {"a": 2}, overwrite=True)
+    assert not (run / "out.txt").exists() and read_json(run / "config.json") == {"a": 2}
+
+
+def test_evaluate_name_clash_is_refused(tmp_path):
+    # A fake Hugging Face `evaluate` distribution on the path must stop echosynth from importing.
+    dist = tmp_path / "evaluate-0.4.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: evaluate\nVersion: 0.4.0\n")
+    code = "import sys; sys.path.insert(0, %r); import gen" % str(tmp_path)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode != 0 and "Hugging Face's 'evaluate' 0.4.0 is installed" in proc.stderr
+    ok = subprocess.run([sys.executable, "-c", "import gen, evaluate"], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
