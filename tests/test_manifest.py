@@ -138,7 +138,7 @@ def test_evaluate_name_clash_is_refused(tmp_path):
     dist = tmp_path / "evaluate-0.4.0.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: evaluate\nVersion: 0.4.0\n")
-    code = "import sys; sys.path.insert(0, %r); import gen" % str(tmp_path)
+    code = f"import sys; sys.path.insert(0, {str(tmp_path)!r}); import gen"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode != 0 and "Hugging Face's 'evaluate' 0.4.0 is installed" in proc.stderr
     ok = subprocess.run([sys.executable, "-c", "import gen, evaluate"], capture_output=True, text=True)

@@ -14,7 +14,12 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from gen.data.manifest import (
-    Manifest, ManifestError, read_manifest, rebase, sort_views, write_manifest,
+    Manifest,
+    ManifestError,
+    read_manifest,
+    rebase,
+    sort_views,
+    write_manifest,
 )
 from gen.data.splits import assign_splits, subset_column, subset_ranks
 from gen.io import read_json, sha1_bytes, write_bytes, write_json
