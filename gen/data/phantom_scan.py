@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from scipy.ndimage import gaussian_filter1d
+from scipy.ndimage import correlate1d
 
 # ----------------------------------------------------------------------------------------------
 # Polar grids
@@ -38,6 +38,61 @@ def polar_grid(n_r: int, n_th: int, half_angle_deg: int) -> tuple[np.ndarray, np
     return x, y, rr
 
 
+@lru_cache(maxsize=128)
+def coarse_grid(n_r: int, n_th: int, half_angle_deg: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unit-radius (x, y) of a half-resolution grid spanning the same first and last samples.
+
+    Anatomy is smooth (soft edges of a few millimetres), so it is drawn on this grid and
+    brought back with `upsample`: a quarter of the work for the same picture.
+    """
+    k_r, k_th = coarse_shape(n_r, n_th)
+    a = math.radians(half_angle_deg)
+    rho = ((np.linspace(0.0, n_r - 1.0, k_r) + 0.5) / n_r)[:, None]
+    th = np.linspace(-a, a, k_th)[None, :]
+    x = (rho * np.sin(th)).astype(np.float32)
+    y = (rho * np.cos(th)).astype(np.float32)
+    for arr in (x, y):
+        arr.flags.writeable = False
+    return x, y
+
+
+def coarse_shape(n_r: int, n_th: int) -> tuple[int, int]:
+    """Shape of the coarse grid for an n_r × n_th polar grid."""
+    return max(8, (n_r + 1) // 2), max(8, (n_th + 1) // 2)
+
+
+def upsample(a: np.ndarray, n_r: int, n_th: int) -> np.ndarray:
+    """Bilinear upsampling of a (k_r, k_th) array to (n_r, n_th), end samples aligned.
+
+    Gathers instead of matrix products: BLAS threads cost more than they save on arrays this
+    small, especially when several renderers share the cores.
+    """
+    i0, f = _lerp_index(n_r, a.shape[0])
+    rows = a[i0] * (1 - f)[:, None] + a[i0 + 1] * f[:, None]
+    j0, g = _lerp_index(n_th, a.shape[1])
+    return rows[:, j0] * (1 - g)[None, :] + rows[:, j0 + 1] * g[None, :]
+
+
+@lru_cache(maxsize=128)
+def _lerp_index(n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """For n samples spread over k knots: left knot index and fraction (float32)."""
+    pos = np.linspace(0.0, k - 1.0, n)
+    i0 = np.clip(np.floor(pos).astype(np.intp), 0, max(k - 2, 0))
+    f = (pos - i0).astype(np.float32) if k > 1 else np.zeros(n, np.float32)
+    if k == 1:
+        i0 = np.zeros(n, np.intp)
+    for arr in (i0, f):
+        arr.flags.writeable = False
+    return i0, f
+
+
+def smooth_knots(knots: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Spread a small array of random knots bilinearly over `shape`: a smooth random field."""
+    if knots.shape[0] == 1 or knots.shape[1] == 1:
+        return _interp_matrix(shape[0], knots.shape[0]) @ knots @ _interp_matrix(shape[1], knots.shape[1]).T
+    return upsample(knots, *shape)
+
+
 @lru_cache(maxsize=64)
 def _interp_matrix(n: int, k: int) -> np.ndarray:
     """(n, k) linear-interpolation weights from k control points spread over n samples."""
@@ -54,33 +109,20 @@ def _interp_matrix(n: int, k: int) -> np.ndarray:
     return m
 
 
-def smooth_field(rng: np.random.Generator, shape: tuple[int, int], knots: tuple[int, int]) -> np.ndarray:
-    """A smooth zero-mean, unit-ish-variance random field: coarse normal knots, bilinearly spread.
-
-    Two small matrix products instead of a large Gaussian filter: cheap enough to use several per image.
-    """
-    g = rng.standard_normal(knots).astype(np.float32)
-    return _interp_matrix(shape[0], knots[0]) @ g @ _interp_matrix(shape[1], knots[1]).T
-
-
 # ----------------------------------------------------------------------------------------------
 # Speckle and compression
 
 
-@lru_cache(maxsize=64)
-def _kernel_energy(sigma: float) -> float:
-    """Sum of squares of scipy's normalised 1-D Gaussian kernel (truncate 2.5) for this sigma."""
-    if sigma <= 0:
-        return 1.0
-    imp = np.zeros(41)
-    imp[20] = 1.0
-    k = gaussian_filter1d(imp, sigma, truncate=2.5, mode="constant")
-    return float(np.sum(k * k))
-
-
 def speckle_noise(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
-    """Complex scatterer field (2, n_r, n_th) float32: real and imaginary unit normals."""
-    return rng.standard_normal((2, *shape), dtype=np.float32)
+    """Complex scatterer field (2, n_r, n_th) float32: real and imaginary parts, zero mean, unit variance.
+
+    Uniform rather than normal draws (several times cheaper): the PSF sums many of them per
+    sample, so the echo is Gaussian anyway (central limit) and the speckle fully developed.
+    """
+    z = rng.random((2, *shape), dtype=np.float32)
+    z -= np.float32(0.5)
+    z *= np.float32(2 * math.sqrt(3.0))
+    return z
 
 
 def speckle_power(reflectivity: np.ndarray, scatter: np.ndarray, sigma_axial: float,
@@ -89,25 +131,65 @@ def speckle_power(reflectivity: np.ndarray, scatter: np.ndarray, sigma_axial: fl
 
     The reflectivity scales the scatterers *before* the PSF, so bright walls bleed into the
     neighbouring pools (the blurry myocardium of real B-mode), and the envelope of the complex
-    sum is Rayleigh distributed: fully developed speckle.
+    sum is Rayleigh distributed: fully developed speckle. `sigma_lateral` is the lateral width
+    in beams at the bottom of the image; the physical beam width grows with depth but less than
+    the beam spacing does, so near the apex the PSF spans more beams (bands of rows, each with
+    its own sigma, stand in for a depth-varying filter).
     """
     z = scatter * np.sqrt(reflectivity)[None]
-    if sigma_axial > 0:
-        z = gaussian_filter1d(z, sigma_axial, axis=1, truncate=2.5, mode="nearest")
-    if sigma_lateral > 0:
-        z = gaussian_filter1d(z, sigma_lateral, axis=2, truncate=2.5, mode="nearest")
-    power = z[0] * z[0] + z[1] * z[1]
-    power *= np.float32(0.5 / (_kernel_energy(round(sigma_axial, 3)) * _kernel_energy(round(sigma_lateral, 3))))
-    return power
+    ka, ea = _kernel(sigma_axial)
+    z = correlate1d(z, ka, axis=1, mode="nearest")
+    n_r = z.shape[1]
+    out = np.empty(z.shape[1:], np.float32)
+    for lo, hi in _bands(n_r):
+        r_mid = (lo + hi) / 2 / n_r
+        kl, el = _kernel(sigma_lateral * (0.35 + 0.65 * r_mid) / max(r_mid, 0.05))
+        zb = correlate1d(z[:, lo:hi], kl, axis=2, mode="nearest")
+        np.add(zb[0] * zb[0], zb[1] * zb[1], out=out[lo:hi])
+        out[lo:hi] *= np.float32(0.5 / (ea * el))
+    return out
 
 
-def log_compress(power: np.ndarray, white_db: float, dynamic_range_db: float, gamma: float) -> np.ndarray:
-    """Log compression to display values in [0, 1]: white_db maps to 1, white_db − DR to 0, then a gamma."""
+@lru_cache(maxsize=256)
+def _kernel_cached(sigma_q: float) -> tuple[np.ndarray, float]:
+    radius = max(1, int(2.5 * sigma_q + 0.5))
+    t = np.arange(-radius, radius + 1, dtype=np.float64)
+    k = np.exp(-0.5 * (t / max(sigma_q, 1e-3)) ** 2)
+    k /= k.sum()
+    k32 = k.astype(np.float32)
+    k32.flags.writeable = False
+    return k32, float(np.sum(k * k))
+
+
+def _kernel(sigma: float) -> tuple[np.ndarray, float]:
+    """Normalised Gaussian kernel (±2.5 sigma) and its sum of squares; sigma rounded so kernels cache."""
+    return _kernel_cached(round(float(sigma), 2))
+
+
+def _bands(n_r: int) -> list[tuple[int, int]]:
+    edges = sorted({0, *(int(round(f * n_r)) for f in (0.1, 0.25, 0.5)), n_r})
+    return [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
+def log_compress(power: np.ndarray, white_db: float, dynamic_range_db: float, gamma: float,
+                 pedestal: float = 0.0) -> np.ndarray:
+    """Log compression to display values in [0, 1]: white_db maps to 1, white_db − DR to `pedestal`.
+
+    A light [1, 2, 1] smoothing of the log image along both axes stands in for the speckle
+    reduction every scanner applies after detection (real speckle is softer than raw Rayleigh).
+    """
     db = 10.0 * np.log10(power + np.float32(1e-9))
+    s = np.empty_like(db)
+    s[1:-1] = db[1:-1] * 0.5 + (db[:-2] + db[2:]) * 0.25
+    s[0], s[-1] = db[0], db[-1]
+    db[:, 1:-1] = s[:, 1:-1] * 0.5 + (s[:, :-2] + s[:, 2:]) * 0.25
+    db[:, 0], db[:, -1] = s[:, 0], s[:, -1]
     x = (db - np.float32(white_db - dynamic_range_db)) * np.float32(1.0 / dynamic_range_db)
     np.clip(x, 0.0, 1.0, out=x)
     if gamma != 1.0:
         x **= np.float32(gamma)
+    if pedestal:
+        x = np.float32(pedestal) + x * np.float32(1.0 - pedestal)
     return x
 
 
