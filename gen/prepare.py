@@ -42,8 +42,14 @@ class PrepareConfig:
     frames: str = field("random", help="import videos: frame selection", choices=("random", "dissimilar", "all"))
     dissimilar_quantile: float = field(0.25, help="import videos: MSE quantile for --frames dissimilar", min=0.0, max=1.0)
     doppler_threshold: float = field(0.02, help="import: max colour-pixel fraction inside the cone (0 disables)", min=0.0, max=1.0)
-    exclude_groups: list[int] = field(default_factory=list, help="import videos: KS colour groups to drop (see the group report)")
-    labels: str = field("", help="import videos/unity/tmed2: label CSV path if not at its default place")
+    exclude_groups: list[int] = field(default_factory=list, help="import: KS colour groups to drop (see OUT/groups/)")
+    labels: str = field("", help="import: label/grades CSV path if not at the format's default place")
+    source: str = field("", help="import: `source` column and patient-id prefix (default: the format's name; "
+                              "folder/videos: the --src folder name)")
+    cone: str = field("auto", help="import: crop to the detected sector (auto = the format's default)",
+                      choices=("auto", "on", "off"))
+    min_frames: int = field(10, help="import videos: clips with fewer frames are excluded as too short", min=1)
+    ks_alpha: float = field(0.05, help="import: significance level of the KS colour grouping", min=0.0, max=1.0)
 
     def validate(self) -> None:
         if not self.out:
@@ -52,6 +58,11 @@ class PrepareConfig:
             raise ConfigError("split needs --manifest PATH")
         if self.command == "import" and not (self.format and self.src):
             raise ConfigError("import needs a FORMAT and --src PATH, e.g. `prepare.py import tmed2 --src /data/TMED2 --out DIR`")
+        if self.command == "import":
+            from gen.data.importers import FORMATS
+
+            if self.format not in FORMATS:
+                raise ConfigError(f"format: {self.format!r} is not one of {', '.join(FORMATS)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from gen.data.importers import run_import
 
-            run_import(cfg)
+            run_import(cfg)  # prints its own report (counts, exclusions, colour groups)
     except (FileExistsError, FileNotFoundError, ValueError) as e:
         print(f"prepare.py: error: {e}", file=sys.stderr)
         return 2

@@ -91,7 +91,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
                 a = np.asarray(im.convert("RGB"))
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
         raise UnreadableError(f"{path}: not a readable image ({e})") from None
-    return a[None]
+    return _squeeze_gray(a[None])
 
 
 def read_gif(path: str | os.PathLike) -> np.ndarray:
@@ -103,7 +103,7 @@ def read_gif(path: str | os.PathLike) -> np.ndarray:
             frames = [np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(im)]
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError) as e:
         raise UnreadableError(f"{path}: not a readable GIF ({e})") from None
-    return _stack(frames, path)
+    return _squeeze_gray(_stack(frames, path))
 
 
 def read_video(path: str | os.PathLike) -> np.ndarray:
@@ -157,7 +157,14 @@ def read_dicom(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, float]
         ds = pydicom.dcmread(str(path))
         arr = ds.pixel_array
     except Exception as e:  # pydicom raises many types for corrupt data or missing codecs
-        raise UnreadableError(f"{path}: not a readable DICOM image ({type(e).__name__}: {e})") from None
+        hint = ""
+        try:
+            if ds.file_meta.TransferSyntaxUID.is_compressed:
+                hint = (f"; it is compressed ({ds.file_meta.TransferSyntaxUID.name}): install a pydicom "
+                        "decoder plugin, e.g. `pip install pylibjpeg pylibjpeg-libjpeg`")
+        except (AttributeError, NameError, UnboundLocalError):
+            pass
+        raise UnreadableError(f"{path}: not a readable DICOM image ({type(e).__name__}: {e}){hint}") from None
     n_frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
     if n_frames == 1:
