@@ -1,0 +1,410 @@
+"""Training the class-conditioned diffusion model with accelerate: config, data order, the loop.
+
+Randomness belongs to the step and the sample, not to the process: the global batch of step s
+is a slice of seeded per-epoch permutations, each sample's timestep, noise and label dropout
+come from a generator seeded with (seed, s, its position in the global batch), and dropout's
+RNG is re-seeded every step. So a resumed run retraces the uninterrupted one, and the global
+batch (and its gradient) is the same whatever the number of processes or accumulation steps.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gen.config import ConfigError
+from gen.config import field as cfg_field
+from gen.diffusion import SCHEDULES
+from gen.model import ModelConfig
+
+RESUME_MAY_DIFFER = {"steps", "resume", "overwrite", "checkpoint_every", "keep_last", "keep_every", "log_every",
+                     "sample_every", "sample_per_class", "sample_steps", "num_workers", "compile", "batch_gpu",
+                     "out", "run_dir", "desc", "preload", "mixed_precision", "channels_last"}
+
+
+@dataclass
+class DiffusionConfig:
+    """The diffusion process (thesis §2.3): schedule, T, learned σ and the VLB weight."""
+
+    num_timesteps: int = cfg_field(1000, help="diffusion steps T", min=2, max=100000)
+    schedule: str = cfg_field("linear", help="noise schedule", choices=SCHEDULES)
+    learn_sigma: bool = cfg_field(True, help="learn the variance (hybrid loss); false: L_simple, fixed σ")
+    lambda_vlb: float = cfg_field(0.001, help="λ of L_hybrid = L_simple + λ·L_vlb", min=0.0)
+
+
+@dataclass
+class TrainConfig:
+    """`gen/train.py`: data, run directory, model, diffusion, optimisation, checkpoints, logging."""
+
+    data: str = cfg_field("", help="training manifest CSV (all its rows are used unless --split/--subset)")
+    subset: str = cfg_field("", help="nested training subset size to train on (e.g. 1000), empty = all rows")
+    split: str = cfg_field("", help="only rows of this split (e.g. train), empty = all rows")
+    classes: list[str] = cfg_field(default_factory=list, help="class names in label order (default: views present); each needs images")
+    out: str = cfg_field("runs", help="root for numbered run directories")
+    run_dir: str = cfg_field("", help="explicit run directory instead of a numbered one under --out")
+    desc: str = cfg_field("", help="short description for the run directory name")
+    resume: str = cfg_field("", help="'latest' or a run/checkpoint directory to continue")
+    overwrite: bool = cfg_field(False, help="replace an existing --run_dir")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    steps: int = cfg_field(10000, help="total optimiser steps", min=1)
+    global_batch: int = cfg_field(16, help="images per optimiser step over all processes", min=1)
+    batch_gpu: int = cfg_field(0, help="images per process per forward (0 = global_batch / processes); smaller -> accumulation", min=0)
+    lr: float = cfg_field(1e-4, help="AdamW learning rate", min=0.0)
+    weight_decay: float = cfg_field(0.0, help="AdamW weight decay", min=0.0)
+    warmup_steps: int = cfg_field(0, help="linear LR warm-up steps", min=0)
+    grad_clip: float = cfg_field(1.0, help="clip the gradient norm to this (0 = no clipping)", min=0.0)
+    ema_decay: float = cfg_field(0.9999, help="EMA decay", min=0.0, max=1.0)
+    ema_warmup: bool = cfg_field(True, help="EMA decay min(decay, (1+n)/(10+n)) early on")
+    cfg_dropout: float = cfg_field(0.0, help="label dropout probability for classifier-free guidance", min=0.0, max=1.0)
+    mixed_precision: str = cfg_field("auto", help="auto = bf16 on CUDA, fp32 on CPU", choices=("auto", "no", "bf16", "fp16"))
+    channels_last: bool = cfg_field(True, help="channels_last memory format on CUDA")
+    compile: bool = cfg_field(False, help="torch.compile the UNet (CUDA only)")
+    seed: int = cfg_field(0, help="seed of data order, noise, timesteps, init")
+    checkpoint_every: int = cfg_field(1000, help="checkpoint every N steps (and at the end)", min=1)
+    keep_last: int = cfg_field(2, help="keep the newest K checkpoints", min=1)
+    keep_every: int = cfg_field(0, help="also keep every checkpoint whose step is a multiple of M (0 = none)", min=0)
+    log_every: int = cfg_field(50, help="stats.jsonl line every N steps", min=1)
+    sample_every: int = cfg_field(0, help="sample grid every N steps (0 = only at the end)", min=0)
+    sample_per_class: int = cfg_field(4, help="grid images per class", min=0)
+    sample_steps: int = cfg_field(50, help="sampling steps for grids", min=1)
+    num_workers: int = cfg_field(0, help="data-loader worker processes (0 = main process)", min=0)
+    preload: bool = cfg_field(True, help="decode the whole training set into memory once")
+
+    def validate(self) -> None:
+        if not self.data:
+            raise ConfigError("--data MANIFEST is required (a manifest CSV, e.g. from gen/prepare.py split)")
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume and --overwrite contradict each other; pick one")
+        if self.sample_steps > self.diffusion.num_timesteps:
+            raise ConfigError(f"sample_steps {self.sample_steps} exceeds diffusion.num_timesteps {self.diffusion.num_timesteps}")
+
+
+def batch_plan(global_batch: int, batch_gpu: int, world: int) -> tuple[int, int]:
+    """(per-process micro-batch, accumulation steps) with micro · accum · world = global_batch."""
+    micro = batch_gpu or global_batch // world
+    if micro < 1 or global_batch % (micro * world):
+        raise ConfigError(f"global_batch {global_batch} is not divisible by batch_gpu {micro} × {world} processes; "
+                          f"choose global_batch as a multiple of {micro * world}")
+    return micro, global_batch // (micro * world)
+
+
+def _seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def global_batch_indices(step: int, batch: int, n: int, seed: int) -> np.ndarray:
+    """Dataset indices of step `step`'s global batch: positions [s·B, (s+1)·B) of the seeded epoch permutations."""
+    out, pos = [], step * batch
+    while len(out) < batch:
+        epoch, off = divmod(pos, n)
+        perm = np.random.default_rng(_seed(seed, epoch)).permutation(n)
+        take = perm[off: off + batch - len(out)]
+        out.extend(take.tolist())
+        pos += len(take)
+    return np.asarray(out, dtype=np.int64)
+
+
+def per_sample_draws(seed: int, step: int, positions: np.ndarray, num_timesteps: int, shape: tuple[int, ...],
+                     cfg_dropout: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(t, noise, drop-label mask) for samples at `positions` of step `step`'s global batch (CPU)."""
+    ts, noises, drops = [], [], []
+    for p in positions:
+        g = torch.Generator().manual_seed(_seed(seed, step, int(p), 7))
+        ts.append(torch.randint(0, num_timesteps, (1,), generator=g))
+        noises.append(torch.randn((1, *shape), generator=g))
+        drops.append(torch.rand((1,), generator=g) < cfg_dropout)
+    return torch.cat(ts), torch.cat(noises), torch.cat(drops)
+
+
+class IntervalStats:
+    """Sums of loss terms (overall and per timestep quartile) over a logging interval on one process."""
+
+    def __init__(self, num_timesteps: int, device: torch.device) -> None:
+        self.T, self.device = num_timesteps, device
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums = torch.zeros(4 + 8, dtype=torch.float64, device=self.device)  # n, loss, mse, vb, q-sums, q-counts
+        self.grad_norm, self.steps, self.t0 = 0.0, 0, time.perf_counter()
+
+    def add(self, terms: dict[str, torch.Tensor], t: torch.Tensor) -> None:
+        loss = terms["loss"].detach().double()
+        q = (t * 4 // self.T).clamp(max=3)
+        s = self.sums
+        s[0] += len(loss)
+        s[1] += loss.sum()
+        s[2] += terms["mse"].detach().double().sum()
+        s[3] += terms["vb"].detach().double().sum()
+        s[4:8] += torch.zeros(4, dtype=torch.float64, device=loss.device).index_add_(0, q, loss)
+        s[8:12] += torch.bincount(q, minlength=4).double()
+
+    def record(self, reduced: torch.Tensor, step: int, lr: float, global_batch: int) -> dict:
+        s = reduced.cpu().tolist()
+        dt = time.perf_counter() - self.t0
+        rec = {"step": step, "loss": s[1] / s[0], "mse": s[2] / s[0], "vb": s[3] / s[0]}
+        for i in range(4):
+            rec[f"loss_q{i}"] = s[4 + i] / s[8 + i] if s[8 + i] else math.nan
+        rec.update(grad_norm=self.grad_norm / max(self.steps, 1), lr=lr,
+                   images_per_s=global_batch * self.steps / max(dt, 1e-9), time=time.time())
+        return rec
+
+
+# ----------------------------------------------------------------------------------------------
+# Run directory and resume
+
+
+def _latest_run(root: Path) -> Path | None:
+    from gen.model import list_checkpoints
+
+    runs = sorted(p for p in root.glob("[0-9][0-9][0-9][0-9][0-9]-ddpm*") if list_checkpoints(p)) if root.is_dir() else []
+    return runs[-1] if runs else None
+
+
+def resolve_resume(cfg: TrainConfig) -> tuple[Path | None, Path | None]:
+    """(run directory to continue, checkpoint directory to load) for `--resume`; (None, None) = fresh run."""
+    from gen.model import checkpoint_dir, list_checkpoints
+
+    if not cfg.resume:
+        if cfg.run_dir and (Path(cfg.run_dir) / "config.json").exists() and not cfg.overwrite:
+            raise FileExistsError(f"{cfg.run_dir} already holds a run; pass --resume latest to continue it or --overwrite to replace it")
+        return None, None
+    if cfg.resume == "latest":
+        run = Path(cfg.run_dir) if cfg.run_dir else _latest_run(Path(cfg.out))
+        if run is None:
+            raise FileNotFoundError(f"--resume latest: no run with a checkpoint under {cfg.out}/ (give --run_dir or a path)")
+        steps = list_checkpoints(run)
+        if not steps:  # an explicit run dir without checkpoints yet: (re)start it
+            return run, None
+        return run, checkpoint_dir(run, steps[-1])
+    p = Path(cfg.resume)
+    if (p / "state.json").is_file():
+        return p.parent.parent, p
+    steps = list_checkpoints(p)
+    if not steps:
+        raise FileNotFoundError(f"--resume {p}: neither a checkpoint directory (with state.json) nor a run with checkpoints")
+    return p, checkpoint_dir(p, steps[-1])
+
+
+def check_resume_compatible(run: Path, config: dict, classes: list[str]) -> None:
+    """Refuse to continue a run whose saved config or classes differ in anything that changes the maths."""
+    from gen.io import read_json
+    from gen.rundir import _diff_keys
+
+    old = read_json(run / "config.json")
+    diffs = sorted(k for k in _diff_keys(old, config) if k.split(".")[0] not in RESUME_MAY_DIFFER)
+    if diffs:
+        detail = ", ".join(f"{k} (saved {_get(old, k)!r}, now {_get(config, k)!r})" for k in diffs)
+        raise ValueError(f"{run}: cannot resume, the config differs from {run / 'config.json'} in: {detail}")
+    if (run / "classes.json").is_file() and read_json(run / "classes.json") != classes:
+        raise ValueError(f"{run}: cannot resume, its classes {read_json(run / 'classes.json')} differ from the data's {classes}")
+
+
+def _get(d: dict, dotted: str):
+    for k in dotted.split("."):
+        d = d.get(k) if isinstance(d, dict) else None
+    return d
+
+
+def load_training_data(cfg: TrainConfig):
+    """The training ManifestDataset, with every requested class present."""
+    from gen.data.dataset import ManifestDataset
+    from gen.data.manifest import ManifestError, read_manifest
+    from gen.model import preset_image_size
+
+    m = read_manifest(cfg.data).filter(split=cfg.split or None, subset=cfg.subset or None)
+    if len(m) == 0:
+        raise ManifestError(f"{cfg.data}: no rows for split={cfg.split!r} subset={cfg.subset!r}")
+    classes = list(cfg.classes) or m.classes()
+    counts = m.df["view"].value_counts()
+    empty = [c for c in classes if counts.get(c, 0) == 0]
+    if empty:
+        raise ManifestError(f"{cfg.data}: class(es) {empty} have no images (split={cfg.split!r} subset={cfg.subset!r}); "
+                            f"present: {dict(counts)}. Drop them from --classes or use other data")
+    extra = sorted(set(counts.index) - set(classes))
+    if extra:
+        raise ManifestError(f"{cfg.data}: views {extra} are not in --classes {classes}")
+    return ManifestDataset(m, size=preset_image_size(cfg.model), classes=classes, preload=cfg.preload)
+
+
+class StepBatches:
+    """Batch sampler: this process's micro-batches of global steps start…steps−1, in order."""
+
+    def __init__(self, start: int, steps: int, global_batch: int, micro: int, accum: int, world: int, rank: int,
+                 n: int, seed: int) -> None:
+        self.start, self.steps, self.B, self.micro, self.accum = start, steps, global_batch, micro, accum
+        self.world, self.rank, self.n, self.seed = world, rank, n, seed
+
+    def __iter__(self):
+        for s in range(self.start, self.steps):
+            g = global_batch_indices(s, self.B, self.n, self.seed)
+            for k in range(self.accum):
+                lo = (k * self.world + self.rank) * self.micro
+                yield g[lo: lo + self.micro].tolist()
+
+    def __len__(self) -> int:
+        return (self.steps - self.start) * self.accum
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train (or resume) a diffusion run as configured; return its run directory. Call under `accelerate launch`."""
+    import contextlib
+    import sys
+
+    from accelerate import Accelerator
+    from accelerate.utils import broadcast_object_list
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    from gen.checkpoint import load_checkpoint, prune_checkpoints, save_checkpoint, set_rng_states
+    from gen.config import to_dict
+    from gen.diffusion import Diffusion
+    from gen.ema import EMA
+    from gen.io import append_jsonl, read_jsonl, write_json, write_text
+    from gen.model import LoadedRun, build_model, count_params, preset_image_size
+    from gen.rundir import init_run_dir, start_run
+    from gen.sampling import image_seeds, plan_labels, sample_images, save_grid
+
+    ds = load_training_data(cfg)  # checks first: bad input fails before any process group starts
+    classes, config = ds.classes, to_dict(cfg)
+    run, ckpt = resolve_resume(cfg)
+    if run is not None and (run / "config.json").is_file():
+        check_resume_compatible(run, config, classes)
+    cuda = torch.cuda.is_available()
+    mp = cfg.mixed_precision if cfg.mixed_precision != "auto" else ("bf16" if cuda and torch.cuda.is_bf16_supported() else "no")
+    accelerator = Accelerator(cpu=not cuda, mixed_precision=mp)
+    if not cuda:
+        torch.set_flush_denormal(True)  # denormal floats made CPU steps 5-20x slower in measurements
+    world, rank, main, device = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process, accelerator.device
+    micro, accum = batch_plan(cfg.global_batch, cfg.batch_gpu, world)
+    prov = dict(seed=cfg.seed, world_size=world, inputs={"data": cfg.data})
+    box = [None]
+    if main:
+        if run is None and cfg.run_dir:
+            run = init_run_dir(cfg.run_dir, config, overwrite=cfg.overwrite, **prov)
+        elif run is None:
+            desc = cfg.desc or f"{cfg.model.preset}-{Path(cfg.data).stem}" + (f"-{cfg.subset}" if cfg.subset else "")
+            run = start_run(cfg.out, "ddpm", desc, config, **prov)
+        elif not (run / "config.json").is_file():
+            run = init_run_dir(run, config, **prov)
+        else:
+            write_json(run / "config.json", config)  # steps or logging may have changed
+        write_json(run / "classes.json", classes)
+        box = [str(run)]
+    broadcast_object_list(box)
+    run = Path(box[0])
+
+    def log(msg: str) -> None:
+        if main:
+            with open(run / "log.txt", "a", encoding="utf-8") as f:
+                f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
+            tqdm.write(msg, file=sys.stdout)
+
+    # -- model, EMA, optimiser ----------------------------------------------------------------
+    torch.manual_seed(cfg.seed)
+    raw = build_model(cfg.model, len(classes), cfg.diffusion.learn_sigma)
+    ema = EMA(raw, cfg.ema_decay, cfg.ema_warmup)
+    opt = torch.optim.AdamW(raw.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warm = cfg.warmup_steps
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+    start = 0
+    if ckpt is not None:
+        c = load_checkpoint(ckpt)
+        raw.load_state_dict(c["model"])
+        ema.load_state_dict(c["ema"])
+        opt.load_state_dict(c["optimizer"])
+        sched.load_state_dict(c["scheduler"])
+        start = int(c["state"]["step"])
+        set_rng_states(c["state"]["rng"])
+        if start > cfg.steps:
+            raise ValueError(f"{ckpt}: checkpoint is at step {start}, beyond --steps {cfg.steps}")
+    if main:  # drop stats lines logged after the checkpoint we continue from
+        stats_path = run / "stats.jsonl"
+        kept = [r for r in read_jsonl(stats_path) if r.get("step", 0) <= start] if stats_path.exists() else []
+        write_text(stats_path, "".join(__import__("json").dumps(r) + "\n" for r in kept))
+    channels_last = cfg.channels_last and cuda
+    if channels_last:
+        raw.to(memory_format=torch.channels_last)
+    ema.model.to(device)
+    model, opt = accelerator.prepare(raw, opt)
+    if cfg.compile and cuda:
+        model = torch.compile(model)
+    elif cfg.compile:
+        log("compile: skipped (torch.compile is only used on CUDA)")
+    diffusion = Diffusion(cfg.diffusion.num_timesteps, cfg.diffusion.schedule, cfg.diffusion.learn_sigma, cfg.diffusion.lambda_vlb)
+    T, S = diffusion.num_timesteps, preset_image_size(cfg.model)
+    loader = DataLoader(ds, batch_sampler=StepBatches(start, cfg.steps, cfg.global_batch, micro, accum, world, rank, len(ds), cfg.seed),
+                        num_workers=cfg.num_workers, pin_memory=cuda)
+    batches = iter(loader)
+    log(f"run {run}: {len(ds)} images {ds.class_counts()}, preset {cfg.model.preset} ({count_params(raw) / 1e6:.2f} M params) "
+        f"at {S}×{S}, {world} process(es) × {micro} × {accum} accumulation = global batch {cfg.global_batch}, "
+        f"precision {mp}, device {device}" + (f", resumed from {ckpt} (step {start})" if ckpt else ""))
+
+    # -- loop -----------------------------------------------------------------------------------
+    stats = IntervalStats(T, device)
+    bar = tqdm(total=cfg.steps, initial=start, unit="step", disable=not (main and sys.stderr.isatty()), desc="train")
+    for step in range(start, cfg.steps):
+        torch.manual_seed(_seed(cfg.seed, step, rank, 11))  # dropout RNG: a function of the step
+        model.train()
+        for k in range(accum):
+            x, y = next(batches)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            pos = np.arange((k * world + rank) * micro, (k * world + rank + 1) * micro)
+            t, noise, drop = per_sample_draws(cfg.seed, step, pos, T, tuple(x.shape[1:]), cfg.cfg_dropout)
+            t, noise, drop = t.to(device), noise.to(device), drop.to(device)
+            y = torch.where(drop, torch.full_like(y, len(classes)), y)
+            x_t = diffusion.q_sample(x, t, noise)
+            if channels_last:
+                x_t = x_t.contiguous(memory_format=torch.channels_last)
+            sync = contextlib.nullcontext() if k == accum - 1 else accelerator.no_sync(model)
+            with sync:
+                with accelerator.autocast():
+                    out = model(x_t, t, y)
+                terms = diffusion.losses(out.float(), x, noise, t)
+                accelerator.backward(terms["loss"].mean() / accum)
+            stats.add(terms, t)
+        gn = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        lr_used = sched.get_last_lr()[0]  # the rate this step was taken with
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        ema.update(raw, step)
+        stats.grad_norm += float(gn)
+        stats.steps += 1
+        done = step + 1
+        bar.update(1)
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            rec = stats.record(accelerator.reduce(stats.sums.clone(), "sum"), done, lr_used, cfg.global_batch)
+            if main:
+                append_jsonl(run / "stats.jsonl", rec)
+                bar.set_postfix(loss=f"{rec['loss']:.4f}", img_s=f"{rec['images_per_s']:.1f}")
+                if not sys.stderr.isatty():
+                    log(f"step {done}: loss {rec['loss']:.4f} mse {rec['mse']:.4f} vb {rec['vb']:.4f} "
+                        f"grad {rec['grad_norm']:.3f} lr {rec['lr']:.2e} {rec['images_per_s']:.1f} img/s")
+            stats.reset()
+        if main and cfg.sample_per_class and ((cfg.sample_every and done % cfg.sample_every == 0) or done == cfg.steps):
+            labels = plan_labels(classes, cfg.sample_per_class)
+            lr_ = LoadedRun(ema.model, diffusion, classes, S, cfg, done, run, "ema")
+            imgs = sample_images(lr_, labels, image_seeds(cfg.seed, range(len(labels))), steps=min(cfg.sample_steps, T),
+                                 batch_size=max(len(labels), 1), device=device)
+            save_grid(run / "samples" / f"step-{done:07d}.png", imgs, cfg.sample_per_class)
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            if main:
+                save_checkpoint(run, done, model=raw.state_dict(), ema=ema.state_dict(), optimizer=opt.state_dict(),
+                                scheduler=sched.state_dict(),
+                                state={"world_size": world, "global_batch": cfg.global_batch, "images_seen": done * cfg.global_batch})
+                kept = prune_checkpoints(run, cfg.keep_last, cfg.keep_every)
+                log(f"checkpoint step {done} (kept: {kept})")
+            accelerator.wait_for_everyone()
+    bar.close()
+    log(f"done: {cfg.steps} steps in {run}")
+    return run

@@ -1,0 +1,175 @@
+"""Sampling: per-image seeds, guidance, sample directories (1 vs 2 processes), resume and bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import PYTHON, accelerate_cmd, run_cli
+from gen.checkpoint import save_checkpoint
+from gen.config import ConfigError, to_dict
+from gen.data.manifest import load_gray, read_manifest
+from gen.ema import EMA
+from gen.io import save_npz, write_json
+from gen.model import ClassUNet, ModelConfig, load_run
+from gen.sampling import (
+    SampleConfig,
+    image_seeds,
+    parse_counts,
+    plan_labels,
+    sample_images,
+    sample_to_dir,
+    shard_path,
+)
+from gen.training import DiffusionConfig, TrainConfig
+
+CLASSES = ["A2C", "A4C", "PSAX"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: OpenMP's spinning threads slow tiny convolutions 10-50x on a busy 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make_run(root, cfg_dropout=0.0):
+    """A run with one random-weight checkpoint (sampling does not care whether the weights are trained)."""
+    cfg = TrainConfig(data="x.csv", model=ModelConfig("tiny", 16), diffusion=DiffusionConfig(num_timesteps=100),
+                      cfg_dropout=cfg_dropout)
+    run = root / f"run-{cfg_dropout}"
+    run.mkdir(parents=True)
+    write_json(run / "config.json", to_dict(cfg))
+    write_json(run / "classes.json", CLASSES)
+    torch.manual_seed(0)
+    m = ClassUNet("tiny", 16, len(CLASSES), True)
+    opt = torch.optim.AdamW(m.parameters())
+    save_checkpoint(run, 1, model=m.state_dict(), ema=EMA(m).state_dict(), optimizer=opt.state_dict(),
+                    scheduler={}, state={})
+    return run
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("sample"))
+
+
+def test_seeds_labels_and_counts():
+    s = image_seeds(0, range(5))
+    assert len(set(s.tolist())) == 5 and np.array_equal(s, image_seeds(0, range(5)))
+    assert np.array_equal(image_seeds(0, [3]), s[3:4]) and not np.array_equal(image_seeds(1, range(5)), s)
+    assert plan_labels(CLASSES, per_class=2).tolist() == [0, 0, 1, 1, 2, 2]
+    assert plan_labels(CLASSES, counts={"PSAX": 2, "A2C": 1}).tolist() == [0, 2, 2]
+    assert parse_counts("A2C=5, PSAX=3") == {"A2C": 5, "PSAX": 3}
+    with pytest.raises(ConfigError, match="not CLASS=N"):
+        parse_counts("A2C:5")
+    with pytest.raises(ValueError, match="PLAX"):
+        plan_labels(CLASSES, counts={"PLAX": 1})
+
+
+def test_images_do_not_depend_on_batching(run_dir):
+    r = load_run(run_dir)
+    labels, seeds = np.array([0, 1, 2, 1, 0]), image_seeds(7, range(5))
+    a = sample_images(r, labels, seeds, steps=8, batch_size=5)
+    b = sample_images(r, labels, seeds, steps=8, batch_size=2)
+    c = sample_images(r, labels[3:4], seeds[3:4], steps=8, batch_size=1)
+    assert a.dtype == np.uint8 and a.shape == (5, 16, 16)
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1 and np.abs(a[3].astype(int) - c[0].astype(int)).max() <= 1
+    assert len({im.tobytes() for im in a}) == 5  # different seeds, different images
+    d = sample_images(r, labels, seeds, steps=8, sampler="ddim", batch_size=5)
+    assert np.array_equal(d, sample_images(r, labels, seeds, steps=8, sampler="ddim", batch_size=5))
+
+
+def test_guidance_needs_cfg_training_and_changes_output(tmp_path, run_dir):
+    with pytest.raises(ValueError, match="cfg_dropout"):
+        sample_images(load_run(run_dir), [0], [1], steps=4, guidance=2.0)
+    r = load_run(make_run(tmp_path, cfg_dropout=0.1))
+    a = sample_images(r, [0, 1], [1, 2], steps=4, guidance=1.0)
+    b = sample_images(r, [0, 1], [1, 2], steps=4, guidance=3.0)
+    assert not np.array_equal(a, b)
+
+
+def _cfg(run, out, **kw):
+    return SampleConfig(run=str(run), out=str(out), per_class=2, steps=6, batch_size=2, seed=3, **kw)
+
+
+def test_sample_dir_resume_and_refusals(tmp_path, run_dir):
+    out = sample_to_dir(_cfg(run_dir, tmp_path / "a"))
+    z = np.load(out / "samples.npz")
+    assert z["images"].shape == (6, 16, 16) and z["labels"].tolist() == [0, 0, 1, 1, 2, 2]
+    assert z["classes"].tolist() == CLASSES and np.array_equal(z["seeds"], image_seeds(3, range(6)))
+    meta = json.loads((out / "sample.json").read_text())
+    assert meta["complete"] and meta["checkpoint_step"] == 1 and meta["sampler"] == "ddpm" and meta["steps"] == 6
+    assert not (out / "shards").exists()
+    with pytest.raises(FileExistsError, match="already complete"):
+        sample_to_dir(_cfg(run_dir, out))
+    with pytest.raises(FileExistsError, match="another request"):
+        sample_to_dir(_cfg(run_dir, out, sampler="ddim"))
+    # resume: a completed shard is not sampled again (a marked fake shard survives into the merge)
+    part = tmp_path / "b"
+    part.mkdir()
+    meta["complete"] = False
+    write_json(part / "sample.json", meta)
+    fake = np.full((2, 16, 16), 7, np.uint8)
+    save_npz(shard_path(part, 2, 4), images=fake, labels=np.array([1, 1]), seeds=z["seeds"][2:4], sha1=np.array(["x", "y"]))
+    sample_to_dir(_cfg(run_dir, part))
+    zb = np.load(part / "samples.npz")
+    assert (zb["images"][2:4] == 7).all() and np.array_equal(zb["images"][[0, 1, 4, 5]], z["images"][[0, 1, 4, 5]])
+    with pytest.raises(ConfigError, match="exactly one of"):
+        SampleConfig(run="r", out="o", per_class=2, counts="A2C=1").validate()
+
+
+def test_one_and_two_processes_give_identical_sets(tmp_path, run_dir):
+    outs = {}
+    for n in (1, 2):
+        outs[n] = tmp_path / f"p{n}"
+        run_cli(accelerate_cmd("gen/sample.py", n) + ["--run", str(run_dir), "--counts", "A2C=3,PSAX=2,A4C=1",
+                                                      "--steps", "5", "--batch-size", "2", "--out", str(outs[n])],
+                env={"OMP_NUM_THREADS": "1"})
+    z1, z2 = np.load(outs[1] / "samples.npz"), np.load(outs[2] / "samples.npz")
+    for k in ("images", "labels", "seeds", "classes"):
+        assert np.array_equal(z1[k], z2[k]), k
+    assert z1["labels"].tolist() == [0, 0, 0, 1, 2, 2]
+    m1 = read_manifest(outs[1] / "manifest.csv", check_sha1=True)
+    m2 = read_manifest(outs[2] / "manifest.csv", check_sha1=True)
+    assert m1.df.equals(m2.df)
+    assert set(m1.df["source"]) == {"synthetic"} and set(m1.df["split"]) == {""}
+    assert m1.df["patient_id"].tolist()[:2] == ["synthetic-0", "synthetic-1"]
+    assert m1.df["view"].tolist() == ["A2C"] * 3 + ["A4C"] + ["PSAX"] * 2
+    assert [int(s) for s in m1.df["seed"]] == z1["seeds"].tolist()
+    for i, p in enumerate(m1.df["path"]):
+        assert np.array_equal(load_gray(outs[1] / p), z1["images"][i])
+    # a bad request fails with a message naming the problem, before any sampling
+    bad = run_cli([PYTHON, "gen/sample.py", "--run", str(run_dir), "--per_class", "1", "--out", str(tmp_path / "c"),
+                   "--sampler", "euler"], check=False)
+    assert bad.returncode == 2 and "sampler" in bad.stderr
+    shutil.rmtree(outs[2])
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_an_oracle_model_is_sampled_back_exactly(sampler):
+    """A model that knows each class's x₀ (ε̂ = (x_t − √ᾱ_t x₀)/√(1−ᾱ_t)) must yield x₀ with either sampler."""
+    from gen.diffusion import Diffusion
+    from gen.model import LoadedRun
+
+    d, S = Diffusion(1000, "linear", True), 8
+    x0s = torch.linspace(-0.8, 0.8, 2 * S * S).view(2, 1, S, S)
+
+    class Oracle(torch.nn.Module):
+        null_class, in_channels = 2, 1
+
+        def forward(self, x, t, y):
+            ab = torch.as_tensor(d.alphas_cumprod, dtype=x.dtype)[t].view(-1, 1, 1, 1)
+            eps = (x - ab.sqrt() * x0s[y]) / (1 - ab).sqrt()
+            return torch.cat([eps, torch.zeros_like(eps)], 1)
+
+    r = LoadedRun(Oracle(), d, ["a", "b"], S, None, 0, None, "ema")
+    want = ((x0s[:, 0] + 1) * 127.5).round().numpy()
+    for steps in (10, 50):
+        assert np.array_equal(sample_images(r, [0, 1], [1, 2], steps=steps, sampler=sampler), want)
