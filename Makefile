@@ -39,8 +39,11 @@ demo: venv
 lint: venv
 	$(BIN)/ruff check .
 
-bench: venv
+bench: venv  # CPU benchmarks; each writes JSON to benchmarks/results/
 	$(BIN)/python benchmarks/phantom_speed.py
+	$(BIN)/python benchmarks/ddpm_speed.py
+	$(BIN)/python benchmarks/classify_speed.py --threads 1
+	$(BIN)/python benchmarks/privacy_nn.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -205,9 +205,12 @@ def apply_overrides(cfg: T, overrides: dict[str, Any], where: str) -> T:
     flat = _flat_fields(type(cfg))
     keys = list(flat)
     nested_prefixes = {k.rsplit(".", 1)[0] for k in keys if "." in k}
+    dict_fields = {k for k, (tp, _) in flat.items() if tp is dict or typing.get_origin(tp) is dict}
     for key, raw in overrides.items():
         if key in nested_prefixes and isinstance(raw, dict):
             continue  # its leaves arrive separately via _flatten_mapping
+        if any(key.startswith(d + ".") for d in dict_fields):
+            continue  # a leaf inside a dict-typed field: the field arrives whole
         if key not in flat:
             raise _unknown_key_error(key, keys, where)
         tp, _ = flat[key]

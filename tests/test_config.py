@@ -23,6 +23,7 @@ class Cfg:
     use_ema: bool = field(True)
     sizes: list[int] = field(default_factory=lambda: [1000, 2000])
     name: str | None = field(None)
+    extra: dict = field(default_factory=dict)
     model: Inner = field(default_factory=Inner)
 
 
@@ -108,3 +109,10 @@ def test_help_lists_keys_with_defaults(capsys):
         parse_config(Cfg, ["--help"])
     out = capsys.readouterr().out
     assert "--model.channels int (default: 32)" in out and "learning rate" in out and "{linear,cosine}" in out
+
+
+def test_dict_field_from_nested_yaml(tmp_path):
+    f = tmp_path / "d.yaml"
+    f.write_text("extra:\n  epochs: 3\n  opt: {lr: 0.1}\n")
+    assert build(Cfg, f).extra == {"epochs": 3, "opt": {"lr": 0.1}}
+    assert build(Cfg, overrides={"extra": "{a: 1}"}).extra == {"a": 1}
