@@ -6,7 +6,7 @@
   python evaluate/fidelity.py --real split/train.csv --holdout split/val.csv --run runs/00001-gen \\
       --checkpoints all --n 1000 --out eval/fid-vs-step          # thesis Fig 5.2
 
-Writes OUT/fidelity.json (keys in docs/sections/evaluate.md), OUT/fid_vs_samples.{json,png} and,
+Writes OUT/fidelity.json (keys in the README, "Evaluating synthetic sets"), OUT/fid_vs_samples.{json,png} and,
 with --run, OUT/fid_vs_checkpoint.{json,png} and OUT/checkpoint_samples.png.
 """
 
