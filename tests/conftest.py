@@ -20,6 +20,18 @@ TINY_N = 320
 TINY_SIZE = 32
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a test module: OpenMP's spinning threads slow tiny
+    convolutions 10-50x on a busy 2-core machine."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def phantom_dir(tmp_path_factory) -> Path:
     """A 320-image phantom dataset at 32×32 (manifest.csv + images/)."""

@@ -30,13 +30,7 @@ from gen.training import DiffusionConfig, TrainConfig
 CLASSES = ["A2C", "A4C", "PSAX"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: OpenMP's spinning threads slow tiny convolutions 10-50x on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_run(root, cfg_dropout=0.0):

@@ -21,14 +21,7 @@ from gen.model import (
 )
 from gen.training import DiffusionConfig, TrainConfig
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: OpenMP's spinning threads slow tiny convolutions 10-50x on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("learn_sigma,out_channels", [(True, 2), (False, 1)])
