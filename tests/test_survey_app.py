@@ -433,6 +433,8 @@ def test_browser_pair_page_click_and_keyboard(survey_dir, tmp_path):
         cdp.call("Emulation.setFocusEmulationEnabled", enabled=True)  # headless pages lack focus: keys need it
         cdp.call("Page.navigate", url=f"http://127.0.0.1:{port}/?code={code}")
         cdp.wait_for_text("Pair 1 of 6")
+        # Streamlit renders in several passes: wait for the last element (the answer buttons) first.
+        cdp.wait_for_text("Right is real")
         body = cdp.wait_for_text(code)  # the resume code is shown below the pair
         assert "Which one is real?" in body and "Left is real" in body and "Right is real" in body
         cdp.wait_idle()
