@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from gen.data.dataset import ManifestDataset
-from gen.data.manifest import ManifestError, read_manifest
+from gen.data.manifest import ManifestError, parse_manifest_ref, read_manifest
 
 KINDS = ("real", "synthetic", "mixed", "upsampled", "smote")
 
@@ -56,16 +56,11 @@ class ManifestRef:
     @classmethod
     def parse(cls, text: str, spec: str) -> ManifestRef:
         """`path.csv[#split=train,subset=1000]` → ManifestRef."""
-        path, _, opts = text.partition("#")
-        if not path:
-            raise SpecError(f"{spec!r}: empty manifest path. {SPEC_HELP}")
-        kw: dict[str, str] = {}
-        for item in filter(None, opts.split(",")):
-            k, eq, v = item.partition("=")
-            if not eq or k not in ("split", "subset"):
-                raise SpecError(f"{spec!r}: bad manifest option {item!r}; use #split=NAME,subset=N")
-            kw[k] = v
-        return cls(Path(path), kw.get("split"), kw.get("subset"))
+        try:
+            path, kw = parse_manifest_ref(text)
+        except ValueError as e:
+            raise SpecError(f"{spec!r}: {e}. {SPEC_HELP}") from None
+        return cls(path, kw.get("split"), kw.get("subset"))
 
 
 @dataclass(frozen=True)

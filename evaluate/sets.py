@@ -20,7 +20,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gen.data.manifest import ManifestError, load_gray, read_manifest, sort_views, write_manifest
+from gen.data.manifest import (
+    ManifestError,
+    load_gray,
+    parse_manifest_ref,
+    read_manifest,
+    sort_views,
+    write_manifest,
+)
 from gen.io import save_npz, save_png
 
 FORMS = ("a manifest CSV (optionally PATH.csv#split=NAME,subset=N), a sample directory holding "
@@ -82,22 +89,10 @@ class ImageSet:
 # Loading
 
 
-def parse_ref(text: str | os.PathLike) -> tuple[Path, dict[str, str]]:
-    """`PATH[#split=NAME,subset=N]` → (path, filters)."""
-    path, _, opts = str(text).partition("#")
-    filters: dict[str, str] = {}
-    for item in filter(None, opts.split(",")):
-        k, eq, v = item.partition("=")
-        if not eq or k not in ("split", "subset"):
-            raise ValueError(f"{text}: bad filter {item!r}; use PATH.csv#split=NAME,subset=N")
-        filters[k] = v
-    return Path(path), filters
-
-
 def load_set(ref: str | os.PathLike, *, size: int | None = None, name: str | None = None,
              views: list[str] | None = None, workers: int = 8) -> ImageSet:
     """Load an image set (see the module docstring for the accepted forms), resized to `size` if given."""
-    path, filters = parse_ref(ref)
+    path, filters = parse_manifest_ref(ref)
     if not path.exists():
         raise FileNotFoundError(f"{path}: not found; expected {FORMS}")
     if path.is_dir():

@@ -143,3 +143,16 @@ def test_evaluate_name_clash_is_refused(tmp_path):
     assert proc.returncode != 0 and "Hugging Face's 'evaluate' 0.4.0 is installed" in proc.stderr
     ok = subprocess.run([sys.executable, "-c", "import gen, evaluate"], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
+
+
+def test_parse_manifest_ref():
+    from pathlib import Path
+
+    from gen.data.manifest import parse_manifest_ref
+
+    assert parse_manifest_ref("d/m.csv") == (Path("d/m.csv"), {})
+    assert parse_manifest_ref("d/m.csv#split=train,subset=1000") == (Path("d/m.csv"), {"split": "train", "subset": "1000"})
+    with pytest.raises(ValueError, match="bad manifest filter 'view=A2C'"):
+        parse_manifest_ref("m.csv#view=A2C")
+    with pytest.raises(ValueError, match="empty manifest path"):
+        parse_manifest_ref("#split=train")

@@ -85,6 +85,20 @@ class Manifest:
         return self.df.groupby(list(by), dropna=False).size().rename("count").reset_index()
 
 
+def parse_manifest_ref(text: str | os.PathLike) -> tuple[Path, dict[str, str]]:
+    """`PATH.csv[#split=NAME,subset=N]` → (path, filters): how CLIs name a filtered manifest."""
+    path, _, opts = str(text).partition("#")
+    if not path:
+        raise ValueError(f"{text!r}: empty manifest path")
+    filters: dict[str, str] = {}
+    for item in filter(None, opts.split(",")):
+        k, eq, v = item.partition("=")
+        if not eq or k not in ("split", "subset"):
+            raise ValueError(f"{text}: bad manifest filter {item!r}; use PATH.csv#split=NAME,subset=N")
+        filters[k] = v
+    return Path(path), filters
+
+
 def sort_views(views) -> list[str]:
     """Canonical order: the four thesis views first, then any others alphabetically."""
     views = set(views)

@@ -725,10 +725,9 @@ def main(argv: list[str] | None = None) -> None:
 
     save_png(args.out, sample_grid(args.seed, args.size, args.per_cell))
     if args.real and args.compare_out:
-        from PIL import Image
+        from gen.data.manifest import load_gray
 
-        reals = [np.asarray(Image.open(p).convert("L").resize((args.size, args.size), Image.BICUBIC))
-                 for p in sorted(Path(args.real).glob("*.png"))][:6]
+        reals = [load_gray(p, args.size) for p in sorted(Path(args.real).glob("*.png"))][:6]
         if not reals:
             raise SystemExit(f"--real {args.real}: no PNG files found")
         fakes = []
