@@ -214,9 +214,10 @@ class GraphBuilder:
             if ex.upsampling:
                 self.classifier(f"clf-upmajority-n{n}", f"upsampled:{real}@majority", [real], [], "upsampling",
                                 {"subset": n, "target": "majority"})
-                n_synth = cfg.ddpm.per_class * self._n_classes()
-                self.classifier(f"clf-upsynth-n{n}", f"upsampled:{real}@{n_synth}", [real], [], "upsampling",
-                                {"subset": n, "target": n_synth})
+                # @N is per class: every class up to the synthetic set's per-class count (same total).
+                k = cfg.ddpm.per_class
+                self.classifier(f"clf-upsynth-n{n}", f"upsampled:{real}@{k}", [real], [], "upsampling",
+                                {"subset": n, "target": k, "target_total": k * self._n_classes()})
             if ex.smote:
                 self.classifier(f"clf-smote-n{n}", f"smote:{real}", [real], [], "upsampling",
                                 {"subset": n, "target": "smote"})
