@@ -13,7 +13,6 @@ import base64
 import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from gen.io import read_json, write_json
+from gen.io import read_json, temp_dir, write_json
 from gen.model import checkpoint_dir, list_checkpoints
 
 
@@ -72,7 +71,7 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, *, model: dict, ema: 
     """Write checkpoint `step` atomically (temp dir + rename) and return its directory."""
     final = checkpoint_dir(run_dir, step)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    tmp = temp_dir(final.parent, prefix=f".{final.name}.")  # umask mode, not mkdtemp's 0700
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in model.items()}, str(tmp / "model.safetensors"))
         save_file({k: v.detach().cpu().contiguous() for k, v in ema.items()}, str(tmp / "ema.safetensors"))

@@ -8,16 +8,47 @@ sample file behind (rename is atomic on POSIX within one file system).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
 import os
-import tempfile
-from collections.abc import Iterator
+import secrets
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+
+def temp_file(parent: str | os.PathLike, prefix: str, suffix: str = ".tmp") -> Path:
+    """Create an empty, uniquely named file in `parent` with the umask's mode (0644 under umask 022).
+
+    tempfile.mkstemp would create it 0600, and the rename keeps that mode, so every output of
+    a lab's shared run directory would be unreadable by the group.
+    """
+    for _ in range(100):
+        p = Path(parent) / f"{prefix}{secrets.token_hex(6)}{suffix}"
+        try:
+            os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # the kernel applies the umask
+            return p
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{parent}: could not create a unique temporary file")
+
+
+def temp_dir(parent: str | os.PathLike, prefix: str) -> Path:
+    """Create a uniquely named directory in `parent` with the umask's mode (not mkdtemp's 0700)."""
+    for _ in range(100):
+        p = Path(parent) / f"{prefix}{secrets.token_hex(6)}"
+        try:
+            p.mkdir(mode=0o777)
+            return p
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{parent}: could not create a unique temporary directory")
 
 
 @contextlib.contextmanager
@@ -25,9 +56,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = temp_file(path.parent, prefix=f".{path.name}.")
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -158,3 +187,65 @@ def check_writable_output(path: str | os.PathLike, overwrite: bool) -> Path:
     if path.exists() and (path.is_file() or any(path.iterdir())) and not overwrite:
         raise FileExistsError(f"{path} already exists and is not empty; pass --overwrite to replace it")
     return path
+
+
+# ----------------------------------------------------------------------------------------------
+# Outputs kept out of git, and clean errors for unwritable outputs
+
+
+def git_unignored(path: str | os.PathLike) -> Path | None:
+    """The git work tree holding `path` if git would NOT ignore it there (so `git add .` takes it), else None."""
+    path = Path(path).resolve()
+    probe = path
+    while not probe.exists():  # not created yet: ask about the nearest existing parent's work tree
+        probe = probe.parent
+    cwd = probe if probe.is_dir() else probe.parent
+    try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=cwd, capture_output=True, text=True, timeout=10)
+        if top.returncode != 0:
+            return None
+        root = Path(top.stdout.strip()).resolve()
+        # Trailing slash for directories: patterns such as `/surveys/` only match directories.
+        rel = os.path.relpath(path, root) + ("/" if path.is_dir() or not path.suffix else "")
+        ignored = subprocess.run(["git", "check-ignore", "-q", "--no-index", rel], cwd=root,
+                                 capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return root if ignored.returncode == 1 else None  # 0: ignored; 128: git could not tell
+
+
+def warn_if_tracked(path: str | os.PathLike, what: str, prog: str = "") -> bool:
+    """Print a warning when `path` sits in a git work tree that does not ignore it; True if warned."""
+    root = git_unignored(path)
+    if root is None:
+        return False
+    print(f"{prog + ': ' if prog else ''}warning: {path} ({what}) is inside the git work tree {root} and not "
+          f"ignored there, so `git add .` would commit it; move it out of the tree or add it to "
+          f"{root / '.gitignore'}", file=sys.stderr)
+    return True
+
+
+def describe_os_error(e: OSError) -> str | None:
+    """One line naming the file and what to do for an unwritable output, or None for other errors."""
+    name = e.filename if e.filename is not None else "an output file"
+    if isinstance(e, PermissionError) or e.errno in (errno.EACCES, errno.EPERM):
+        return f"cannot write {name}: permission denied; choose a writable --out or fix the directory's permissions"
+    if e.errno == errno.EROFS:
+        return f"cannot write {name}: read-only file system; choose an --out on a writable disk"
+    if e.errno == errno.ENOSPC:
+        return f"cannot write {name}: no space left on the device; free space or choose another --out"
+    return None
+
+
+def run_main(main: Callable[[], int | None], prog: str | None = None) -> int:
+    """Run a script's main(); an unwritable output becomes one error line and exit code 2, not a traceback."""
+    prog = prog or Path(sys.argv[0]).name
+    try:
+        rc = main()
+    except OSError as e:
+        msg = describe_os_error(e)
+        if msg is None:
+            raise
+        print(f"{prog}: error: {msg}", file=sys.stderr)
+        return 2
+    return int(rc or 0)
