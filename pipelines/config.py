@@ -93,6 +93,7 @@ class StudyConfig:
     experiments: ExperimentsConfig = field(default_factory=ExperimentsConfig)
     report: bool = field(True, help="build report.html at the end")
     threads: int = field(0, help="OMP/MKL threads per stage (0 = the libraries' default); 1 on a shared busy CPU", min=0)
+    jobs: int = field(0, help="stages run at once when their deps are done (0 = cores // max(threads, 1))", min=0)
     only: list[str] = field(default_factory=list, help="run only these stages (names, prefixes or experiments)")
     start: str = field("", help="run from this stage on (alias --from)")
     list_stages: bool = field(False, help="print the stage names and exit")

@@ -1,4 +1,4 @@
-"""The study's stage graph and its cached, resumable, sequential runner.
+"""The study's stage graph and its cached, resumable, concurrent runner.
 
 A stage is one subprocess (a repo CLI, under `accelerate launch` where it is distributed) that
 writes one run directory. Stages hand over files: a stage's `inputs` are paths (files or
@@ -10,21 +10,29 @@ holding the key and fingerprints of the stage's outputs; a later run skips a sta
 marker holds the same key. Fingerprints of paths produced by a finished stage are taken from
 its marker (a Merkle chain), so checkpoints of gigabytes are hashed once, not on every run.
 
-An interrupted stage (run dir present, no marker) resumes through its CLI's own resume flag
-when it has one, otherwise its run dir is removed and it starts over. A stale stage (marker
-with another key: config or inputs changed) is removed and re-run.
+Scheduling: every stage whose dependencies are done is started, up to the executor's `slots`
+at a time (pipelines/executor.py: local process groups, or another executor with the same five
+members), in graph order. A failing stage stops its dependants; unrelated branches finish, then
+`run` raises StageFailed naming every failure with its log tail. Ctrl-C stops every running
+stage's process group and marks none of them done.
+
+Resume: an interrupted stage (run dir present, no marker) whose command had already finished
+(its `done_flag` is set and its outputs exist) is marked done without running again; one that
+had not resumes through its CLI's own resume flag when it has one, otherwise its run dir is
+removed and it starts over. A stale stage (marker with another key: config or inputs changed)
+is removed and re-run. STUDY/.lock (StudyLock) keeps a second runner off a study directory.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+import fcntl
 import hashlib
 import json
 import os
 import shlex
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -32,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from gen.io import append_jsonl, fingerprint, read_json, write_json
+from pipelines.executor import Executor, Job, LocalExecutor
+from pipelines.progress import Progress
 
 DONE = "STAGE_DONE.json"
 LOG_TAIL_LINES = 40
@@ -39,6 +49,10 @@ LOG_TAIL_LINES = 40
 
 class StageFailed(RuntimeError):
     """A stage's command exited non-zero; the message holds its log tail."""
+
+
+class StudyLocked(RuntimeError):
+    """Another runner holds the study directory's lock; the message names its PID."""
 
 
 @dataclasses.dataclass
@@ -58,6 +72,9 @@ class Stage:
     resume_args: list[str] | None = None
     config: dict[str, Any] = dataclasses.field(default_factory=dict)  # extra settings in the key
     env: dict[str, str] = dataclasses.field(default_factory=dict)
+    # (JSON file, key) that the CLI sets true as its last act: an interrupted stage whose CLI had
+    # finished (killed before the marker was written) is marked done instead of re-run.
+    done_flag: tuple[Path, str] | None = None
 
     def shell(self) -> str:
         """The command as one copy-pasteable shell line."""
@@ -112,20 +129,104 @@ def select(stages: list[Stage], only: list[str] | None = None, start: str | None
 
 
 # ----------------------------------------------------------------------------------------------
+# The study directory's lock
+
+
+def _pid_alive(pid: int) -> bool:
+    """True if `pid` runs (a zombie counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+class StudyLock:
+    """An exclusive flock on STUDY/.lock, which holds the runner's PID.
+
+    The local executor's guard shares the lock's open file, so the lock is free only once the
+    runner and every stage it started are gone. A lock whose PID no longer runs is therefore
+    waited for (up to `wait_s`: the guard is stopping the old stages), one held by a live PID
+    is refused at once."""
+
+    def __init__(self, study_dir: Path, wait_s: float = 60.0, echo: Callable[[str], None] = print):
+        self.path = Path(study_dir) / ".lock"
+        self.wait_s, self.echo = wait_s, echo
+        self.fd: int | None = None
+
+    def _holder(self) -> int | None:
+        try:
+            text = self.path.read_text().strip()
+        except OSError:
+            return None
+        return int(text) if text.isdigit() else None
+
+    def acquire(self) -> StudyLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        deadline = None
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                pid = self._holder()
+                if pid is not None and _pid_alive(pid):
+                    os.close(fd)
+                    raise StudyLocked(f"{self.path.parent} is in use by another pipelines/study.py (PID {pid}); "
+                                      f"wait for it to finish, or stop it with `kill {pid}` (its stages stop with it)")
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + self.wait_s
+                    self.echo(f"study.py: waiting for the stages of a stopped run (PID {pid}) to exit")
+                if now > deadline:
+                    os.close(fd)
+                    raise StudyLocked(f"{self.path} is still locked {self.wait_s:.0f} s after its runner (PID {pid}) "
+                                      f"exited: a process of its stages holds it; find it with `fuser -v {self.path}` "
+                                      "and stop it")
+                time.sleep(0.2)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # the lock goes with the last descriptor of this open file
+            self.fd = None
+
+    def __enter__(self) -> StudyLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+# ----------------------------------------------------------------------------------------------
 # Runner
+
+FINAL = ("done", "cached")
 
 
 class Runner:
-    """Run stages in order with caching and resume; keep STUDY/study.json up to date."""
+    """Run stages with caching, resume and `executor.slots` at a time; keep STUDY/study.json up to date."""
 
     def __init__(self, study_dir: Path, stages: list[Stage], header: dict[str, Any],
-                 echo: Callable[[str], None] = print):
+                 echo: Callable[[str], None] = print, executor: Executor | None = None, jobs: int = 1,
+                 progress: Progress | None = None):
         check_graph(stages)
         self.study_dir = Path(study_dir)
         self.stages = stages
         self.by_name = {s.name: s for s in stages}
         self.header = header
         self.echo = echo
+        self.executor, self.jobs, self.progress = executor, jobs, progress
         self.log_dir = self.study_dir / "logs"
         self._produced_fp: dict[str, str] = {}  # resolved path -> fingerprint from done markers
         self.state = self._load_state()
@@ -134,14 +235,15 @@ class Runner:
 
     def _load_state(self) -> dict[str, dict]:
         path = self.study_dir / "study.json"
-        old = read_json(path).get("stages", []) if path.is_file() else []
+        old = (read_json(path) or {}).get("stages", []) if path.is_file() else []
         by_name = {s["name"]: s for s in old if "name" in s}
         state = {}
         for s in self.stages:
             prev = by_name.get(s.name, {})
-            state[s.name] = {"status": prev.get("status", "pending"), "seconds": prev.get("seconds"),
-                             "started": prev.get("started"), "finished": prev.get("finished"),
-                             "runs": prev.get("runs", 0), "key": prev.get("key")}
+            state[s.name] = {k: prev.get(k) for k in ("status", "seconds", "started", "finished", "runs", "key",
+                                                      "job_id", "log")}
+            state[s.name]["status"] = prev.get("status", "pending")
+            state[s.name]["runs"] = prev.get("runs", 0)
         return state
 
     def save(self) -> None:
@@ -183,37 +285,7 @@ class Runner:
             marker = read_json(marker_path)
         except ValueError:
             return False
-        return marker.get("key") == key and all(p.exists() for p in stage.outputs)
-
-    # -- running ----------------------------------------------------------------------------
-
-    def run(self, names: list[str], dry_run: bool = False) -> int:
-        """Run the named stages in graph order (skipping cached ones); return how many ran."""
-        wanted = set(names)
-        ran = 0
-        for stage in self.stages:
-            if stage.name not in wanted:
-                # Still register finished upstream stages so that keys chain through them.
-                self._register_if_done(stage)
-                continue
-            if dry_run:
-                self.echo(f"[{stage.name}] deps={','.join(stage.deps) or '-'}\n  {stage.shell()}")
-                continue
-            for d in stage.deps:
-                if self.state[d]["status"] not in ("done", "cached"):
-                    if not self._register_if_done(self.by_name[d]):
-                        raise StageFailed(f"stage {stage.name} needs {d}, which has not finished; "
-                                          f"run without --only/--from, or include {d}")
-            key = self.key(stage)
-            if self.is_done(stage, key):
-                self._record_outputs(stage, read_json(stage.run_dir / DONE))
-                self.state[stage.name].update(status="cached", key=key)
-                self.echo(f"[{stage.name}] cached")
-                self.save()
-                continue
-            self._execute(stage, key)
-            ran += 1
-        return ran
+        return isinstance(marker, dict) and marker.get("key") == key and all(p.exists() for p in stage.outputs)
 
     def _register_if_done(self, stage: Stage) -> bool:
         marker_path = stage.run_dir / DONE
@@ -226,23 +298,175 @@ class Runner:
         if not self.is_done(stage, key):
             return False
         self._record_outputs(stage, read_json(marker_path))
-        if self.state[stage.name]["status"] not in ("done", "cached"):
+        if self.state[stage.name]["status"] not in FINAL:
             self.state[stage.name]["status"] = "cached"
         return True
+
+    # -- schedule ---------------------------------------------------------------------------
+
+    def waves(self, names: list[str]) -> list[list[str]]:
+        """The selected stages grouped by depth: a wave's stages need only earlier waves."""
+        wanted, depth = set(names), {}
+        for s in self.stages:
+            if s.name in wanted:
+                depth[s.name] = 1 + max((depth[d] for d in s.deps if d in depth), default=-1)
+        out: list[list[str]] = [[] for _ in range(max(depth.values(), default=-1) + 1)]
+        for n, k in depth.items():
+            out[k].append(n)
+        return out
+
+    def print_schedule(self, names: list[str]) -> None:
+        """--dry-run: the waves, each stage with its deps, cache state and command."""
+        done = {s.name for s in self.stages if self._register_if_done(s)}
+        for i, wave in enumerate(self.waves(names), 1):
+            self.echo(f"# wave {i}: {len(wave)} stage(s) that can run at once")
+            for n in wave:
+                s = self.by_name[n]
+                self.echo(f"[{n}] deps={','.join(s.deps) or '-'}{'  (cached)' if n in done else ''}\n  {s.shell()}")
+
+    # -- running ----------------------------------------------------------------------------
+
+    def run(self, names: list[str], dry_run: bool = False) -> int:
+        """Run the named stages (skipping cached ones), deps first; return how many ran.
+
+        Raises StageFailed after the unrelated branches have finished when any stage failed."""
+        wanted = [s.name for s in self.stages if s.name in set(names)]
+        chosen = set(wanted)
+        for stage in self.stages:
+            if stage.name not in chosen:
+                self._register_if_done(stage)  # finished upstream stages: keys chain through them
+        if dry_run:
+            self.print_schedule(wanted)
+            return 0
+        for n in wanted:
+            for d in self.by_name[n].deps:
+                if d not in chosen and self.state[d]["status"] not in FINAL:
+                    raise StageFailed(f"stage {n} needs {d}, which has not finished; "
+                                      f"run without --only/--from, or include {d}")
+        own = self.executor is None
+        ex = self.executor if self.executor is not None else LocalExecutor(self.jobs)
+        try:
+            return self._loop(wanted, ex)
+        finally:
+            if own:
+                ex.close()
+
+    def _loop(self, wanted: list[str], ex: Executor) -> int:
+        pending = list(wanted)  # graph order: earlier stages start first
+        chosen = set(wanted)
+        for n in wanted:  # their status is decided in this run
+            self.state[n]["status"] = "pending" if self.state[n]["status"] in FINAL else self.state[n]["status"]
+        keys: dict[str, str] = {}
+        running: dict[str, tuple[Job, float]] = {}
+        failed: dict[str, str] = {}  # name -> message with the log tail
+        blocked: dict[str, str] = {}  # name -> the failed stage it needed
+        ran = 0
+        try:
+            while pending or running:
+                for name in list(pending):
+                    stage = self.by_name[name]
+                    cause = next((d if d in failed else blocked[d] for d in stage.deps
+                                  if d in failed or d in blocked), None)
+                    if cause:
+                        pending.remove(name)
+                        blocked[name] = cause
+                        self._end(name, f"[{name}] not run: it needs {cause}, which failed")
+                        continue
+                    # Selected deps must have finished in this run (study.json may say done about a
+                    # stage that is stale now); the others were checked by their markers.
+                    if any(d in chosen and self.state[d]["status"] not in FINAL for d in stage.deps):
+                        continue  # a dependency is pending or running
+                    if name not in keys:
+                        try:
+                            keys[name] = self.key(stage)
+                        except FileNotFoundError as e:
+                            pending.remove(name)
+                            failed[name] = str(e)
+                            self.state[name].update(status="failed", finished=_now())
+                            self.save()
+                            self._end(name, f"[{name}] failed: {e}")
+                            continue
+                        if self.is_done(stage, keys[name]):
+                            pending.remove(name)
+                            self._record_outputs(stage, read_json(stage.run_dir / DONE))
+                            self.state[name].update(status="cached", key=keys[name])
+                            self.save()
+                            self._end(name, f"[{name}] cached")
+                            continue
+                    if len(running) >= ex.slots:
+                        continue
+                    pending.remove(name)
+                    extra = self._prepare_run_dir(stage, keys[name])
+                    if extra is None:  # its command had finished before the last run was stopped
+                        self._mark_done(stage, keys[name], None)
+                        ran += 1
+                        continue
+                    running[name] = (self._start(ex, stage, keys[name], extra), time.perf_counter())
+                progressed = False
+                for name, (job, t0) in list(running.items()):
+                    rc = ex.poll(job)
+                    if rc is None:
+                        continue
+                    del running[name]
+                    progressed = True
+                    msg = self._finish(self.by_name[name], keys[name], rc, round(time.perf_counter() - t0, 2))
+                    if msg:
+                        failed[name] = msg
+                    else:
+                        ran += 1
+                if not progressed and running:
+                    if self.progress:
+                        self.progress.tick()
+                    time.sleep(ex.poll_s)
+        except KeyboardInterrupt:
+            if running:
+                self.echo(f"stopping {', '.join(running)} ...")
+                ex.cancel([job for job, _ in running.values()])
+            for name, (_, t0) in running.items():
+                self.state[name].update(status="interrupted", seconds=round(time.perf_counter() - t0, 2))
+            self.save()
+            raise
+        if failed:
+            head = f"{len(failed)} stage(s) failed: {', '.join(failed)}"
+            if blocked:
+                head += f"; not run because of them: {', '.join(blocked)}"
+            raise StageFailed(head + "\n" + "\n".join(f"- {m}" for m in failed.values()))
+        return ran
+
+    def _end(self, name: str, msg: str) -> None:
+        self.echo(msg)
+        if self.progress:
+            self.progress.finished(name)
 
     def _started_path(self, stage: Stage) -> Path:
         # Beside the run dir, not inside it: some CLIs refuse a run dir that is not empty.
         return stage.run_dir.parent / f".{stage.run_dir.name}.started.json"
 
-    def _prepare_run_dir(self, stage: Stage, key: str) -> list[str]:
-        """Clear a stale or interrupted run dir, or keep it and return the resume flag."""
+    def _complete(self, stage: Stage) -> bool:
+        """The CLI's own record says it finished, and every declared output exists."""
+        if stage.done_flag is None:
+            return False
+        path, flag = stage.done_flag
+        try:
+            info = read_json(path) if Path(path).is_file() else None
+        except ValueError:
+            return False
+        return isinstance(info, dict) and info.get(flag) is True and all(p.exists() for p in stage.outputs)
+
+    def _prepare_run_dir(self, stage: Stage, key: str) -> list[str] | None:
+        """Clear a stale or interrupted run dir, or keep it and return the resume flag; None when
+        the interrupted run had in fact finished (only its marker is missing)."""
         run = stage.run_dir
         started = self._started_path(stage)
         if (run / DONE).is_file():  # finished with another key: stale
             self.echo(f"[{stage.name}] config or inputs changed: re-running")
             shutil.rmtree(run)
         elif run.exists() and any(run.iterdir()):
-            same = started.is_file() and read_json(started).get("key") == key
+            prev = read_json(started) if started.is_file() else None
+            same = isinstance(prev, dict) and prev.get("key") == key
+            if same and self._complete(stage):
+                self.echo(f"[{stage.name}] had finished before the last run stopped: marking it done")
+                return None
             if stage.resume_args is not None and same:
                 how = " ".join(stage.resume_args) or "re-running the same command"
                 self.echo(f"[{stage.name}] resuming an interrupted run ({how})")
@@ -251,69 +475,103 @@ class Runner:
             shutil.rmtree(run)
         return []
 
-    def _execute(self, stage: Stage, key: str) -> None:
-        extra = self._prepare_run_dir(stage, key)  # resume args, or [] after clearing
+    def _start(self, ex: Executor, stage: Stage, key: str, extra: list[str]) -> Job:
         stage.run_dir.parent.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{stage.name}.log"
         st = self.state[stage.name]
-        st.update(status="running", started=_now(), finished=None, key=key, runs=(st.get("runs") or 0) + 1)
-        self.save()
-        started_path = self._started_path(stage)
-        write_json(started_path, {"key": key, "started": st["started"]})
+        st.update(status="running", started=_now(), finished=None, seconds=None, key=key,
+                  runs=(st.get("runs") or 0) + 1, log=str(log_path))
+        write_json(self._started_path(stage), {"key": key, "started": st["started"]})
         cmd = [str(c) for c in stage.command] + extra
-        self.echo(f"[{stage.name}] running: {stage.shell()}{' ' + ' '.join(extra) if extra else ''}")
-        t0 = time.perf_counter()
-        with open(log_path, "a", encoding="utf-8") as log:
+        with open(log_path, "a", encoding="utf-8") as log:  # the command goes to the log, not the screen
             log.write(f"\n$ {' '.join(shlex.quote(c) for c in cmd)}\n")
-            log.flush()
-            env = {**os.environ, "PYTHONUNBUFFERED": "1", **stage.env}
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                    cwd=str(Path(__file__).resolve().parent.parent))
-            try:
-                rc = proc.wait()
-            except KeyboardInterrupt:
-                proc.send_signal(signal.SIGINT)
-                proc.wait()
-                st.update(status="interrupted", seconds=round(time.perf_counter() - t0, 2))
-                self.save()
-                raise
-        seconds = round(time.perf_counter() - t0, 2)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **stage.env}
+        job = ex.submit(stage, cmd, env, log_path)
+        st["job_id"] = job.job_id
+        if stage.experiment == "report":
+            # The report renders study.json: let it show the study's final state (every other stage is
+            # final by now, as the report depends on all of them). A failure is recorded right after.
+            self.save_as_done(stage.name)
+        else:
+            self.save()
+        self.echo(f"[{stage.name}] started{' (' + ' '.join(extra) + ')' if extra else ''}")
+        if self.progress:
+            self.progress.started(stage.name)
+        return job
+
+    def save_as_done(self, name: str) -> None:
+        """Write study.json with stage `name` shown as done (its real state stays in memory)."""
+        real = dict(self.state[name])
+        self.state[name].update(status="done", finished=_now())
+        try:
+            self.save()
+        finally:
+            self.state[name] = real
+
+    def _finish(self, stage: Stage, key: str, rc: int, seconds: float) -> str | None:
+        """Record a finished command: the marker when it succeeded, else the failure (returned)."""
+        st = self.state[stage.name]
+        log_path = self.log_dir / f"{stage.name}.log"
+        why = None
         if rc != 0:
+            why = f"failed (exit {rc})" if rc > 0 else f"was killed by signal {-rc}"
+        else:
+            missing = [str(p) for p in stage.outputs if not p.exists()]
+            if missing:
+                why = f"exited 0 but did not write {', '.join(missing)}"
+        if why:
             st.update(status="failed", seconds=seconds, finished=_now())
             self.save()
-            raise StageFailed(f"stage {stage.name} failed (exit {rc}) after {seconds:.1f} s; "
-                              f"log {log_path}, last lines:\n{_tail(log_path)}")
-        missing = [str(p) for p in stage.outputs if not p.exists()]
-        if missing:
-            st.update(status="failed", seconds=seconds, finished=_now())
-            self.save()
-            raise StageFailed(f"stage {stage.name} exited 0 but did not write {', '.join(missing)}; "
-                              f"log {log_path}, last lines:\n{_tail(log_path)}")
+            msg = f"stage {stage.name} {why} after {seconds:.1f} s; log {log_path}, last lines:\n{_tail(log_path)}"
+            self._end(stage.name, f"[{stage.name}] {why} after {seconds:.1f} s (log {log_path})")
+            return msg
+        self._mark_done(stage, key, seconds)
+        return None
+
+    def _mark_done(self, stage: Stage, key: str, seconds: float | None) -> None:
         outputs = {str(p.resolve()): fingerprint(p) for p in stage.outputs}
         marker = {"key": key, "stage": stage.name, "finished": _now(), "seconds": seconds,
                   "command": stage.shell(), "outputs": outputs}
         stage.run_dir.mkdir(parents=True, exist_ok=True)
         write_json(stage.run_dir / DONE, marker)  # written last: the stage is done
-        started_path.unlink(missing_ok=True)
-        append_jsonl(self.study_dir / "timings.jsonl", {"stage": stage.name, "seconds": seconds, "finished": marker["finished"]})
+        self._started_path(stage).unlink(missing_ok=True)
+        if seconds is not None:
+            append_jsonl(self.study_dir / "timings.jsonl",
+                         {"stage": stage.name, "seconds": seconds, "finished": marker["finished"]})
         self._record_outputs(stage, marker)
-        st.update(status="done", seconds=seconds, finished=marker["finished"])
+        self.state[stage.name].update(status="done", seconds=seconds, finished=marker["finished"], key=key)
         self.save()
-        self.echo(f"[{stage.name}] done in {seconds:.1f} s")
+        self._end(stage.name, f"[{stage.name}] done" + (f" in {seconds:.1f} s" if seconds is not None else ""))
+
+
+def _drop_launcher_traceback(lines: list[str]) -> tuple[list[str], bool]:
+    """Remove accelerate launcher's own `CalledProcessError` traceback, which only repeats that the
+    child failed; the child's error stays."""
+    out, dropped, i = [], False, 0
+    while i < len(lines):
+        if lines[i].startswith("Traceback (most recent call last):"):
+            j = next((k for k in range(i + 1, len(lines)) if not lines[k].startswith((" ", "\t"))), len(lines))
+            if j < len(lines) and "CalledProcessError" in lines[j] and any("accelerate" in x for x in lines[i:j]):
+                dropped, i = True, j + 1
+                continue
+        out.append(lines[i])
+        i += 1
+    return out, dropped
 
 
 def _tail(path: Path, n: int = LOG_TAIL_LINES) -> str:
+    """The log's last n lines, indented, without the launcher's repeat traceback."""
     try:
         lines = path.read_text(errors="replace").splitlines()
     except OSError:
         return "(no log)"
-    return "\n".join("    " + line for line in lines[-n:])
+    lines, dropped = _drop_launcher_traceback(lines)
+    note = ["    (accelerate's CalledProcessError traceback left out; it is in the log)"] if dropped else []
+    return "\n".join(["    " + line for line in lines[-n:]] + note)
 
 
 def _now() -> str:
-    import datetime as dt
-
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
