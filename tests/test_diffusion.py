@@ -105,7 +105,7 @@ def test_vb_is_zero_for_the_true_posterior_and_fixed_sigma_is_plain_mse():
     t = torch.tensor([5, 50, 99])
     # ε̂ = ε and v chosen so the log variance equals log β̃_t: v = -1 gives min_log exactly.
     out = torch.cat([noise, -torch.ones_like(noise)], dim=1)
-    assert d.losses(out, x0, noise, t)["vb"].abs().max() < 1e-6  # float32 inside losses
+    assert d.losses(out, x0, noise, t)["vb"].abs().max() < 1e-12  # float64 in, float64 throughout
     f = Diffusion(100, "linear", learn_sigma=False)
     terms = f.losses(noise * 0.5, x0, noise, t)
     torch.testing.assert_close(terms["loss"], terms["mse"])
@@ -163,3 +163,107 @@ def test_ddim_scheduler_uses_same_alphas():
     np.testing.assert_allclose(s.alphas_cumprod.numpy(), d.alphas_cumprod, rtol=1e-5)
     with pytest.raises(ValueError, match="unknown sampler"):
         make_scheduler(d, "euler")
+
+
+# ----------------------------------------------------------------------------------------------
+# The decoder term L_0 without cancellation, against mpmath
+
+
+def _mp_log_bin(x: float, m: float, s: float) -> float:
+    """log P(bin of x) under N(m, s²) at 60 digits: 1 − P as two exact tails when P > ½."""
+    import mpmath
+
+    with mpmath.workdps(60):
+        x, m, s = mpmath.mpf(x), mpmath.mpf(m), mpmath.mpf(s)
+        lo = None if x < -0.999 else (x - mpmath.mpf(1) / 255 - m) / s
+        hi = None if x > 0.999 else (x + mpmath.mpf(1) / 255 - m) / s
+        q = (mpmath.ncdf(lo) if lo is not None else 0) + (mpmath.ncdf(-hi) if hi is not None else 0)
+        if q < 0.5:
+            return float(mpmath.log1p(-q))
+        if lo is None or hi is None:  # an edge bin: one tail
+            return float(mpmath.log(mpmath.ncdf(hi) if lo is None else mpmath.ncdf(-lo)))
+        if lo > 0:
+            return float(mpmath.log(mpmath.ncdf(-lo) - mpmath.ncdf(-hi)))
+        return float(mpmath.log(mpmath.ncdf(hi) - mpmath.ncdf(lo)))
+
+
+@pytest.mark.parametrize("dtype,rtol", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
+def test_decoder_log_likelihood_matches_mpmath_to_ten_sigma(dtype, rtol):
+    # Pixels at both edges, next to them and inside; means up to 10σ either side; σ from 1e-4 to 1.
+    xs = [-1.0, -1 + 1 / 127.5, -0.5, 0.0, 0.3, 1 - 1 / 127.5, 1.0]
+    sigmas = [1e-4, 1e-3, 1e-2, 0.1, 1.0]
+    ks = np.linspace(-10, 10, 41)
+    grid = [(x, x + k * s, s) for s in sigmas for x in xs for k in ks]
+    x = torch.tensor([g[0] for g in grid], dtype=dtype)
+    m = torch.tensor([g[1] for g in grid], dtype=dtype)
+    ls = torch.log(torch.tensor([g[2] for g in grid], dtype=D64)).to(dtype)
+    got = discretized_gaussian_log_likelihood(x, m, ls)
+    assert got.dtype == dtype
+    # The reference sees exactly the rounded inputs; below the smallest normal float, compare absolutely.
+    ref = np.array([_mp_log_bin(float(a), float(b), math.exp(float(c))) for a, b, c in zip(x, m, ls)])
+    err = np.abs(got.double().numpy() - ref) / np.maximum(np.abs(ref), torch.finfo(dtype).tiny)
+    assert err.max() <= rtol, grid[int(err.argmax())]
+
+
+def test_decoder_log_likelihood_six_sigma_in_float32_and_its_gradient():
+    s = 0.01
+    x = torch.tensor([0.2])
+    m = (x + 6 * s).requires_grad_(True)
+    ls = torch.full((1,), math.log(s))
+    # The difference of CDFs cancels to the 1e-12 clamp in float32 (−27.6 nats) and has no gradient.
+    a, b = (x - 1 / 255 - m) / s, (x + 1 / 255 - m) / s
+    naive = torch.log((torch.special.ndtr(b) - torch.special.ndtr(a)).clamp(min=1e-12))
+    assert naive.item() == pytest.approx(-27.63, abs=0.01)
+    assert torch.autograd.grad(naive.sum(), m)[0].item() == 0
+    val = discretized_gaussian_log_likelihood(x, m, ls)
+    ref = _mp_log_bin(0.2, float(m.detach()), s)
+    assert ref == pytest.approx(-18.40, abs=0.01) and val.item() == pytest.approx(ref, rel=1e-5)
+    (g,) = torch.autograd.grad(val.sum(), m)
+    m64 = m.detach().double().requires_grad_(True)
+    (g64,) = torch.autograd.grad(discretized_gaussian_log_likelihood(x.double(), m64, ls.double()).sum(), m64)
+    assert g.item() == pytest.approx(g64.item(), rel=1e-4) and g.item() < -100  # pulls the mean back
+
+
+def test_decoder_gradients_are_finite_everywhere():
+    s = torch.tensor([1e-4, 1e-3, 1e-2, 0.1, 1.0]).repeat_interleave(7 * 41)
+    x = torch.tensor([-1.0, -1 + 1 / 127.5, -0.5, 0.0, 0.3, 1 - 1 / 127.5, 1.0]).repeat_interleave(41).repeat(5)
+    k = torch.linspace(-10, 10, 41).repeat(35)
+    m = (x + k * s).requires_grad_(True)
+    ls = torch.log(s).requires_grad_(True)
+    val = discretized_gaussian_log_likelihood(x, m, ls)
+    gm, gs = torch.autograd.grad(val.sum(), (m, ls))
+    assert torch.isfinite(val).all() and torch.isfinite(gm).all() and torch.isfinite(gs).all()
+    # An interior pixel's bin lying wholly below the mean pulls the mean down, and vice versa.
+    far = (x.abs() < 0.999) & (k.abs() * s > 2 / 255)
+    assert far.sum() > 100
+    assert (torch.sign(gm[far]) == -torch.sign(k[far])).all()
+
+
+def test_losses_keep_the_input_dtype_and_match_a_float64_reference():
+    d = Diffusion(1000, "linear", learn_sigma=True)
+    g = torch.Generator().manual_seed(6)
+    x0 = (torch.randint(0, 256, (3, 1, 4, 4), generator=g).double() / 127.5 - 1)
+    noise = torch.randn(3, 1, 4, 4, generator=g, dtype=D64)
+    out = torch.cat([torch.randn(3, 1, 4, 4, generator=g, dtype=D64) * 0.1 + noise,
+                     torch.rand(3, 1, 4, 4, generator=g, dtype=D64) * 2 - 1], dim=1)
+    t = torch.zeros(3, dtype=torch.long)
+    terms = d.losses(out, x0, noise, t)
+    assert all(v.dtype == D64 for v in terms.values())
+    # L_0 by hand in float64 numpy/scipy: learned-range σ at t = 0, mean from x̂₀ through the posterior.
+    xt = math.sqrt(d.alphas_cumprod[0]) * x0.numpy() + math.sqrt(1 - d.alphas_cumprod[0]) * noise.numpy()
+    eps, v = out[:, :1].numpy(), out[:, 1:].numpy()
+    x0_hat = (xt - math.sqrt(1 - d.alphas_cumprod[0]) * eps) / math.sqrt(d.alphas_cumprod[0])
+    mean = d.posterior_mean_coef1[0] * x0_hat + d.posterior_mean_coef2[0] * xt
+    logvar = (v + 1) / 2 * math.log(d.betas[0]) + (1 - v) / 2 * d.posterior_log_variance_clipped[0]
+    sd = np.exp(0.5 * logvar)
+    xv = x0.numpy()
+    lo = np.where(xv < -0.999, -np.inf, (xv - 1 / 255 - mean) / sd)
+    hi = np.where(xv > 0.999, np.inf, (xv + 1 / 255 - mean) / sd)
+    p = np.where(lo > 0, stats.norm.sf(lo) - stats.norm.sf(hi), stats.norm.cdf(hi) - stats.norm.cdf(lo))
+    ref = -np.log(p).reshape(3, -1).mean(1) / math.log(2)
+    np.testing.assert_allclose(terms["vb"].numpy(), ref, rtol=1e-10)
+    f32 = d.losses(out.float(), x0.float(), noise.float(), t)
+    assert all(v.dtype == torch.float32 for v in f32.values())
+    np.testing.assert_allclose(f32["vb"].numpy(), ref, rtol=1e-3)
+    bf = d.losses(out.bfloat16(), x0.float(), noise.float(), t)  # bf16 model output: losses in float32
+    assert all(v.dtype == torch.float32 for v in bf.values())
