@@ -36,6 +36,8 @@ class PrepareConfig:
     fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1], help="split: train,val,test fractions")
     holdout_sources: list[str] = field(default_factory=lambda: ["camus", "unity"],
                                        help="split: sources held out whole as the domain-shift set")
+    allow_outside_paths: bool = field(False, help="split: accept manifest rows pointing outside the manifest's "
+                                                  "folder (absolute or ../ paths), for data that really lives elsewhere")
     # import
     src: str = field("", help="import: dataset root directory")
     max_per_patient_view: int = field(15, help="import tmed2: at most this many images per patient and view", min=1)
@@ -56,6 +58,9 @@ class PrepareConfig:
             raise ConfigError("--out is required")
         if self.command == "split" and not self.manifest:
             raise ConfigError("split needs --manifest PATH")
+        if self.command == "split" and any(s < 1 for s in self.subsets):
+            raise ConfigError(f"subsets: {','.join(map(str, self.subsets))} — each nested subset size must be a "
+                              "whole number of training images >= 1, e.g. --subsets 1000,2000,4000")
         if self.command == "import" and not (self.format and self.src):
             raise ConfigError("import needs a FORMAT and --src PATH, e.g. `prepare.py import tmed2 --src /data/TMED2 --out DIR`")
         if self.command == "import":
@@ -76,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             print_summary(m.df, f"phantom dataset in {cfg.out}")
         elif cfg.command == "split":
             info = build_splits(cfg.manifest, cfg.out, cfg.subsets, seed=cfg.seed, fractions=cfg.fractions,
-                                holdout_sources=cfg.holdout_sources, overwrite=cfg.overwrite)
+                                holdout_sources=cfg.holdout_sources, overwrite=cfg.overwrite,
+                                allow_outside=cfg.allow_outside_paths)
             from gen.data.manifest import read_manifest
 
             print_summary(read_manifest(Path(cfg.out) / "manifest.csv", check_files=False).df, f"splits in {cfg.out}")
@@ -93,4 +99,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from gen.io import run_main
+
+    sys.exit(run_main(main, "prepare.py"))

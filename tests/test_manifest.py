@@ -18,7 +18,7 @@ from gen.rundir import init_run_dir, next_run_dir, start_run
 
 
 def _make(tmp_path, n=6, overrides=None) -> pd.DataFrame:
-    (tmp_path / "img").mkdir(exist_ok=True)
+    (tmp_path / "img").mkdir(parents=True, exist_ok=True)
     rows = []
     rng = np.random.default_rng(0)
     for i in range(n):
@@ -156,3 +156,103 @@ def test_parse_manifest_ref():
         parse_manifest_ref("m.csv#view=A2C")
     with pytest.raises(ValueError, match="empty manifest path"):
         parse_manifest_ref("#split=train")
+
+
+# ----------------------------------------------------------------------------------------------
+# Hostile input: paths leaving the data set, changed files, empty manifests, decompression bombs
+
+
+@pytest.mark.parametrize("bad", ["../outside.png", "img/../../outside.png", "/tmp/outside.png"])
+def test_paths_leaving_the_manifest_folder_are_refused_by_line(tmp_path, bad):
+    data = tmp_path / "data"
+    df = _make(data)
+    df.loc[3, "path"] = bad
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "outside.png")
+    path = _write(data, df)
+    with pytest.raises(ManifestError, match=r"row 5 \(.*outside.png\): path leaves the manifest's directory") as e:
+        read_manifest(path)
+    assert "--allow_outside_paths" in str(e.value) and "data_roots.json" in str(e.value)
+    if not bad.startswith("/"):  # the explicit opt-in accepts it
+        m = read_manifest(path, allow_outside=True)
+        assert m.abspath(3).resolve() == (tmp_path / "outside.png").resolve()
+
+
+def test_data_roots_file_allows_a_declared_folder_only(tmp_path):
+    from gen.data.manifest import data_roots, write_data_roots
+
+    other = tmp_path / "other"
+    other.mkdir()
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(other / "x.png")
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "secret.png")
+    data = tmp_path / "data"
+    df = _make(data)
+    df.loc[0, "path"] = "../other/x.png"
+    path = _write(data, df)
+    write_data_roots(data, [other])
+    roots, allowed = data_roots(data)
+    assert [r.resolve() for r in roots] == [other.resolve()] and not allowed
+    assert read_manifest(path).abspath(0).is_file()
+    df.loc[1, "path"] = "../secret.png"  # not under the declared root
+    _write(data, df)
+    with pytest.raises(ManifestError, match=r"row 3 \(../secret.png\): path leaves"):
+        read_manifest(path)
+    write_text(data / "data_roots.json", '{"allow_outside": true}')
+    assert len(read_manifest(path)) == 6
+    write_text(data / "data_roots.json", '{"allow_outside": "yes"}')
+    with pytest.raises(ManifestError, match="data_roots.json: not a valid"):
+        read_manifest(path)
+
+
+def test_zero_byte_and_header_only_manifests(tmp_path):
+    (tmp_path / "m.csv").write_bytes(b"")
+    with pytest.raises(ManifestError, match=r"m.csv: the manifest is empty \(0 bytes\)"):
+        read_manifest(tmp_path / "m.csv")
+    (tmp_path / "m.csv").write_bytes(b"\n\n")
+    with pytest.raises(ManifestError, match=r"m.csv: not a readable CSV"):
+        read_manifest(tmp_path / "m.csv")
+
+
+def test_verify_sha1_names_the_csv_line_after_filtering(tmp_path):
+    df = _make(tmp_path)
+    df.loc[[0, 1], "split"] = "val"  # patient p0 → val, so filter(split=train) drops lines 2-3
+    path = _write(tmp_path, df)
+    Image.fromarray(np.full((20, 24), 7, np.uint8)).save(tmp_path / "img" / "4.png")  # changed after writing
+    m = read_manifest(path).filter(split="train")
+    assert m.line(0) == 4
+    with pytest.raises(ManifestError, match=r"manifest.csv: line 6 \(img/4.png\): sha1 mismatch") as e:
+        m.verify_sha1()
+    assert "1 file(s) fail verification" in str(e.value)
+    read_manifest(path).filter(split="val").verify_sha1()  # untouched rows pass
+    with pytest.raises(ManifestError, match="line 6"):
+        ManifestDataset(path, size=8, split="train", verify=True)
+    assert len(ManifestDataset(path, size=8, split="train")) == 4  # verification is opt-in there
+
+
+def bomb_png(path, side: int = 20000) -> None:
+    """A real PNG header claiming side×side pixels with a tiny body: Pillow refuses it at open."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    body = zlib.compress(b"\0" * (side + 1) * 4)  # 4 rows; decoding stops long before a full image
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("side", [20000, 10000])  # over 2× Pillow's limit (error) and over 1× (warning)
+def test_decompression_bomb_is_refused_by_name(tmp_path, side):
+    from gen.data.manifest import ImageError, load_gray
+
+    bomb_png(tmp_path / "bomb.png", side)
+    with pytest.raises(ImageError, match=r"bomb.png: refused as a possible decompression bomb"):
+        load_gray(tmp_path / "bomb.png")
+    df = _make(tmp_path)
+    bomb_png(tmp_path / "img" / "2.png", side)
+    path = _write(tmp_path, df)
+    ds = ManifestDataset(path, size=8)
+    with pytest.raises(ManifestError, match=r"img/2.png: refused as a possible decompression bomb"):
+        ds[2]
+    with pytest.raises(ManifestError, match=r"row 4 \(img/2.png\): unreadable image .*decompression bomb"):
+        read_manifest(path, decode_images=True)

@@ -98,3 +98,81 @@ def test_build_splits_on_phantom(phantom_dir, split_dir):
     assert read_manifest(split_dir / "manifest.csv").filter(subset=60).df["path"].tolist() == s60.df["path"].tolist()
     with pytest.raises(FileExistsError, match="--overwrite"):
         build_splits(phantom_dir / "manifest.csv", split_dir, subsets=[60])
+
+
+def _copy_dataset(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst / "manifest.csv"
+
+
+def test_split_declares_its_data_root_and_refuses_outside_or_changed_files(phantom_dir, tmp_path):
+    import json
+
+    from gen.data.manifest import ManifestError
+
+    m = _copy_dataset(phantom_dir, tmp_path / "data")
+    build_splits(m, tmp_path / "split", subsets=[60], seed=0)
+    roots = json.loads((tmp_path / "split" / "data_roots.json").read_text())
+    assert roots == {"roots": ["../data"], "allow_outside": False}
+    assert not (tmp_path / "split" / ".prepare.json").exists()
+    read_manifest(tmp_path / "split" / "train_60.csv", check_sha1=True)  # rows point into ../data: allowed
+
+    df = pd.read_csv(m, dtype=str, keep_default_na=False)
+    (tmp_path / "secret.png").write_bytes((tmp_path / "data" / df["path"][0]).read_bytes())
+    hostile = df.copy()
+    hostile.loc[7, "path"] = "../secret.png"
+    hostile.loc[7, "sha1"] = df["sha1"][0]
+    hostile.to_csv(m, index=False)
+    with pytest.raises(ManifestError, match=r"row 9 \(../secret.png\): path leaves the manifest's directory"):
+        build_splits(m, tmp_path / "split2", subsets=[60])
+    info = build_splits(m, tmp_path / "split3", subsets=[60], allow_outside=True)  # the explicit opt-in
+    assert info["n_images"] == len(df)
+    assert json.loads((tmp_path / "split3" / "data_roots.json").read_text())["allow_outside"] is True
+
+    df.to_csv(m, index=False)
+    (tmp_path / "data" / df["path"][4]).write_bytes((tmp_path / "data" / df["path"][5]).read_bytes())
+    with pytest.raises(ManifestError, match=rf"row 6 \({df['path'][4]}\): sha1 mismatch"):
+        build_splits(m, tmp_path / "split4", subsets=[60])
+    assert not (tmp_path / "split4" / "manifest.csv").exists()
+
+
+def test_split_resumes_after_an_interruption_with_identical_files(phantom_dir, tmp_path):
+    import json
+
+    from gen.io import fingerprint, write_text
+
+    out = tmp_path / "split"
+    build_splits(phantom_dir / "manifest.csv", out, subsets=[60, 120], seed=0)
+    files = sorted(p.name for p in out.iterdir())
+    ref = {n: (out / n).read_bytes() for n in files}
+    # As a kill leaves it: the marker of the settings, the full manifest, a torn train_60.csv, no splits.json.
+    (out / "splits.json").unlink()
+    write_text(out / "train_60.csv", "path,view\n")
+    marker = {"kind": "split", "manifest": str((phantom_dir / "manifest.csv").resolve()),
+              "manifest_sha1": fingerprint(phantom_dir / "manifest.csv"),
+              "subsets": [60, 120], "seed": 0, "fractions": [0.8, 0.1, 0.1], "holdout_sources": ["camus", "unity"]}
+    write_text(out / ".prepare.json", json.dumps(marker))
+    build_splits(phantom_dir / "manifest.csv", out, subsets=[60, 120], seed=0)
+    assert sorted(p.name for p in out.iterdir()) == files
+    assert all((out / n).read_bytes() == ref[n] for n in files if n != "splits.json")
+    with pytest.raises(FileExistsError, match="--overwrite"):  # a finished output is not redone silently
+        build_splits(phantom_dir / "manifest.csv", out, subsets=[60, 120], seed=0)
+    # Another setting is not a resume of this one.
+    write_text(out / ".prepare.json", json.dumps({**marker, "seed": 1}))
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        build_splits(phantom_dir / "manifest.csv", out, subsets=[60, 120], seed=0)
+
+
+@pytest.mark.parametrize("value, message", [("-5", "must be a whole number of training images >= 1"),
+                                            ("0", "must be a whole number of training images >= 1"),
+                                            ("100,-1", "must be a whole number"),
+                                            ("1.5", "expected an integer, got '1.5'")])
+def test_split_cli_validates_subsets(phantom_dir, tmp_path, value, message):
+    from conftest import PYTHON, run_cli
+
+    proc = run_cli([PYTHON, "gen/prepare.py", "split", "--manifest", str(phantom_dir / "manifest.csv"),
+                    "--out", str(tmp_path / "s"), "--subsets", value], check=False)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "s").exists()

@@ -16,13 +16,15 @@ from tqdm.auto import tqdm
 from gen.data.manifest import (
     Manifest,
     ManifestError,
+    data_roots,
     read_manifest,
     rebase,
     sort_views,
+    write_data_roots,
     write_manifest,
 )
 from gen.data.splits import assign_splits, subset_column, subset_ranks
-from gen.io import read_json, sha1_bytes, write_bytes, write_json
+from gen.io import fingerprint, read_json, sha1_bytes, write_bytes, write_json
 
 # ----------------------------------------------------------------------------------------------
 # Summaries
@@ -159,19 +161,30 @@ def _claim_output(out: Path, settings: dict, overwrite: bool) -> None:
 
 def build_splits(manifest: str | os.PathLike, out: str | os.PathLike, subsets: Sequence[int],
                  seed: int = 0, fractions: Sequence[float] = (0.8, 0.1, 0.1),
-                 holdout_sources: Sequence[str] = ("camus", "unity"), overwrite: bool = False) -> dict:
+                 holdout_sources: Sequence[str] = ("camus", "unity"), overwrite: bool = False,
+                 allow_outside: bool = False) -> dict:
     """Write patient-level split manifests and nested training subsets into OUT.
 
     Outputs: manifest.csv (every row, with `split` and `subset`), train.csv, val.csv, test.csv,
-    shift.csv (holdout sources), train_<N>.csv for each nested subset, splits.json.
+    shift.csv (holdout sources), train_<N>.csv for each nested subset, splits.json (last),
+    data_roots.json (the input data set's folder, which the rows point into). Every image's
+    SHA-1 is checked first. Resumable like the phantom: an interrupted run is redone by the
+    same command (OUT/.prepare.json holds its settings).
     """
-    m = read_manifest(manifest)
+    if any(int(s) < 1 for s in subsets):
+        raise ValueError(f"subsets must be positive image counts, got {list(subsets)}")
     out = Path(out)
-    if (out / "manifest.csv").exists() and not overwrite:
+    src = Path(manifest).resolve()
+    if src.parent == out.resolve() or out.resolve() in src.parents:
+        raise ValueError(f"--out {out} must not hold the input manifest {manifest}")
+    m = read_manifest(manifest, check_sha1=True, allow_outside=allow_outside)
+    settings = {"kind": "split", "manifest": str(src), "manifest_sha1": fingerprint(src), "subsets": sorted(map(int, subsets)),
+                "seed": seed, "fractions": list(fractions), "holdout_sources": list(holdout_sources)}
+    if (out / "manifest.csv").exists() and not overwrite and not (out / ".prepare.json").is_file():
         raise FileExistsError(f"{out / 'manifest.csv'} already exists; pass --overwrite to replace it")
-    if Path(manifest).resolve() == (out / "manifest.csv").resolve():
-        raise ValueError("--out must differ from the input manifest's directory")
-    out.mkdir(parents=True, exist_ok=True)
+    _claim_output(out, settings, overwrite)
+    roots, allowed = data_roots(m.root)
+    write_data_roots(out, [m.root, *roots], allow_outside=allow_outside or allowed)
     df = rebase(m.df, m.root, out)
     df["split"] = assign_splits(df, seed=seed, fractions=fractions, holdout_sources=holdout_sources)
     train = df[df["split"] == "train"]
@@ -199,5 +212,6 @@ def build_splits(manifest: str | os.PathLike, out: str | os.PathLike, subsets: S
         **summary_dict(df),
     }
     write_json(out / "splits.json", info)
+    (out / ".prepare.json").unlink(missing_ok=True)
     return info
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from gen.data.manifest import Manifest, ManifestError, load_gray, read_manifest
+from gen.data.manifest import ImageError, Manifest, ManifestError, load_gray, read_manifest
 
 
 class ManifestDataset(Dataset):
@@ -19,6 +19,8 @@ class ManifestDataset(Dataset):
     Labels index `classes` (default: the manifest's views in canonical order). Only paths and
     labels are held, so the dataset pickles cheaply into `num_workers > 0` loader processes;
     `preload=True` instead decodes everything once into a uint8 array (small CPU sets).
+    `verify=True` checks the SHA-1 of every used row's file first and names the CSV line of each
+    changed file; `allow_outside` accepts rows pointing outside the manifest's folder.
     """
 
     def __init__(
@@ -32,11 +34,16 @@ class ManifestDataset(Dataset):
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         preload: bool = False,
         check_files: bool = True,
+        verify: bool = False,
+        allow_outside: bool = False,
     ) -> None:
-        m = manifest if isinstance(manifest, Manifest) else read_manifest(manifest, check_files=check_files)
+        m = manifest if isinstance(manifest, Manifest) else read_manifest(
+            manifest, check_files=check_files, allow_outside=allow_outside)
         m = m.filter(split=split, subset=subset)
         if len(m) == 0:
-            raise ManifestError(f"{m.root}: no rows for split={split!r} subset={subset!r}")
+            raise ManifestError(f"{m.csv or m.root}: no rows for split={split!r} subset={subset!r}")
+        if verify:
+            m.verify_sha1()
         self.classes = list(classes) if classes is not None else m.classes()
         unknown = sorted(set(m.df["view"]) - set(self.classes))
         if unknown:
@@ -54,6 +61,8 @@ class ManifestDataset(Dataset):
     def _load(self, path: str) -> np.ndarray:
         try:
             return load_gray(path, self.size)
+        except ImageError as e:
+            raise ManifestError(str(e)) from None
         except (OSError, ValueError) as e:
             raise ManifestError(f"{path}: cannot read image ({e})") from None
 
