@@ -10,9 +10,13 @@ leaves a half-written checkpoint that `--resume latest` could pick.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import random
 import shutil
+import struct
+import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -89,18 +93,125 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, *, model: dict, ema: 
     return final
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that is missing, truncated, garbage or holds non-finite numbers; the message names it."""
+
+
+class NonFiniteError(ValueError):
+    """Training produced nan or inf (loss, gradient or weights); the message names the step."""
+
+
+WEIGHT_FILES = ("model.safetensors", "ema.safetensors", "optimizer.safetensors")
+JSON_FILES = ("optimizer.json", "scheduler.json", "state.json")
+
+
+def verify_safetensors(path: str | os.PathLike) -> None:
+    """Check a .safetensors file's framing without reading its tensors: header length, header JSON, data size."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing")
+    size = path.stat().st_size
+    if size < 8:
+        raise CheckpointError(f"{path}: truncated ({size} bytes; a safetensors file starts with an 8-byte header length)")
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        if n > size - 8:
+            raise CheckpointError(f"{path}: truncated or not a safetensors file (header of {n} bytes in a {size}-byte file)")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise CheckpointError(f"{path}: not a safetensors file (its header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: not a safetensors file (its header is not a mapping)")
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v]
+    if len(ends) != len([k for k in header if k != "__metadata__"]):
+        raise CheckpointError(f"{path}: not a safetensors file (a header entry has no data offsets)")
+    if 8 + n + max(ends, default=0) != size:
+        raise CheckpointError(f"{path}: truncated or padded ({size} bytes, its header describes {8 + n + max(ends, default=0)})")
+
+
+def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a verified .safetensors file; any problem becomes a CheckpointError naming it."""
+    verify_safetensors(path)
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own SafetensorError without the file name
+        raise CheckpointError(f"{path}: cannot be read ({e})") from None
+
+
+def nonfinite_keys(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of floating-point tensors holding nan or inf."""
+    return [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def check_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
+    """Raise a CheckpointError naming `what` and the first tensors if any tensor holds nan or inf."""
+    bad = nonfinite_keys(tensors)
+    if bad:
+        raise CheckpointError(f"{what}: {len(bad)} tensor(s) hold nan or inf (e.g. {', '.join(bad[:3])}); "
+                              "the run diverged: use an earlier checkpoint, a lower --lr or --grad_clip")
+
+
+def verify_checkpoint(path: str | os.PathLike, files: Iterable[str] = WEIGHT_FILES + JSON_FILES) -> None:
+    """Check that a checkpoint directory's `files` are complete and readable (safetensors framing, JSON)."""
+    path = Path(path)
+    for name in files:
+        f = path / name
+        if name.endswith(".safetensors"):
+            verify_safetensors(f)
+        else:
+            try:
+                read_json(f)
+            except (FileNotFoundError, ValueError) as e:
+                raise CheckpointError(str(e)) from None
+
+
+def _warn(msg: str) -> None:
+    if os.environ.get("RANK", "0") == "0":  # once, not once per process
+        print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+
+def latest_intact(run_dir: str | os.PathLike, files: Iterable[str] = WEIGHT_FILES + JSON_FILES,
+                  warn: Callable[[str], None] = _warn) -> int | None:
+    """Step of the newest checkpoint whose `files` verify, warning (naming the file) about each newer broken one."""
+    files = tuple(files)
+    steps = list_checkpoints(run_dir)
+    for i, step in enumerate(reversed(steps)):
+        try:
+            verify_checkpoint(checkpoint_dir(run_dir, step), files)
+            return step
+        except CheckpointError as e:
+            older = steps[-i - 2] if i + 1 < len(steps) else None
+            warn(f"{e}; " + (f"falling back to the previous checkpoint, step {older}" if older is not None
+                             else "no older checkpoint to fall back to"))
+    return None
+
+
+def clean_stale_temp(run_dir: str | os.PathLike) -> list[Path]:
+    """Remove the hidden `.step-*` directories that interrupted checkpoint writes left in RUN/checkpoints/."""
+    ck = Path(run_dir) / "checkpoints"
+    stale = sorted(p for p in ck.glob(".step-*") if p.is_dir()) if ck.is_dir() else []
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return stale
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint directory into {model, ema, optimizer, scheduler, state}."""
+    """Read a checkpoint directory into {model, ema, optimizer, scheduler, state}, each file verified and named on error."""
     path = Path(path)
     if not (path / "state.json").is_file():
         raise FileNotFoundError(f"{path}: not a complete checkpoint (no state.json)")
-    return {
-        "model": load_file(str(path / "model.safetensors")),
-        "ema": load_file(str(path / "ema.safetensors")),
-        "optimizer": _optimizer_from_files(load_file(str(path / "optimizer.safetensors")), read_json(path / "optimizer.json")),
-        "scheduler": read_json(path / "scheduler.json"),
-        "state": read_json(path / "state.json"),
-    }
+    verify_checkpoint(path)
+    try:
+        return {
+            "model": load_tensors(path / "model.safetensors"),
+            "ema": load_tensors(path / "ema.safetensors"),
+            "optimizer": _optimizer_from_files(load_tensors(path / "optimizer.safetensors"), read_json(path / "optimizer.json")),
+            "scheduler": read_json(path / "scheduler.json"),
+            "state": read_json(path / "state.json"),
+        }
+    except (KeyError, TypeError, AttributeError) as e:  # valid JSON of the wrong shape
+        raise CheckpointError(f"{path}: optimizer.json or state.json does not describe this checkpoint ({e!r})") from None
 
 
 def prune_checkpoints(run_dir: str | os.PathLike, keep_last: int, keep_every: int) -> list[int]:

@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import difflib
 import json
+import math
 import sys
 import types
 import typing
@@ -36,10 +37,12 @@ def field(
     choices: Sequence[Any] | None = None,
     min: float | None = None,
     max: float | None = None,
+    finite: bool = True,
     default_factory: Callable[[], Any] | Any = dataclasses.MISSING,
 ) -> Any:
-    """A dataclass field with help text and checked choices/range."""
-    meta = {"help": help, "choices": tuple(choices) if choices is not None else None, "min": min, "max": max}
+    """A dataclass field with help text and checked choices/range; float fields refuse nan/inf unless `finite=False`."""
+    meta = {"help": help, "choices": tuple(choices) if choices is not None else None, "min": min, "max": max,
+            "finite": finite}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -171,6 +174,19 @@ def _unknown_key_error(key: str, keys: list[str], where: str) -> ConfigError:
     return ConfigError(f"unknown config key '{key}' in {where}.{hint} Valid keys: {', '.join(keys)}")
 
 
+def _unknown_arg_error(token: str, keys: list[str]) -> ConfigError:
+    """The error for the first command-line token argparse did not take: a missing dash, a stray word, or a bad key."""
+    name = token.split("=", 1)[0]
+    bare = name.lstrip("-").replace("-", "_")
+    if name.startswith("-") and not name.startswith("--"):
+        close = [bare] if bare in keys else difflib.get_close_matches(bare, keys, n=1)
+        hint = f" did you mean '--{close[0]}'?" if close else " config keys take two dashes (--key value)"
+        return ConfigError(f"unknown option '{name}':{hint}")
+    if not name.startswith("-"):
+        return ConfigError(f"unexpected argument '{token}': config keys are given as --key value")
+    return _unknown_key_error(bare, keys, "the command line")
+
+
 def _flatten_mapping(d: dict, prefix: str = "") -> dict[str, Any]:
     out = {}
     for k, v in d.items():
@@ -227,6 +243,9 @@ def check(cfg: Any) -> None:
         for v in values:
             if v is None:
                 continue
+            # nan compares false with every bound, so a range check alone lets it through
+            if isinstance(v, float) and meta.get("finite", True) and not math.isfinite(v):
+                raise ConfigError(f"{key}: {v!r} is not a finite number (nan and inf are refused)")
             if meta.get("choices") and v not in meta["choices"]:
                 raise ConfigError(f"{key}: {v!r} is not one of {', '.join(map(str, meta['choices']))}")
             if meta.get("min") is not None and v < meta["min"]:
@@ -258,6 +277,8 @@ def to_dict(cfg: Any) -> dict:
 
 def from_dict(cls: type[T], data: dict, where: str = "a saved config") -> T:
     """Rebuild a config from `to_dict` output (unknown keys are errors)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of config keys, got {type(data).__name__}")
     cfg = cls()
     apply_overrides(cfg, _flatten_mapping(data), where)
     check(cfg)
@@ -330,8 +351,7 @@ def parse_config(
     ns, unknown = parser.parse_known_args(argv)
     try:
         if unknown:
-            bad = unknown[0].split("=", 1)[0].lstrip("-")
-            raise _unknown_key_error(bad, list(flat), "the command line")
+            raise _unknown_arg_error(unknown[0], list(flat))
         cfg = cls()
         if ns.config:
             apply_overrides(cfg, _flatten_mapping(load_yaml(ns.config)), ns.config)
@@ -344,3 +364,22 @@ def parse_config(
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False).rstrip())
         sys.exit(0)
     return cfg
+
+
+def run_script(main: Callable[[], int | None]) -> None:
+    """Run a script's `main()` and exit with its status; output piped into `head` ends quietly, Ctrl-C exits 130."""
+    import os
+
+    from gen.io import run_main
+
+    try:
+        code = run_main(main)  # an unwritable output: one line, exit 2
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # the reader (e.g. `| head`) has gone: point stdout at /dev/null so the exit-time flush stays quiet
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        code = 130
+    sys.exit(code)

@@ -6,28 +6,30 @@
 
 Writes DIR/{samples.npz, images/<class>/<index>.png, manifest.csv, sample.json}; each image has
 its own seed, so the result is the same for any number of processes. Rerun to resume.
+A damaged newest checkpoint is skipped with a warning naming the file; weights with nan/inf are refused.
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
-
-from gen.config import ConfigError, parse_config  # noqa: E402
-from gen.sampling import SampleConfig, sample_to_dir  # noqa: E402
+from gen.config import ConfigError, parse_config, run_script
+from gen.configs import SampleConfig
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse (without torch), then sample."""
     cfg = parse_config(SampleConfig, argv, description=__doc__)
+    from accelerate import PartialState
+
+    from gen.sampling import sample_to_dir
+
     try:
         out = sample_to_dir(cfg)
     except (ConfigError, FileExistsError, FileNotFoundError, ValueError) as e:
-        print(f"sample.py: error: {e}", file=sys.stderr)
+        if PartialState().is_main_process:
+            print(f"sample.py: error: {e}", file=sys.stderr)
         return 2
-    from accelerate import PartialState
-
     state = PartialState()
     if state.is_main_process:
         print(f"wrote {out}/samples.npz, manifest.csv, images/")
@@ -39,4 +41,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

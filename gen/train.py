@@ -6,37 +6,48 @@
   accelerate launch gen/train.py --config configs/gen/thesis.yaml --data ... --run_dir runs/ddpm-1k --resume latest
 
 Writes RUN/{config.json, provenance.json, classes.json, stats.jsonl, log.txt, samples/, checkpoints/step-NNNNNNN/}.
+Ctrl-C (or SIGTERM) finishes the current step, writes a checkpoint and prints the command that continues.
 """
 
 from __future__ import annotations
 
+import os
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
-
-from gen.config import ConfigError, parse_config  # noqa: E402
-from gen.data.manifest import ManifestError  # noqa: E402
-from gen.model import preset_table  # noqa: E402
-from gen.training import TrainConfig, train  # noqa: E402
+from gen.config import ConfigError, parse_config, run_script
+from gen.configs import TrainConfig
+from gen.presets import preset_summary
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_config(TrainConfig, argv, description=__doc__, epilog="UNet presets (σ learned, 4 classes):\n" + preset_table())
-    from accelerate import PartialState
+    """Parse (without torch: --help and config errors answer at once), then train."""
+    cfg = parse_config(TrainConfig, argv, description=__doc__,
+                       epilog="UNet presets (parameter counts: the run's log.txt, or gen.model.preset_table()):\n"
+                              + preset_summary())
+    from gen.checkpoint import CheckpointError
+    from gen.data.manifest import ManifestError
+    from gen.launcher import GracefulStop, Interrupted
+    from gen.training import train
 
-    try:
-        train(cfg)
-    except (ConfigError, ManifestError, FileExistsError, FileNotFoundError, ValueError) as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
-        return 2
-    state = PartialState()
-    state.wait_for_everyone()
+    main_process = os.environ.get("RANK", "0") == "0"
+    with GracefulStop() as stop:
+        try:
+            train(cfg, stop=stop)
+        except Interrupted as e:
+            if main_process:
+                print(e, file=sys.stderr, flush=True)
+            return e.exit_code
+        except (ConfigError, ManifestError, CheckpointError, FileExistsError, FileNotFoundError, ValueError) as e:
+            if main_process:
+                print(f"train.py: error: {e}", file=sys.stderr, flush=True)
+            return 2
     from accelerate import Accelerator
 
-    Accelerator().end_training()
+    accelerator = Accelerator()
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)
