@@ -12,52 +12,9 @@ import torch
 from torch import nn
 
 from gen.config import ConfigError
-from gen.config import field as cfg_field
+from gen.presets import PRESETS, ModelConfig, Preset, preset_image_size  # noqa: F401
 
-# ----------------------------------------------------------------------------------------------
-# Presets: name -> UNet2DModel architecture. Attention levels are those whose flag is True.
-
-
-@dataclass(frozen=True)
-class Preset:
-    """A UNet architecture: channels per level, res blocks per level, attention per level."""
-
-    channels: tuple[int, ...]
-    layers_per_block: int
-    attention: tuple[bool, ...]
-    image_size: int
-    attention_head_dim: int = 64
-    norm_num_groups: int = 32
-    scale_shift: bool = True  # FiLM-style time embedding (improved-diffusion's use_scale_shift_norm)
-    note: str = ""
-
-
-PRESETS: dict[str, Preset] = {
-    # CPU tests at 32×32: ~0.1 s per training step of 16 images on 2 cores.
-    "tiny": Preset((32, 64, 64), 1, (False, False, True), 32, attention_head_dim=32, norm_num_groups=16,
-                   note="CPU tests, 32×32"),
-    # CPU demo at 32–64 px.
-    "small": Preset((64, 128, 128, 256), 2, (False, False, True, True), 64, norm_num_groups=32,
-                    note="CPU demo, 32–64 px"),
-    # improved-diffusion's 64-px ImageNet model at 112×112: 128·(1,2,3,4), 3 res blocks,
-    # attention at 28×28 and 14×14 (4× and 8× downsampled).
-    "thesis": Preset((128, 256, 384, 512), 3, (False, False, True, True), 112,
-                     note="thesis, 112×112 (GPU)"),
-}
-
-
-@dataclass
-class ModelConfig:
-    """Which UNet: a preset plus the few knobs that do not change its identity."""
-
-    preset: str = cfg_field("tiny", help="UNet preset", choices=tuple(PRESETS))
-    image_size: int = cfg_field(0, help="image side in pixels (0 = the preset's)", min=0, max=1024)
-    dropout: float = cfg_field(0.0, help="dropout in the res blocks", min=0.0, max=0.9)
-
-
-def preset_image_size(cfg: ModelConfig) -> int:
-    """The config's image size, or its preset's when 0."""
-    return cfg.image_size or PRESETS[cfg.preset].image_size
+# Presets and ModelConfig live in gen.presets (torch-free, for fast --help); re-exported here.
 
 
 class ClassUNet(nn.Module):
@@ -158,9 +115,12 @@ class LoadedRun:
 
 def load_run(run_dir: str | os.PathLike, checkpoint: str = "ema", step: int | None = None,
              device: str | torch.device = "cpu") -> LoadedRun:
-    """Rebuild the model of a run from config.json + classes.json and load `ema` or `model` weights at `step` (None = latest)."""
-    from safetensors.torch import load_file
+    """Rebuild the model of a run from config.json + classes.json and load `ema` or `model` weights at `step`.
 
+    `step` None takes the newest checkpoint whose weights file is intact, warning about (and naming)
+    each newer broken one; weights holding nan or inf are refused.
+    """
+    from gen.checkpoint import check_finite, latest_intact, load_tensors
     from gen.diffusion import Diffusion
     from gen.io import read_json
     from gen.training import TrainConfig
@@ -174,7 +134,9 @@ def load_run(run_dir: str | os.PathLike, checkpoint: str = "ema", step: int | No
     if not steps:
         raise FileNotFoundError(f"{run_dir}: no complete checkpoint under checkpoints/ yet")
     if step is None:
-        step = steps[-1]
+        step = latest_intact(run_dir, (f"{checkpoint}.safetensors", "state.json"))
+        if step is None:
+            raise FileNotFoundError(f"{run_dir}: every checkpoint's {checkpoint}.safetensors is damaged (see the warnings above)")
     elif step not in steps:
         raise FileNotFoundError(f"{run_dir}: no checkpoint at step {step}; kept steps: {steps}")
     from gen.config import from_dict
@@ -183,7 +145,9 @@ def load_run(run_dir: str | os.PathLike, checkpoint: str = "ema", step: int | No
     classes = read_json(run_dir / "classes.json")
     model = build_model(cfg.model, len(classes), cfg.diffusion.learn_sigma)
     path = checkpoint_dir(run_dir, step) / f"{checkpoint}.safetensors"
-    missing, unexpected = model.load_state_dict(load_file(str(path)), strict=False)
+    weights = load_tensors(path)
+    check_finite(weights, str(path))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise ValueError(f"{path}: weights do not match the config's model (missing {missing[:3]}, unexpected {unexpected[:3]})")
     model.to(device).eval().requires_grad_(False)

@@ -11,7 +11,6 @@ import contextlib
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +18,10 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from gen.config import ConfigError
-from gen.config import field as cfg_field
+from gen.configs import SAMPLERS, SampleConfig, parse_counts  # noqa: F401
 from gen.data.dataset import to_uint8
 from gen.diffusion import make_scheduler
 from gen.io import read_json, save_npz, save_png, sha1_bytes, write_bytes
-
-SAMPLERS = ("ddpm", "ddim")
 
 
 def image_seeds(global_seed: int, indices: Sequence[int]) -> np.ndarray:
@@ -195,44 +191,7 @@ def save_grid(path: str | os.PathLike, images: np.ndarray, ncol: int) -> None:
 # ----------------------------------------------------------------------------------------------
 # gen/sample.py's config and driver
 
-@dataclass
-class SampleConfig:
-    """`gen/sample.py`: which run and weights, how many images of which class, which sampler."""
-
-    run: str = cfg_field("", help="diffusion run directory (from gen/train.py)")
-    checkpoint: str = cfg_field("ema", help="weights to sample with", choices=("ema", "model"))
-    step: int = cfg_field(0, help="checkpoint step (0 = latest kept)", min=0)
-    per_class: int = cfg_field(0, help="images per class (balanced set)", min=0)
-    counts: str = cfg_field("", help="explicit counts instead, e.g. A2C=500,PSAX=300")
-    steps: int = cfg_field(100, help="sampling steps (respaced chain)", min=1)
-    sampler: str = cfg_field("ddpm", help="ddpm (learned variances) or ddim (ε only)", choices=SAMPLERS)
-    eta: float = cfg_field(0.0, help="DDIM η (0 = deterministic)", min=0.0, max=1.0)
-    guidance: float = cfg_field(1.0, help="classifier-free guidance scale w on ε (1 = conditional only)", min=0.0)
-    spacing: str = cfg_field("linspace", help="which timesteps a short chain keeps", choices=("linspace", "leading"))
-    seed: int = cfg_field(0, help="global seed; image i uses a seed derived from (seed, i)")
-    batch_size: int = cfg_field(64, help="images per forward per process (also the shard size)", min=1)
-    out: str = cfg_field("", help="output directory")
-    overwrite: bool = cfg_field(False, help="replace an existing output directory")
-
-    def validate(self) -> None:
-        if not self.run:
-            raise ConfigError("--run RUN_DIR is required (a gen/train.py run directory)")
-        if not self.out:
-            raise ConfigError("--out DIR is required")
-        if bool(self.per_class) == bool(self.counts):
-            raise ConfigError("give exactly one of --per_class N or --counts CLASS=N,...")
-        parse_counts(self.counts)
-
-
-def parse_counts(text: str) -> dict[str, int]:
-    """'A2C=500,PSAX=300' -> {'A2C': 500, 'PSAX': 300}."""
-    out: dict[str, int] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        name, sep, num = part.partition("=")
-        if not sep or not num.strip().isdigit():
-            raise ConfigError(f"counts: {part!r} is not CLASS=N (e.g. --counts A2C=500,PSAX=300)")
-        out[name.strip()] = int(num)
-    return out
+# SampleConfig and parse_counts live in gen.configs (torch-free); re-exported here.
 
 
 def sample_to_dir(cfg: SampleConfig) -> Path:

@@ -11,78 +11,15 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from gen.config import ConfigError
-from gen.config import field as cfg_field
-from gen.diffusion import SCHEDULES
-from gen.model import ModelConfig
+from gen.configs import RESUME_MAY_DIFFER, DiffusionConfig, TrainConfig  # noqa: F401
 
-RESUME_MAY_DIFFER = {"steps", "resume", "overwrite", "checkpoint_every", "keep_last", "keep_every", "log_every",
-                     "sample_every", "sample_per_class", "sample_steps", "num_workers", "compile", "batch_gpu",
-                     "out", "run_dir", "desc", "preload", "mixed_precision", "channels_last"}
-
-
-@dataclass
-class DiffusionConfig:
-    """The diffusion process (thesis §2.3): schedule, T, learned σ and the VLB weight."""
-
-    num_timesteps: int = cfg_field(1000, help="diffusion steps T", min=2, max=100000)
-    schedule: str = cfg_field("linear", help="noise schedule", choices=SCHEDULES)
-    learn_sigma: bool = cfg_field(True, help="learn the variance (hybrid loss); false: L_simple, fixed σ")
-    lambda_vlb: float = cfg_field(0.001, help="λ of L_hybrid = L_simple + λ·L_vlb", min=0.0)
-
-
-@dataclass
-class TrainConfig:
-    """`gen/train.py`: data, run directory, model, diffusion, optimisation, checkpoints, logging."""
-
-    data: str = cfg_field("", help="training manifest CSV (all its rows are used unless --split/--subset)")
-    subset: str = cfg_field("", help="nested training subset size to train on (e.g. 1000), empty = all rows")
-    split: str = cfg_field("", help="only rows of this split (e.g. train), empty = all rows")
-    classes: list[str] = cfg_field(default_factory=list, help="class names in label order (default: views present); each needs images")
-    out: str = cfg_field("runs", help="root for numbered run directories")
-    run_dir: str = cfg_field("", help="explicit run directory instead of a numbered one under --out")
-    desc: str = cfg_field("", help="short description for the run directory name")
-    resume: str = cfg_field("", help="'latest' or a run/checkpoint directory to continue")
-    overwrite: bool = cfg_field(False, help="replace an existing --run_dir")
-    model: ModelConfig = field(default_factory=ModelConfig)
-    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
-    steps: int = cfg_field(10000, help="total optimiser steps", min=1)
-    global_batch: int = cfg_field(16, help="images per optimiser step over all processes", min=1)
-    batch_gpu: int = cfg_field(0, help="images per process per forward (0 = global_batch / processes); smaller -> accumulation", min=0)
-    lr: float = cfg_field(1e-4, help="AdamW learning rate", min=0.0)
-    weight_decay: float = cfg_field(0.0, help="AdamW weight decay", min=0.0)
-    warmup_steps: int = cfg_field(0, help="linear LR warm-up steps", min=0)
-    grad_clip: float = cfg_field(1.0, help="clip the gradient norm to this (0 = no clipping)", min=0.0)
-    ema_decay: float = cfg_field(0.9999, help="EMA decay", min=0.0, max=1.0)
-    ema_warmup: bool = cfg_field(True, help="EMA decay min(decay, (1+n)/(10+n)) early on")
-    cfg_dropout: float = cfg_field(0.0, help="label dropout probability for classifier-free guidance", min=0.0, max=1.0)
-    mixed_precision: str = cfg_field("auto", help="auto = bf16 on CUDA, fp32 on CPU", choices=("auto", "no", "bf16", "fp16"))
-    channels_last: bool = cfg_field(True, help="channels_last memory format on CUDA")
-    compile: bool = cfg_field(False, help="torch.compile the UNet (CUDA only)")
-    seed: int = cfg_field(0, help="seed of data order, noise, timesteps, init")
-    checkpoint_every: int = cfg_field(1000, help="checkpoint every N steps (and at the end)", min=1)
-    keep_last: int = cfg_field(2, help="keep the newest K checkpoints", min=1)
-    keep_every: int = cfg_field(0, help="also keep every checkpoint whose step is a multiple of M (0 = none)", min=0)
-    log_every: int = cfg_field(50, help="stats.jsonl line every N steps", min=1)
-    sample_every: int = cfg_field(0, help="sample grid every N steps (0 = only at the end)", min=0)
-    sample_per_class: int = cfg_field(4, help="grid images per class", min=0)
-    sample_steps: int = cfg_field(50, help="sampling steps for grids", min=1)
-    num_workers: int = cfg_field(0, help="data-loader worker processes (0 = main process)", min=0)
-    preload: bool = cfg_field(True, help="decode the whole training set into memory once")
-
-    def validate(self) -> None:
-        if not self.data:
-            raise ConfigError("--data MANIFEST is required (a manifest CSV, e.g. from gen/prepare.py split)")
-        if self.resume and self.overwrite:
-            raise ConfigError("--resume and --overwrite contradict each other; pick one")
-        if self.sample_steps > self.diffusion.num_timesteps:
-            raise ConfigError(f"sample_steps {self.sample_steps} exceeds diffusion.num_timesteps {self.diffusion.num_timesteps}")
+# DiffusionConfig, TrainConfig and RESUME_MAY_DIFFER live in gen.configs (torch-free); re-exported here.
 
 
 def batch_plan(global_batch: int, batch_gpu: int, world: int) -> tuple[int, int]:
@@ -168,7 +105,7 @@ def _latest_run(root: Path) -> Path | None:
 
 def resolve_resume(cfg: TrainConfig) -> tuple[Path | None, Path | None]:
     """(run directory to continue, checkpoint directory to load) for `--resume`; (None, None) = fresh run."""
-    from gen.model import checkpoint_dir, list_checkpoints
+    from gen.model import list_checkpoints
 
     if not cfg.resume:
         if cfg.run_dir and (Path(cfg.run_dir) / "config.json").exists() and not cfg.overwrite:
@@ -181,14 +118,26 @@ def resolve_resume(cfg: TrainConfig) -> tuple[Path | None, Path | None]:
         steps = list_checkpoints(run)
         if not steps:  # an explicit run dir without checkpoints yet: (re)start it
             return run, None
-        return run, checkpoint_dir(run, steps[-1])
+        return run, _newest_intact(run)
     p = Path(cfg.resume)
     if (p / "state.json").is_file():
         return p.parent.parent, p
     steps = list_checkpoints(p)
     if not steps:
         raise FileNotFoundError(f"--resume {p}: neither a checkpoint directory (with state.json) nor a run with checkpoints")
-    return p, checkpoint_dir(p, steps[-1])
+    return p, _newest_intact(p)
+
+
+def _newest_intact(run: Path) -> Path:
+    """The newest checkpoint of `run` whose files verify (a warning names each newer damaged file)."""
+    from gen.checkpoint import CheckpointError, latest_intact
+    from gen.model import checkpoint_dir
+
+    step = latest_intact(run)
+    if step is None:
+        raise CheckpointError(f"{run}: every checkpoint under checkpoints/ is damaged (see the warnings above); "
+                              "start again with --overwrite")
+    return checkpoint_dir(run, step)
 
 
 def check_resume_compatible(run: Path, config: dict, classes: list[str]) -> None:
@@ -255,8 +204,12 @@ class StepBatches:
 # The loop
 
 
-def train(cfg: TrainConfig) -> Path:
-    """Train (or resume) a diffusion run as configured; return its run directory. Call under `accelerate launch`."""
+def train(cfg: TrainConfig, stop=None) -> Path:
+    """Train (or resume) a diffusion run as configured; return its run directory. Call under `accelerate launch`.
+
+    `stop` (a gen.launcher.GracefulStop) is polled after every step: on a signal the step is finished,
+    checkpointed, and gen.launcher.Interrupted is raised with the command that continues the run.
+    """
     import contextlib
     import sys
 
@@ -265,11 +218,20 @@ def train(cfg: TrainConfig) -> Path:
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
-    from gen.checkpoint import load_checkpoint, prune_checkpoints, save_checkpoint, set_rng_states
+    from gen.checkpoint import (
+        NonFiniteError,
+        clean_stale_temp,
+        load_checkpoint,
+        nonfinite_keys,
+        prune_checkpoints,
+        save_checkpoint,
+        set_rng_states,
+    )
     from gen.config import to_dict
     from gen.diffusion import Diffusion
     from gen.ema import EMA
     from gen.io import append_jsonl, read_jsonl, write_json, write_text
+    from gen.launcher import Interrupted, resolve_precision, resume_command
     from gen.model import LoadedRun, build_model, count_params, preset_image_size
     from gen.rundir import init_run_dir, start_run
     from gen.sampling import image_seeds, plan_labels, sample_images, save_grid
@@ -280,7 +242,7 @@ def train(cfg: TrainConfig) -> Path:
     if run is not None and (run / "config.json").is_file():
         check_resume_compatible(run, config, classes)
     cuda = torch.cuda.is_available()
-    mp = cfg.mixed_precision if cfg.mixed_precision != "auto" else ("bf16" if cuda and torch.cuda.is_bf16_supported() else "no")
+    mp, mp_from = resolve_precision(cfg.mixed_precision, cuda, cuda and torch.cuda.is_bf16_supported())
     accelerator = Accelerator(cpu=not cuda, mixed_precision=mp)
     if not cuda:
         torch.set_flush_denormal(True)  # denormal floats made CPU steps 5-20x slower in measurements
@@ -303,11 +265,22 @@ def train(cfg: TrainConfig) -> Path:
     broadcast_object_list(box)
     run = Path(box[0])
 
-    def log(msg: str) -> None:
+    def log(msg: str, screen: bool = True) -> None:
         if main:
             with open(run / "log.txt", "a", encoding="utf-8") as f:
                 f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
-            tqdm.write(msg, file=sys.stdout)
+            if screen:
+                tqdm.write(msg, file=sys.stdout)
+
+    def last_good() -> str:
+        from gen.model import list_checkpoints
+
+        kept = list_checkpoints(run)
+        return f"the last checkpoint is step {kept[-1]}" if kept else "no checkpoint was written yet"
+
+    if main:
+        for p in clean_stale_temp(run):
+            log(f"removed {p}: left by an interrupted checkpoint write")
 
     # -- model, EMA, optimiser ----------------------------------------------------------------
     torch.manual_seed(cfg.seed)
@@ -347,7 +320,7 @@ def train(cfg: TrainConfig) -> Path:
     batches = iter(loader)
     log(f"run {run}: {len(ds)} images {ds.class_counts()}, preset {cfg.model.preset} ({count_params(raw) / 1e6:.2f} M params) "
         f"at {S}×{S}, {world} process(es) × {micro} × {accum} accumulation = global batch {cfg.global_batch}, "
-        f"precision {mp}, device {device}" + (f", resumed from {ckpt} (step {start})" if ckpt else ""))
+        f"precision {mp} ({mp_from}), device {device}" + (f", resumed from {ckpt} (step {start})" if ckpt else ""))
 
     # -- loop -----------------------------------------------------------------------------------
     stats = IntervalStats(T, device)
@@ -373,6 +346,11 @@ def train(cfg: TrainConfig) -> Path:
                 accelerator.backward(terms["loss"].mean() / accum)
             stats.add(terms, t)
         gn = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        # nan/inf in any process's loss reaches the all-reduced gradient norm, so every process stops together
+        # (fp16's loss scaler skips inf steps by design: there only the interval's loss is checked, below)
+        if mp != "fp16" and not math.isfinite(float(gn)):
+            raise NonFiniteError(f"step {step + 1}: the gradient norm is {float(gn)} (the loss diverged); stopped before "
+                                 f"applying it, without writing a checkpoint; {last_good()}. Lower --lr or --grad_clip")
         lr_used = sched.get_last_lr()[0]  # the rate this step was taken with
         opt.step()
         sched.step()
@@ -384,12 +362,15 @@ def train(cfg: TrainConfig) -> Path:
         bar.update(1)
         if done % cfg.log_every == 0 or done == cfg.steps:
             rec = stats.record(accelerator.reduce(stats.sums.clone(), "sum"), done, lr_used, cfg.global_batch)
+            if not math.isfinite(rec["loss"]):
+                raise NonFiniteError(f"step {done}: the mean loss of steps {done - stats.steps + 1}-{done} is {rec['loss']}; "
+                                     f"stopped without writing a checkpoint; {last_good()}. Lower --lr or --grad_clip")
             if main:
                 append_jsonl(run / "stats.jsonl", rec)
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", img_s=f"{rec['images_per_s']:.1f}")
-                if not sys.stderr.isatty():
-                    log(f"step {done}: loss {rec['loss']:.4f} mse {rec['mse']:.4f} vb {rec['vb']:.4f} "
-                        f"grad {rec['grad_norm']:.3f} lr {rec['lr']:.2e} {rec['images_per_s']:.1f} img/s")
+                log(f"step {done}: loss {rec['loss']:.4f} mse {rec['mse']:.4f} vb {rec['vb']:.4f} "
+                    f"grad {rec['grad_norm']:.3f} lr {rec['lr']:.2e} {rec['images_per_s']:.1f} img/s",
+                    screen=not sys.stderr.isatty())  # log.txt always; the bar shows the loss on a terminal
             stats.reset()
         if main and cfg.sample_per_class and ((cfg.sample_every and done % cfg.sample_every == 0) or done == cfg.steps):
             labels = plan_labels(classes, cfg.sample_per_class)
@@ -397,7 +378,13 @@ def train(cfg: TrainConfig) -> Path:
             imgs = sample_images(lr_, labels, image_seeds(cfg.seed, range(len(labels))), steps=min(cfg.sample_steps, T),
                                  batch_size=max(len(labels), 1), device=device)
             save_grid(run / "samples" / f"step-{done:07d}.png", imgs, cfg.sample_per_class)
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+        stopping = stop is not None and (bool(stop.signum) if world == 1 else  # a signal reaches ranks at different steps
+                                         float(accelerator.reduce(torch.tensor([float(bool(stop.signum))], device=device), "sum")) > 0)
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps or stopping:
+            bad = nonfinite_keys(ema.state_dict()) + nonfinite_keys(raw.state_dict())
+            if bad:  # the same on every process: the weights are replicas
+                raise NonFiniteError(f"step {done}: the model or EMA weights hold nan/inf ({', '.join(bad[:3])}); "
+                                     f"checkpoint step {done} not written; {last_good()}. Check --ema_decay and --lr")
             if main:
                 save_checkpoint(run, done, model=raw.state_dict(), ema=ema.state_dict(), optimizer=opt.state_dict(),
                                 scheduler=sched.state_dict(),
@@ -405,6 +392,12 @@ def train(cfg: TrainConfig) -> Path:
                 kept = prune_checkpoints(run, cfg.keep_last, cfg.keep_every)
                 log(f"checkpoint step {done} (kept: {kept})")
             accelerator.wait_for_everyone()
+        if stopping:
+            bar.close()
+            name = {2: "SIGINT", 15: "SIGTERM"}.get(stop.signum, "a signal")
+            raise Interrupted(f"{name}: stopped after step {done}, checkpoint {run}/checkpoints/step-{done:07d} written; "
+                              f"continue with: {resume_command({'--run_dir': str(run), '--resume': 'latest'})}",
+                              stop.exit_code or 143)
     bar.close()
     log(f"done: {cfg.steps} steps in {run}")
     return run
