@@ -84,5 +84,6 @@ def test_grader_needs_grades(split_dir, tmp_path):
     df["quality"] = ""
     df["path"] = [str((split_dir / p).resolve()) for p in df["path"]]
     write_manifest(df, tmp_path / "ungraded.csv")
+    (tmp_path / "data_roots.json").write_text('{"allow_outside": true}')  # absolute paths on purpose
     with pytest.raises(SystemExit, match="no quality grades"):
         main([*GRADER, "--train", str(tmp_path / "ungraded.csv"), "--val", str(split_dir / "val.csv")])
