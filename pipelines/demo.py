@@ -10,10 +10,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # run as a script from anywhere
+from pipelines import study
 
-from pipelines import study  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 DEFAULT_OUT = REPO / "runs" / "study-quick"
 

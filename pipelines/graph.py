@@ -115,9 +115,10 @@ class GraphBuilder:
         cmd = accelerate_cmd("gen/sample.py", "--run", self.runs / ddpm, "--per_class", per_class,
                              "--steps", c.sample_steps, "--out", out, *_flags({**kv(c.sample_args), **(extra or {})}),
                              num_processes=c.num_processes)
-        self.add(name, cmd, inputs=[self.runs / ddpm], outputs=[out / "samples.npz", out / "manifest.csv"],
-                 deps=[ddpm], experiment=experiment, meta={"per_class": per_class, "ddpm": ddpm, **meta},
-                 resume_args=[])  # gen/sample.py resumes when re-run with the same arguments
+        stage = self.add(name, cmd, inputs=[self.runs / ddpm], outputs=[out / "samples.npz", out / "manifest.csv"],
+                         deps=[ddpm], experiment=experiment, meta={"per_class": per_class, "ddpm": ddpm, **meta},
+                         resume_args=[])  # gen/sample.py resumes when re-run with the same arguments
+        stage.done_flag = (out / "sample.json", "complete")  # it refuses to re-run a complete dir
         return out
 
     def fidelity(self, name: str, sample_stage: str, experiment: str, meta: dict, subset: int,

@@ -1,30 +1,36 @@
-"""Run a whole study (the thesis' experiment grid) from one YAML, cached and resumable.
+"""Run a whole study (the thesis' experiment grid) from one YAML, cached, resumable and concurrent.
 
-  python pipelines/study.py --config configs/study/quick.yaml [--out DIR]
-  python pipelines/study.py --config configs/study/quick.yaml --dry-run          # graph + commands
+  python pipelines/study.py --config configs/study/quick.yaml [--out DIR] [--jobs N]
+  python pipelines/study.py --config configs/study/quick.yaml --dry-run          # checks + schedule + commands
   python pipelines/study.py --config configs/study/quick.yaml --only clf-real    # a subset of stages
   python pipelines/study.py --config configs/study/quick.yaml --from sample-n400  # from a stage on
 
 Every stage is a subprocess through its own CLI writing STUDY/runs/<stage>/; STUDY/study.json
 records the graph, status, timings and run directories; STUDY/logs/<stage>.log holds each
-stage's output. Re-running skips finished stages whose config and inputs are unchanged.
+stage's command and output. Re-running skips finished stages whose config and inputs are
+unchanged. Stages whose deps are done run `--jobs` at a time (default: cores // threads).
+Every stage's settings are checked by its CLI's parser before anything runs. One study.py per
+study directory (STUDY/.lock); Ctrl-C or `kill PID` stops it and every stage it started.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # run as a script from anywhere
+from gen.config import ConfigError, parse_config, to_dict
+from gen.io import write_json
+from gen.rundir import provenance
+from pipelines.checks import StageConfigError, check_stages
+from pipelines.config import StudyConfig
+from pipelines.executor import LocalExecutor, default_jobs
+from pipelines.graph import build_graph
+from pipelines.progress import Progress, load_history
+from pipelines.stages import Runner, StageFailed, StudyLock, StudyLocked, select
 
-from gen.config import ConfigError, parse_config, to_dict  # noqa: E402
-from gen.io import write_json  # noqa: E402
-from gen.rundir import provenance  # noqa: E402
-from pipelines.config import StudyConfig  # noqa: E402
-from pipelines.graph import build_graph  # noqa: E402
-from pipelines.stages import Runner, StageFailed, select  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 
 def study_dir(cfg: StudyConfig) -> Path:
@@ -40,10 +46,15 @@ def _argv(argv: list[str] | None) -> tuple[list[str], bool]:
     return [a for a in argv if a != "--dry-run"], dry
 
 
+def _sigterm(signum, frame) -> None:
+    raise KeyboardInterrupt  # `kill PID` stops the stages as Ctrl-C does
+
+
 def main(argv: list[str] | None = None) -> int:
     args, dry_run = _argv(argv)
     cfg = parse_config(StudyConfig, args, description=__doc__)
     out = study_dir(cfg)
+    jobs = cfg.jobs or default_jobs(cfg.threads)
     # Relative paths in the study config resolve from the repo root, as the stage CLIs run there.
     stages = build_graph(cfg, out.resolve())
     try:
@@ -54,38 +65,66 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.list_stages:
         print("\n".join(s.name for s in stages))
         return 0
+    try:
+        checked = check_stages([s for s in stages if s.name in set(names)], to_dict(cfg))
+    except StageConfigError as e:
+        print(f"study.py: error: a stage would refuse its settings:\n{e}", file=sys.stderr)
+        return 2
     if dry_run:
         import yaml
 
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False).rstrip())
-        print(f"\n# study dir: {out}\n# {len(names)} of {len(stages)} stage(s) selected, in order:")
+        print(f"\n# study dir: {out}\n# settings of {checked} stage command(s) checked by their CLIs' parsers"
+              f"\n# {len(names)} of {len(stages)} stage(s) selected, {jobs} at a time (--jobs):")
         Runner(out, stages, {}, echo=print).run(names, dry_run=True)
         return 0
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", to_dict(cfg))
-    prov = provenance(seed=cfg.dataset.seed)
-    write_json(out / "provenance.json", prov)
-    header = {"name": cfg.name, "study_dir": str(out.resolve()), "config": to_dict(cfg), "provenance": prov}
+    old_handler = signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        lock = StudyLock(out).acquire()
+    except StudyLocked as e:
+        signal.signal(signal.SIGTERM, old_handler)
+        print(f"study.py: error: {e}", file=sys.stderr)
+        return 2
+    progress = Progress(names, load_history(out / "timings.jsonl"), jobs)
+    executor = LocalExecutor(jobs, keep_fds=(lock.fd,))
     t0 = time.perf_counter()
     try:
+        write_json(out / "config.json", to_dict(cfg))
+        prov = provenance(seed=cfg.dataset.seed)
+        write_json(out / "provenance.json", prov)
+        header = {"name": cfg.name, "study_dir": str(out.resolve()), "config": to_dict(cfg), "provenance": prov,
+                  "jobs": jobs}
+        kw = dict(echo=progress.echo, executor=executor, progress=progress)
         # Data stages first; then the graph is rebuilt, since the split decides the subset files.
         data = [n for n in names if n.startswith("data-")]
-        ran = Runner(out, stages, header).run(data) if data else 0
+        ran = Runner(out, stages, header, **kw).run(data) if data else 0
         stages = build_graph(cfg, out.resolve())
-        runner = Runner(out, stages, header)
-        ran += runner.run([n for n in names if n not in data])
+        rest = [s.name for s in stages if s.name in set(select(stages, cfg.only or None, cfg.start or None))
+                and s.name not in data]
+        progress.add(rest)
+        runner = Runner(out, stages, header, **kw)
+        ran += runner.run(rest)
+        runner.header["last_run_seconds"] = round(time.perf_counter() - t0, 1)
+        runner.save()
     except (StageFailed, FileNotFoundError) as e:
+        progress.close()
         print(f"study.py: error: {e}", file=sys.stderr)
         print("study.py: finished stages are kept; fix the problem and re-run the same command to resume.",
               file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("study.py: interrupted; re-run the same command to resume.", file=sys.stderr)
+        progress.close()
+        print("study.py: interrupted; every stage it started was stopped. Re-run the same command to resume.",
+              file=sys.stderr)
         return 130
-    runner.header["last_run_seconds"] = round(time.perf_counter() - t0, 1)
-    runner.save()
-    print(f"study: {ran} stage(s) ran, {len(names) - ran} cached, in {time.perf_counter() - t0:.1f} s; "
-          f"{out / 'study.json'}")
+    finally:
+        executor.close()
+        lock.release()
+        signal.signal(signal.SIGTERM, old_handler)
+    progress.close()
+    total = len(progress.names)
+    print(f"study: {ran} stage(s) ran, {total - ran} cached, in {time.perf_counter() - t0:.1f} s "
+          f"({jobs} at a time); {out / 'study.json'}")
     if (out / "report.html").is_file():
         print(f"report: {(out / 'report.html').resolve()}")
     return 0
