@@ -74,6 +74,20 @@ def _png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _die_with_parent(parent: int) -> None:
+    """Pool initializer: the worker is killed when the process that started it dies (Linux's
+    PR_SET_PDEATHSIG), so a `prepare.py` killed with -9 leaves no rendering workers behind."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the workers exit when they next find the call queue broken
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
 def _render_chunk(args: tuple) -> list[str]:
     """Render and write one chunk of phantom items (in a worker process); return their sha1s."""
     from gen.data import phantom
@@ -117,7 +131,7 @@ def build_phantom(out: str | os.PathLike, n: int, size: int = 112, seed: int = 0
     if workers == 1:
         results = map(_render_chunk, jobs)
     else:
-        pool = ProcessPoolExecutor(max_workers=workers)
+        pool = ProcessPoolExecutor(max_workers=workers, initializer=_die_with_parent, initargs=(os.getpid(),))
         results = pool.map(_render_chunk, jobs)
     for res in results:
         sha1s.extend(res)
