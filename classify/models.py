@@ -1,13 +1,14 @@
 """Classifier architectures (no torchvision), their registry, and checkpoint loading.
 
 Every model takes single-channel images N×1×S×S in [-1, 1] at any S ≥ 32 (adaptive pooling
-before the classifier), exposes `features(x)` (penultimate activations: the embedding used for
+before the classifier; InceptionV3's unpadded convs need S ≥ 75, or ≥ 107 with its aux head), exposes `features(x)` (penultimate activations: the embedding used for
 t-SNE and echo-specific Fréchet distances) and returns view logits from `forward(x)`. A model
 may carry a second head, `grade`, a 0–10 image-quality regression (CACTUS).
 
 The layer layouts follow the reference ImageNet models exactly, so built with 3 input channels
 and 1,000 classes they have the published parameter counts (VGG16 138,357,544; ResNet18
-11,689,512; DenseNet121 7,978,856; MobileNetV2 3,504,872).
+11,689,512; DenseNet121 7,978,856; MobileNetV2 3,504,872; InceptionV3 23,834,568, with the
+auxiliary head 27,161,264).
 """
 
 from __future__ import annotations
@@ -323,6 +324,207 @@ class Madani(Classifier):
 
 
 # ----------------------------------------------------------------------------------------------
+# InceptionV3 (Szegedy et al. 2016)
+
+
+class BasicConv2d(nn.Module):
+    """Conv (no bias) + BatchNorm (eps 1e-3, as the reference) + ReLU."""
+
+    def __init__(self, cin: int, cout: int, kernel_size, stride=1, padding=0):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, kernel_size, stride, padding, bias=False)
+        self.bn = nn.BatchNorm2d(cout, eps=0.001)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn(self.conv(x)), inplace=True)
+
+
+class InceptionA(nn.Module):
+    """35×35 grid: 1×1 | 1×1→5×5 | 1×1→3×3→3×3 | avg pool→1×1 (pool_features)."""
+
+    def __init__(self, cin: int, pool_features: int):
+        super().__init__()
+        self.branch1x1 = BasicConv2d(cin, 64, 1)
+        self.branch5x5 = nn.Sequential(BasicConv2d(cin, 48, 1), BasicConv2d(48, 64, 5, padding=2))
+        self.branch3x3dbl = nn.Sequential(BasicConv2d(cin, 64, 1), BasicConv2d(64, 96, 3, padding=1),
+                                          BasicConv2d(96, 96, 3, padding=1))
+        self.branch_pool = BasicConv2d(cin, pool_features, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pool = self.branch_pool(F.avg_pool2d(x, 3, 1, 1))
+        return torch.cat([self.branch1x1(x), self.branch5x5(x), self.branch3x3dbl(x), pool], 1)
+
+
+class InceptionB(nn.Module):
+    """Grid reduction 35→17: stride-2 3×3 | 1×1→3×3→stride-2 3×3 | max pool."""
+
+    def __init__(self, cin: int):
+        super().__init__()
+        self.branch3x3 = BasicConv2d(cin, 384, 3, stride=2)
+        self.branch3x3dbl = nn.Sequential(BasicConv2d(cin, 64, 1), BasicConv2d(64, 96, 3, padding=1),
+                                          BasicConv2d(96, 96, 3, stride=2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.branch3x3(x), self.branch3x3dbl(x), F.max_pool2d(x, 3, 2)], 1)
+
+
+class InceptionC(nn.Module):
+    """17×17 grid with factorised 7×7 convs (1×7 and 7×1) of width c7."""
+
+    def __init__(self, cin: int, c7: int):
+        super().__init__()
+        self.branch1x1 = BasicConv2d(cin, 192, 1)
+        self.branch7x7 = nn.Sequential(BasicConv2d(cin, c7, 1), BasicConv2d(c7, c7, (1, 7), padding=(0, 3)),
+                                       BasicConv2d(c7, 192, (7, 1), padding=(3, 0)))
+        self.branch7x7dbl = nn.Sequential(
+            BasicConv2d(cin, c7, 1), BasicConv2d(c7, c7, (7, 1), padding=(3, 0)),
+            BasicConv2d(c7, c7, (1, 7), padding=(0, 3)), BasicConv2d(c7, c7, (7, 1), padding=(3, 0)),
+            BasicConv2d(c7, 192, (1, 7), padding=(0, 3)))
+        self.branch_pool = BasicConv2d(cin, 192, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pool = self.branch_pool(F.avg_pool2d(x, 3, 1, 1))
+        return torch.cat([self.branch1x1(x), self.branch7x7(x), self.branch7x7dbl(x), pool], 1)
+
+
+class InceptionD(nn.Module):
+    """Grid reduction 17→8: 1×1→stride-2 3×3 | 1×1→1×7→7×1→stride-2 3×3 | max pool."""
+
+    def __init__(self, cin: int):
+        super().__init__()
+        self.branch3x3 = nn.Sequential(BasicConv2d(cin, 192, 1), BasicConv2d(192, 320, 3, stride=2))
+        self.branch7x7x3 = nn.Sequential(
+            BasicConv2d(cin, 192, 1), BasicConv2d(192, 192, (1, 7), padding=(0, 3)),
+            BasicConv2d(192, 192, (7, 1), padding=(3, 0)), BasicConv2d(192, 192, 3, stride=2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.branch3x3(x), self.branch7x7x3(x), F.max_pool2d(x, 3, 2)], 1)
+
+
+class InceptionE(nn.Module):
+    """8×8 grid with expanded filter banks: 3×3 convs split into parallel 1×3 and 3×1."""
+
+    def __init__(self, cin: int):
+        super().__init__()
+        self.branch1x1 = BasicConv2d(cin, 320, 1)
+        self.branch3x3_1 = BasicConv2d(cin, 384, 1)
+        self.branch3x3_2a = BasicConv2d(384, 384, (1, 3), padding=(0, 1))
+        self.branch3x3_2b = BasicConv2d(384, 384, (3, 1), padding=(1, 0))
+        self.branch3x3dbl_1 = BasicConv2d(cin, 448, 1)
+        self.branch3x3dbl_2 = BasicConv2d(448, 384, 3, padding=1)
+        self.branch3x3dbl_3a = BasicConv2d(384, 384, (1, 3), padding=(0, 1))
+        self.branch3x3dbl_3b = BasicConv2d(384, 384, (3, 1), padding=(1, 0))
+        self.branch_pool = BasicConv2d(cin, 192, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.branch3x3_1(x)
+        b = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
+        return torch.cat([self.branch1x1(x), self.branch3x3_2a(a), self.branch3x3_2b(a),
+                          self.branch3x3dbl_3a(b), self.branch3x3dbl_3b(b),
+                          self.branch_pool(F.avg_pool2d(x, 3, 1, 1))], 1)
+
+
+class InceptionAux(nn.Module):
+    """Auxiliary classifier on the 17×17 grid: 5×5/3 avg pool, 1×1 conv 128, 5×5 conv 768, linear.
+
+    The reference pool gives 5×5 from a 299-px input's 17×17 grid; smaller grids (from inputs
+    of 107 to 298 px) are average-pooled adaptively to 5×5 so the 5×5 conv still fits.
+    """
+
+    def __init__(self, cin: int, num_classes: int):
+        super().__init__()
+        self.conv0 = BasicConv2d(cin, 128, 1)
+        self.conv1 = BasicConv2d(128, 768, 5)
+        self.fc = nn.Linear(768, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.avg_pool2d(x, 5, 3) if min(x.shape[-2:]) >= 17 else F.adaptive_avg_pool2d(x, 5)
+        x = F.adaptive_avg_pool2d(self.conv1(self.conv0(x)), 1)
+        return self.fc(torch.flatten(x, 1))
+
+
+def inception_grid_sizes(size: int) -> tuple[int, int, int]:
+    """Side of the 35×35, 17×17 and 8×8 grids (their sizes at 299 px) for a size-px input."""
+    def valid(n: int, k: int = 3, s: int = 1) -> int:  # an unpadded conv or pool
+        return (n - k) // s + 1
+
+    n = valid(valid(size, 3, 2))   # Conv2d_1a (stride 2), Conv2d_2a; Conv2d_2b is padded
+    n = valid(valid(n, 3, 2))      # max pool, Conv2d_4a (Conv2d_3b is 1×1)
+    g35 = valid(n, 3, 2)           # max pool
+    g17 = valid(g35, 3, 2)         # Mixed_6a
+    return g35, g17, valid(g17, 3, 2)  # Mixed_7a
+
+
+def inception_min_size(aux: bool) -> int:
+    """Smallest input side that every layer fits: 75 px (8×8 grid ≥ 1), 107 px with the aux head (17×17 grid ≥ 5)."""
+    size = 1
+    while not (inception_grid_sizes(size)[2] >= 1 and (not aux or inception_grid_sizes(size)[1] >= 5)):
+        size += 1
+    return size
+
+
+class InceptionV3(Classifier):
+    """InceptionV3: stem, 3× InceptionA, B, 4× C, D, 2× E, global pool, dropout 0.5; optional aux head.
+
+    With `aux_logits`, training-mode `forward` returns (logits, aux logits) and `view_loss` adds
+    0.4 × the auxiliary cross-entropy (torchvision's recipe); in eval mode only logits come back.
+    """
+
+    def __init__(self, num_classes: int, in_channels: int = 1, aux_logits: bool = False, dropout: float = 0.5):
+        super().__init__()
+        self.in_channels = in_channels
+        self.min_size = inception_min_size(aux_logits)
+        self.stem = nn.Sequential(
+            BasicConv2d(in_channels, 32, 3, stride=2), BasicConv2d(32, 32, 3), BasicConv2d(32, 64, 3, padding=1),
+            nn.MaxPool2d(3, 2), BasicConv2d(64, 80, 1), BasicConv2d(80, 192, 3), nn.MaxPool2d(3, 2))
+        self.mixed_17 = nn.Sequential(
+            InceptionA(192, 32), InceptionA(256, 64), InceptionA(288, 64), InceptionB(288),
+            InceptionC(768, 128), InceptionC(768, 160), InceptionC(768, 160), InceptionC(768, 192))
+        self.aux = InceptionAux(768, num_classes) if aux_logits else None
+        self.mixed_8 = nn.Sequential(InceptionD(768), InceptionE(1280), InceptionE(2048))
+        self.head_dropout = nn.Dropout(dropout)
+        self.feature_dim = 2048
+        self.head = nn.Linear(2048, num_classes)
+        _init_weights(self)
+
+    def _size_check(self, x: torch.Tensor) -> None:
+        if min(x.shape[-2:]) < self.min_size:
+            raise ValueError(f"InceptionV3{' with the aux head' if self.aux is not None else ''} needs inputs of at "
+                             f"least {self.min_size}×{self.min_size} px, got {x.shape[-2]}×{x.shape[-1]}")
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        self._size_check(x)
+        return torch.flatten(F.adaptive_avg_pool2d(self.mixed_8(self.mixed_17(self.stem(x))), 1), 1)
+
+    def forward(self, x: torch.Tensor, with_grade: bool = False):
+        """Logits (and grade, as `Classifier.forward`); training with the aux head: (logits, aux logits)."""
+        if self.aux is None or not self.training or with_grade:
+            return super().forward(x, with_grade)
+        self._check(x)
+        self._size_check(x)
+        g17 = self.mixed_17(self.stem(x))
+        f = torch.flatten(F.adaptive_avg_pool2d(self.mixed_8(g17), 1), 1)
+        return self.head(self.head_dropout(f)), self.aux(g17)
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """Every parameter except the heads (the auxiliary head included)."""
+        aux = {id(p) for p in self.aux.parameters()} if self.aux is not None else set()
+        return [p for p in super().encoder_parameters() if id(p) not in aux]
+
+
+AUX_LOSS_WEIGHT = 0.4
+
+
+def view_loss(out, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy of view logits; for (logits, aux logits) adds 0.4 × the auxiliary term (InceptionV3)."""
+    if isinstance(out, tuple):
+        logits, aux = out
+        return (F.cross_entropy(logits.float(), y, weight=weight)
+                + AUX_LOSS_WEIGHT * F.cross_entropy(aux.float(), y, weight=weight))
+    return F.cross_entropy(out.float(), y, weight=weight)
+
+
+# ----------------------------------------------------------------------------------------------
 # Registry and construction
 
 MODELS: dict[str, Callable[..., Classifier]] = {
@@ -332,18 +534,27 @@ MODELS: dict[str, Callable[..., Classifier]] = {
     "densenet121": DenseNet121,
     "mobilenet_v2": MobileNetV2,
     "madani": Madani,
+    "inception_v3": InceptionV3,
+    "inception_v3_aux": lambda num_classes, in_channels=1: InceptionV3(num_classes, in_channels, aux_logits=True),
 }
+# Architectures that need more than MIN_IMAGE_SIZE px (every unpadded layer must fit).
+MIN_SIZES = {"inception_v3": inception_min_size(False), "inception_v3_aux": inception_min_size(True)}
+
+
+def min_image_size(arch: str) -> int:
+    """Smallest image_size an architecture accepts."""
+    return MIN_SIZES.get(arch, MIN_IMAGE_SIZE)
 
 
 def build_model(arch: str, num_classes: int, image_size: int, in_channels: int = 1,
                 grade_head: bool = False) -> Classifier:
-    """Build a registered architecture for `image_size`-px inputs (checked: ≥ 32)."""
+    """Build a registered architecture for `image_size`-px inputs (checked: ≥ 32, InceptionV3 ≥ 75 / 107 with aux)."""
     if arch not in MODELS:
         raise ValueError(f"unknown architecture {arch!r}; choose one of: {', '.join(MODELS)}")
     if num_classes < 2:
         raise ValueError(f"a classifier needs at least 2 classes, got {num_classes}")
-    if image_size < MIN_IMAGE_SIZE:
-        raise ValueError(f"image_size {image_size} is too small for {arch}: use at least {MIN_IMAGE_SIZE} px")
+    if image_size < min_image_size(arch):
+        raise ValueError(f"image_size {image_size} is too small for {arch}: use at least {min_image_size(arch)} px")
     model = MODELS[arch](num_classes, in_channels=in_channels)
     model.image_size = image_size
     if grade_head:

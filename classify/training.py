@@ -29,7 +29,15 @@ from classify.metrics import (
     save_confusion_png,
     write_predictions,
 )
-from classify.models import MODELS, Classifier, build_model, load_classifier, model_info
+from classify.models import (
+    MODELS,
+    Classifier,
+    build_model,
+    load_classifier,
+    min_image_size,
+    model_info,
+    view_loss,
+)
 from gen.config import ConfigError, field
 from gen.data.manifest import VIEWS
 from gen.io import append_jsonl, atomic_path, write_json
@@ -110,6 +118,9 @@ class TrainConfig:
             raise ConfigError("select_metric grade_mse needs --task quality")
         if len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds must be distinct, got {self.seeds}")
+        if self.image_size < min_image_size(self.arch):
+            raise ConfigError(f"image_size {self.image_size} is too small for {self.arch}: use at least "
+                              f"{min_image_size(self.arch)} px (e.g. --image_size 112)")
 
 
 def _seed_all(seed: int) -> None:
@@ -306,7 +317,7 @@ def train_seed(accelerator, cfg: TrainConfig, train: ImageSet, evals: dict[str, 
             logits, grade = m(x, with_grade=True)
             return F.cross_entropy(logits.float(), y, weight=weights) + cfg.quality.grade_weight * q.grade_loss(
                 grade, quality[idx].to(x.device))
-        return F.cross_entropy(m(x).float(), y, weight=weights)
+        return view_loss(m(x), y, weights)  # + 0.4 × aux cross-entropy for inception_v3_aux
 
     transfer = grader and cfg.quality.scheme == "transfer"
     # Transfer: phase 1 has no trained grade head yet, so it selects on a view metric.

@@ -5,7 +5,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from classify.models import MODELS, build_model, count_parameters, load_classifier, model_info
+import torch.nn.functional as F
+
+from classify.models import (
+    MODELS,
+    build_model,
+    count_parameters,
+    inception_grid_sizes,
+    inception_min_size,
+    load_classifier,
+    min_image_size,
+    model_info,
+    view_loss,
+)
 
 # Published ImageNet reference counts (3 channels, 1,000 classes), as in torchvision's model cards.
 PUBLISHED = {
@@ -14,9 +26,11 @@ PUBLISHED = {
     "resnet18": 11_689_512,
     "densenet121": 7_978_856,
     "mobilenet_v2": 3_504_872,
+    "inception_v3": 23_834_568,  # torchvision inception_v3(aux_logits=False, init_weights=False)
+    "inception_v3_aux": 27_161_264,  # … with its auxiliary head (the torchvision default)
 }
 FEATURE_DIM = {"vgg16": 4096, "vgg16_bn": 4096, "resnet18": 512, "densenet121": 1024, "mobilenet_v2": 1280,
-               "madani": 512}
+               "madani": 512, "inception_v3": 2048, "inception_v3_aux": 2048}
 
 
 @pytest.mark.parametrize("arch", sorted(PUBLISHED))
@@ -35,8 +49,9 @@ def test_madani_is_about_four_million_parameters_at_60px():
 @pytest.mark.parametrize("arch", sorted(set(MODELS) - {"vgg16_bn"}))  # vgg16_bn: vgg16 plus BatchNorm
 def test_forward_and_features_shapes_single_channel(arch):
     torch.manual_seed(0)
-    model = build_model(arch, 4, 32).eval()
-    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    size = max(32, min_image_size(arch))  # InceptionV3: 75 px, 107 with the aux head
+    model = build_model(arch, 4, size).eval()
+    x = torch.rand(2, 1, size, size) * 2 - 1
     with torch.no_grad():
         logits, feats = model(x), model.features(x)
     assert logits.shape == (2, 4)
@@ -83,3 +98,56 @@ def test_checkpoint_round_trip(tmp_path):
         load_classifier(seed_dir, which="last")
     with pytest.raises(FileNotFoundError, match="no model.json"):
         load_classifier(tmp_path)
+
+
+# ----------------------------------------------------------------------------------------------
+# InceptionV3: grid sizes, the minimum input, the auxiliary head
+
+
+def test_inception_grids_and_minimum_input_size():
+    # The reference layout: 35×35, 17×17, 8×8 grids at 299 px; an echo frame of 112 px gives 11, 5, 2.
+    assert inception_grid_sizes(299) == (35, 17, 8) and inception_grid_sizes(112) == (11, 5, 2)
+    assert inception_min_size(False) == 75 and inception_min_size(True) == 107
+    m = build_model("inception_v3", 3, 75).eval()
+    with torch.no_grad():
+        assert m(torch.zeros(1, 1, 75, 75)).shape == (1, 3)
+        # One pixel less and the layers themselves no longer fit: the bound is tight.
+        with pytest.raises(RuntimeError):
+            m.mixed_8(m.mixed_17(m.stem(torch.zeros(1, 1, 74, 74))))
+        # The model says so in words instead of a shape traceback.
+        raw = MODELS["inception_v3"](3)
+        with pytest.raises(ValueError, match=r"at least 75×75 px, got 74×74"):
+            raw(torch.zeros(1, 1, 74, 74))
+    with pytest.raises(ValueError, match="too small for inception_v3: use at least 75 px"):
+        build_model("inception_v3", 3, 74)
+    with pytest.raises(ValueError, match="too small for inception_v3_aux: use at least 107 px"):
+        build_model("inception_v3_aux", 3, 106)
+
+
+def test_inception_aux_head_in_training_and_its_loss():
+    torch.manual_seed(0)
+    m = build_model("inception_v3_aux", 3, 112)
+    x, y = torch.rand(2, 1, 112, 112) * 2 - 1, torch.tensor([0, 2])
+    m.train()
+    logits, aux = m(x)
+    assert logits.shape == aux.shape == (2, 3)
+    expected = F.cross_entropy(logits, y) + 0.4 * F.cross_entropy(aux, y)
+    torch.testing.assert_close(view_loss((logits, aux), y), expected)
+    torch.testing.assert_close(view_loss(logits, y), F.cross_entropy(logits, y))
+    # The aux head is a head: not among the encoder parameters that transfer learning freezes.
+    aux_ids = {id(p) for p in m.aux.parameters()}
+    assert aux_ids and not aux_ids & {id(p) for p in m.encoder_parameters()}
+    m.eval()
+    with torch.no_grad():
+        assert m(x).shape == (2, 3)  # eval: logits only
+
+
+def test_inception_aux_pool_is_the_reference_one_at_299px():
+    # At 299 px the aux head sees the 17×17 grid and pools it 5×5/stride 3 to 5×5, as the reference.
+    m = MODELS["inception_v3_aux"](4).eval()
+    g = torch.rand(1, 768, 17, 17)
+    ref = F.avg_pool2d(g, 5, 3)
+    assert ref.shape[-1] == 5
+    with torch.no_grad():
+        h = F.adaptive_avg_pool2d(m.aux.conv1(m.aux.conv0(ref)), 1)
+        torch.testing.assert_close(m.aux(g), m.aux.fc(torch.flatten(h, 1)))
