@@ -1,14 +1,18 @@
 """The study runner on stand-in stages (plain `python -c` commands): caching, staleness, resume,
-failure with the log tail, stage selection, and the study config / graph."""
+failure with the log tail, stage selection, the study config / graph, concurrency (--jobs),
+failure isolation, complete-but-unmarked stages, progress, the report's final state, and the
+dry run's checks of every stage's settings."""
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
 import pytest
 
+from gen.io import write_json
 from pipelines.stages import DONE, Runner, Stage, StageFailed, select
 
 # A stand-in CLI: copies its input (upper-cased) into RUN/out.txt, records each call's argv in
@@ -126,3 +130,220 @@ def test_graph_and_dry_run(tmp_path, capsys):
     assert all(s.resume_args == ["--resume", "latest"] for s in stages if s.name.startswith("ddpm-"))
     with pytest.raises(SystemExit):
         study.parse_config(study.StudyConfig, ["--dataset.subsets", "400,200"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Concurrency, failure isolation, idempotent resume, progress, the final state, settings checks
+
+# Records its start and end time in RUN/times.json after sleeping argv[2] seconds; exits 3 when argv[3] == "fail".
+TIMED = r"""
+import json, sys, time, pathlib
+run = pathlib.Path(sys.argv[1]); run.mkdir(parents=True, exist_ok=True)
+t0 = time.time()
+if sys.argv[3:] == ["fail"]:
+    print("boom: this stage always fails"); sys.exit(3)
+time.sleep(float(sys.argv[2]))
+(run / "times.json").write_text(json.dumps([t0, time.time()]))
+"""
+
+
+def _timed(tmp: Path, name: str, seconds: float, deps=(), fail: bool = False, experiment: str = "") -> Stage:
+    run = tmp / "runs" / name
+    return Stage(name, [sys.executable, "-c", TIMED, run, seconds, *(["fail"] if fail else [])], run,
+                 outputs=[run / "times.json"], deps=list(deps), experiment=experiment)
+
+
+def test_independent_stages_overlap(tmp_path):
+    from pipelines.executor import default_jobs
+
+    stages = [_timed(tmp_path, "a", 1.5), _timed(tmp_path, "b", 1.5), _timed(tmp_path, "c", 0.1, deps=["a", "b"])]
+    assert Runner(tmp_path, stages, {}, echo=lambda s: None, jobs=2).run(["a", "b", "c"]) == 3
+    (a0, a1), (b0, b1), (c0, _) = (json.loads((tmp_path / "runs" / n / "times.json").read_text()) for n in "abc")
+    assert a0 < b1 and b0 < a1, "a and b did not run at the same time"
+    assert c0 >= max(a1, b1)  # c waited for both of its deps
+    assert default_jobs(1, cores=2) == 2 and default_jobs(2, cores=2) == 1 and default_jobs(0, cores=16) == 16
+
+
+def test_failure_stops_dependants_only(tmp_path):
+    stages = [_timed(tmp_path, "a", 0, fail=True), _timed(tmp_path, "b", 0, deps=["a"]),
+              _timed(tmp_path, "c", 0, deps=["b"]), _timed(tmp_path, "d", 0.5), _timed(tmp_path, "e", 0, deps=["d"])]
+    lines: list[str] = []
+    with pytest.raises(StageFailed) as err:
+        Runner(tmp_path, stages, {}, echo=lines.append, jobs=2).run([s.name for s in stages])
+    msg = str(err.value)
+    assert "stage a failed (exit 3)" in msg and "boom: this stage always fails" in msg
+    assert "not run because of them: b, c" in msg
+    state = {s["name"]: s["status"] for s in json.loads((tmp_path / "study.json").read_text())["stages"]}
+    assert state == {"a": "failed", "b": "pending", "c": "pending", "d": "done", "e": "done"}
+    assert (tmp_path / "runs" / "e" / DONE).is_file() and not (tmp_path / "runs" / "b").exists()
+    assert "[b] not run: it needs a, which failed" in lines and "[c] not run: it needs a, which failed" in lines
+
+
+def test_study_exits_nonzero_with_the_log_tail(tmp_path, monkeypatch, capsys):
+    from pipelines import study
+
+    def graph(cfg, out):
+        return [_timed(out, "data-x", 0), _timed(out, "bad", 0, fail=True, deps=["data-x"]), _timed(out, "ok", 0.2)]
+
+    monkeypatch.setattr(study, "build_graph", graph)
+    monkeypatch.setattr(study, "check_stages", lambda stages, cfg: len(stages))
+    assert study.main(["--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "stage bad failed (exit 3)" in err and "boom: this stage always fails" in err
+    assert (tmp_path / "runs" / "ok" / DONE).is_file()
+
+
+# Like gen/sample.py: refuses a run dir whose RUN/flag.json says complete; resumes otherwise.
+SAMPLER = r"""
+import json, sys, pathlib
+run = pathlib.Path(sys.argv[1]); run.mkdir(parents=True, exist_ok=True)
+flag = run / "flag.json"
+if flag.exists() and json.loads(flag.read_text())["complete"]:
+    print("error: already complete; pass --overwrite"); sys.exit(1)
+with open(run / "calls.jsonl", "a") as f:
+    f.write("[]\n")
+(run / "out.txt").write_text("samples")
+flag.write_text(json.dumps({"complete": True}))
+"""
+
+
+def test_complete_but_unmarked_stage_is_finished_not_rerun(tmp_path):
+    run = tmp_path / "runs" / "s"
+
+    def stages():
+        s = Stage("s", [sys.executable, "-c", SAMPLER, run], run, outputs=[run / "out.txt"], resume_args=[])
+        s.done_flag = (run / "flag.json", "complete")
+        return [s]
+
+    assert Runner(tmp_path, stages(), {}, echo=lambda s: None).run(["s"]) == 1
+    # Killed after the CLI finished but before the marker: the marker is gone, the started record stays.
+    runner = Runner(tmp_path, stages(), {}, echo=lambda s: None)
+    write_json(runner._started_path(runner.stages[0]), {"key": runner.key(runner.stages[0])})
+    (run / DONE).unlink()
+    lines: list[str] = []
+    assert Runner(tmp_path, stages(), {}, echo=lines.append).run(["s"]) == 1
+    assert "[s] had finished before the last run stopped: marking it done" in lines
+    assert (run / DONE).is_file() and len(_calls(run)) == 1  # not run again
+    # Interrupted before it finished (flag false): it resumes by being re-run.
+    (run / DONE).unlink()
+    (run / "flag.json").write_text(json.dumps({"complete": False}))
+    write_json(runner._started_path(runner.stages[0]), {"key": runner.key(runner.stages[0])})
+    assert Runner(tmp_path, stages(), {}, echo=lambda s: None).run(["s"]) == 1
+    assert len(_calls(run)) == 2 and (run / DONE).is_file()
+
+
+def test_sample_stages_declare_their_completion_flag(tmp_path):
+    from pipelines import study
+    from pipelines.graph import build_graph
+
+    cfg = study.parse_config(study.StudyConfig, [])
+    samples = [s for s in build_graph(cfg, tmp_path) if s.command[-1:] and "gen/sample.py" in s.command]
+    assert samples and all(s.done_flag == (s.run_dir / "sample.json", "complete") for s in samples)
+    src = (Path(__file__).resolve().parent.parent / "gen" / "sampling.py").read_text()
+    assert 'meta["complete"] = True' in src  # the flag the runner trusts is the sampler's last write
+
+
+def test_report_stage_renders_the_final_state(tmp_path):
+    # A stand-in report: copies study.json as it is while the report runs.
+    copy = r"import shutil, sys, pathlib; pathlib.Path(sys.argv[2]).mkdir(parents=True, exist_ok=True); " \
+           r"shutil.copy(sys.argv[1], pathlib.Path(sys.argv[2]) / 'seen.json')"
+    rep = tmp_path / "report"
+    stages = [_timed(tmp_path, "a", 0),
+              Stage("report", [sys.executable, "-c", copy, tmp_path / "study.json", rep], rep,
+                    outputs=[rep / "seen.json"], deps=["a"], experiment="report")]
+    Runner(tmp_path, stages, {}, echo=lambda s: None).run(["a", "report"])
+    seen = {s["name"]: s["status"] for s in json.loads((rep / "seen.json").read_text())["stages"]}
+    assert seen == {"a": "done", "report": "done"}
+    final = {s["name"]: s for s in json.loads((tmp_path / "study.json").read_text())["stages"]}
+    assert final["report"]["status"] == "done" and final["report"]["seconds"] > 0
+
+
+def test_command_goes_to_the_log_and_progress_line(tmp_path):
+    import io
+
+    from pipelines.progress import Progress, fmt_seconds, load_history
+
+    stages = [_timed(tmp_path, "a", 0.3), _timed(tmp_path, "b", 0.3, deps=["a"])]
+    buf = io.StringIO()
+    prog = Progress(["a", "b"], {}, 1, stream=buf, tty=False, every_s=0.0)
+    Runner(tmp_path, stages, {}, echo=prog.echo, progress=prog).run(["a", "b"])
+    out = buf.getvalue()
+    assert "[a] started" in out and "[b] done in" in out
+    assert "time.sleep" not in out and "time.sleep" in (tmp_path / "logs" / "a.log").read_text()
+    assert re.search(r"study [01]/2 done · running [ab] \d+s · \d+s elapsed", out), out
+    # The estimate: each remaining stage's last duration, spread over the slots.
+    hist = load_history(tmp_path / "timings.jsonl")
+    assert set(hist) == {"a", "b"} and all(0.3 <= v < 30 for v in hist.values())
+    p = Progress(["a", "b", "c"], {"a": 10, "b": 20, "c": 30}, 1, stream=io.StringIO(), tty=False)
+    p.finished("a")
+    assert p.eta() == (50.0, 0) and "ETA 50s" in p.line() and "1/3 done" in p.line()
+    p.slots = 2  # two at a time: the longest stage bounds it from below
+    assert p.eta() == (30.0, 0)
+    p.slots = 4
+    p.history["d"], p.names = 40, p.names + ["d"]
+    assert p.eta() == (40.0, 0)
+    p.slots = 2
+    assert p.eta() == (45.0, 0)  # (20 + 30 + 40) / 2
+    p2 = Progress(["a", "x"], {"a": 10}, 1, stream=io.StringIO(), tty=False)
+    assert p2.eta() == (10.0, 1) and "ETA >10s" in p2.line()
+    assert "ETA" not in Progress(["x"], {}, 1, stream=io.StringIO(), tty=False).line()
+    tty = io.StringIO()
+    p3 = Progress(["a"], {}, 1, stream=tty, tty=True)
+    p3.started("a")
+    p3.echo("[a] done")
+    assert tty.getvalue().startswith("\r\x1b[2Kstudy 0/1 done · running a") and "\r\x1b[2K[a] done\n" in tty.getvalue()
+    assert fmt_seconds(3725) == "1h02m" and fmt_seconds(125) == "2m05s" and fmt_seconds(7.4) == "7s"
+
+
+def test_log_tail_leaves_out_the_launcher_traceback(tmp_path):
+    from pipelines.stages import _tail
+
+    log = tmp_path / "x.log"
+    log.write_text("\n".join([
+        "$ python -m accelerate.commands.launch gen/sample.py --run R",
+        "sample.py: error: R/model.safetensors is truncated; re-train or pick another checkpoint",
+        "Traceback (most recent call last):",
+        '  File "/v/lib/python3.11/site-packages/accelerate/commands/launch.py", line 763, in simple_launcher',
+        "    raise subprocess.CalledProcessError(returncode=process.returncode, cmd=cmd)",
+        "subprocess.CalledProcessError: Command '['python', 'gen/sample.py']' returned non-zero exit status 2."]))
+    tail = _tail(log)
+    assert "model.safetensors is truncated" in tail and "CalledProcessError:" not in tail
+    assert "traceback left out" in tail
+    other = tmp_path / "y.log"  # a child's own traceback stays
+    other.write_text("Traceback (most recent call last):\n  File \"x.py\", line 1\nValueError: bad\n")
+    assert "ValueError: bad" in _tail(other) and "Traceback" in _tail(other)
+
+
+@pytest.mark.parametrize("flags, stage, words", [
+    (["--classify.archs", "nosucharch"], "clf-real-n200-nosucharch", ["arch: 'nosucharch' is not one of", "classify.archs"]),
+    (["--ddpm.train_args", "stepz=3"], "ddpm-n200", ["unknown config key 'stepz'", "ddpm.train_args"]),
+    (["--ddpm.sample_steps", "5000"], "sample-n200", ["5000 sampling steps exceed diffusion.num_timesteps 1000",
+                                                      "ddpm.sample_steps"]),
+])
+def test_dry_run_checks_every_stage_setting(tmp_path, capsys, flags, stage, words):
+    from pipelines import study
+
+    assert study.main(["--out", str(tmp_path / "s"), "--dry-run", *flags]) == 2
+    err = capsys.readouterr().err
+    assert f"stage {stage}" in err and all(w in err for w in words), err
+    assert not (tmp_path / "s").exists()
+
+
+def test_dry_run_shows_waves_and_checks(tmp_path, capsys):
+    from pipelines import study
+
+    assert study.main(["--out", str(tmp_path / "s"), "--dry-run", "--jobs", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "settings of" in out and "checked by their CLIs' parsers" in out and "3 at a time" in out
+    waves = re.findall(r"# wave (\d+)", out)
+    assert waves[:3] == ["1", "2", "3"]
+    wave3 = out.split("# wave 3")[1].split("# wave 4")[0]
+    assert "[ddpm-n200]" in wave3 and "[clf-real-n200-vgg16]" in wave3  # both need only the split
+
+
+def test_check_registry_matches_the_scripts():
+    from pipelines.checks import CLIS
+
+    repo = Path(__file__).resolve().parent.parent
+    for script, (_, cls_name, _) in CLIS.items():
+        assert f"parse_config({cls_name}," in (repo / script).read_text(), script
