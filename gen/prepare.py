@@ -43,14 +43,16 @@ class PrepareConfig:
     max_per_patient_view: int = field(15, help="import tmed2: at most this many images per patient and view", min=1)
     frames: str = field("random", help="import videos: frame selection", choices=("random", "dissimilar", "all"))
     dissimilar_quantile: float = field(0.25, help="import videos: MSE quantile for --frames dissimilar", min=0.0, max=1.0)
-    doppler_threshold: float = field(0.02, help="import: max colour-pixel fraction inside the cone (0 disables)", min=0.0, max=1.0)
+    doppler_threshold: float = field(0.002, help="import: max share of the imaging region covered by colour-flow blobs "
+                                            "(0 disables; see docs/importers.md)", min=0.0, max=1.0)
     exclude_groups: list[int] = field(default_factory=list, help="import: KS colour groups to drop (see OUT/groups/)")
     labels: str = field("", help="import: label/grades CSV path if not at the format's default place")
     source: str = field("", help="import: `source` column and patient-id prefix (default: the format's name; "
                               "folder/videos: the --src folder name)")
     cone: str = field("auto", help="import: crop to the detected sector (auto = the format's default)",
                       choices=("auto", "on", "off"))
-    min_frames: int = field(10, help="import videos: clips with fewer frames are excluded as too short", min=1)
+    min_frames: int = field(0, help="import videos: clips with fewer frames are excluded as too short (0 = what "
+                                    "--frames needs: 1 for random and all, 10 for dissimilar)", min=0)
     ks_alpha: float = field(0.05, help="import: significance level of the KS colour grouping", min=0.0, max=1.0)
 
     def validate(self) -> None:

@@ -138,7 +138,7 @@ def _dynamic(root: Path) -> None:
 def test_echonet_dynamic_colour_groups_exclusion_and_resume(tmp_path):
     src, out = tmp_path / "EchoNet-Dynamic", tmp_path / "out"
     _dynamic(src)
-    m, exc, summary = do_import("echonet-dynamic", src, out)
+    m, exc, summary = do_import("echonet-dynamic", src, out, min_frames=4)  # 0XS5 has 3 frames
     df = m.df
     assert sorted(df["patient_id"]) == ["dynamic-0XA1", "dynamic-0XA2", "dynamic-0XA3"]
     assert (df["view"] == "A4C").all() and df["frame"].between(0, 11).all()
@@ -166,18 +166,19 @@ def test_echonet_dynamic_colour_groups_exclusion_and_resume(tmp_path):
 
     # Re-run with the person's decision: no file is decoded again, the tinted group is dropped.
     before = {p: p.stat().st_mtime_ns for p in (out / "images").rglob("*.png")}
-    m2, exc2, summary2 = do_import("echonet-dynamic", src, out, exclude_groups=[tinted])
+    m2, exc2, summary2 = do_import("echonet-dynamic", src, out, exclude_groups=[tinted], min_frames=4)
     assert sorted(m2.df["patient_id"]) == ["dynamic-0XA1", "dynamic-0XA2"]
     assert reasons(exc2)["Videos/0XA3.avi"] == "colour-group"
     assert {p: p.stat().st_mtime_ns for p in (out / "images").rglob("*.png")} == before
     assert summary2["excluded_groups"] == [tinted]
     with pytest.raises(ValueError, match="no such colour group"):
-        do_import("echonet-dynamic", src, out, exclude_groups=[7])
+        do_import("echonet-dynamic", src, out, exclude_groups=[7], min_frames=4)
     # Other settings need --overwrite; with it the import is redone.
     with pytest.raises(FileExistsError, match="other settings.*size"):
-        do_import("echonet-dynamic", src, out, size=24)
+        do_import("echonet-dynamic", src, out, size=24, min_frames=4)
     cfg = build(PrepareConfig, overrides={"command": "import", "format": "echonet-dynamic", "src": str(src),
-                                          "out": str(out), "size": 24, "workers": 2, "overwrite": True})
+                                          "out": str(out), "size": 24, "workers": 2, "overwrite": True,
+                                          "min_frames": 4})
     import_dataset(IMPORTERS["echonet-dynamic"], cfg, progress=False)
     m3 = read_manifest(out / "manifest.csv", decode_images=True)
     assert len(m3) == 3 and load_size(m3) == (24, 24)

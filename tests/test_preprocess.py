@@ -47,8 +47,6 @@ def test_channel_max_diff_and_colour_fraction():
     mask[0, :2] = True
     assert pp.colour_fraction(rgb, mask, tolerance=30) == pytest.approx(0.5)
     assert pp.colour_fraction(rgb, mask, tolerance=40) == 0.0  # strictly above the tolerance
-    assert pp.is_doppler(rgb, mask, threshold=0.4, tolerance=30)
-    assert not pp.is_doppler(rgb, mask, threshold=0.0, tolerance=30)  # 0 disables the detector
     assert not pp.is_colour(np.repeat(echo_frame()[..., None], 3, 2))
     assert pp.is_colour(rgb)
 
@@ -195,8 +193,10 @@ def test_cone_and_doppler_on_a_raw_phantom_frame():
     # Coloured text and ECG sit outside the cone: inside, a gray acquisition has ~no colour.
     assert pp.colour_fraction(clip[0], mask) < 0.005 < pp.colour_fraction(clip[0], ~mask)
     doppler = phantom.render_clip(item, 0, n_frames=2, doppler=True)
-    assert pp.is_doppler(doppler, mask, threshold=0.02)  # the clip: jets come and go
-    assert not pp.is_doppler(clip, mask, threshold=0.02)
+    assert pp.is_doppler(doppler, threshold=0.002)  # the clip: jets come and go
+    assert not pp.is_doppler(doppler, threshold=0.0)  # 0 disables the detector
+    assert not pp.is_doppler(clip, threshold=0.002)
+    assert pp.flow_evidence(clip).fraction == 0.0  # yellow text, green ECG, warm grey map: no flow
     assert pp.clip_colour_fraction(doppler, mask) >= pp.colour_fraction(doppler[1], mask)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
@@ -120,13 +121,175 @@ def clip_colour_fraction(frames: np.ndarray, mask: np.ndarray | None = None,
     return float(colour.mean())
 
 
-def is_doppler(image: np.ndarray, mask: np.ndarray | None, threshold: float,
-               tolerance: int = COLOUR_TOLERANCE) -> bool:
-    """Direct colour-Doppler detector: colour-pixel fraction inside the cone above `threshold`.
+# ----------------------------------------------------------------------------------------------
+# Colour-flow (Doppler) detection
+#
+# Scanner exports carry colour that is not flow: a green or yellow ECG trace crossing the
+# sector, coloured text, a tinted grey map, and the chroma JPEG smears around all of them
+# (4:2:0 subsampling spreads a 1-pixel trace over 2×2 chroma blocks, ringing leaves the
+# opposite hue beside it). Flow differs in three ways the detector checks in turn: its hue
+# (red/orange/yellow towards the probe, blue/cyan away; power Doppler orange/yellow), its
+# chroma relative to the grey map's own tint, and its shape (filled blobs, not lines).
 
-    `image` is one RGB frame (H,W,3) or a clip (T,H,W,3), judged by `clip_colour_fraction`.
+# Flow hues as angles (degrees) of the chroma vector (B−Y, R−Y): red 113°, orange 145°, yellow
+# 170°, blue −10°, cyan −60°. Green (ECG traces, −130°) and magenta (45°, the ringing lobe
+# beside a green line) lie outside.
+FLOW_HUES: tuple[tuple[float, float], ...] = ((85.0, 180.0), (-180.0, -165.0), (-80.0, 25.0))
+FLOW_CHROMA = 50.0  # least |(B−Y, R−Y)| of a flow pixel after the tint is removed (0–255 scale)
+ANALYSIS_SIDE = 256  # frames are block-averaged to at most this long side before the analysis
+FLOW_OPENING = 2  # radius (analysis pixels) of the disk that opens away lines and text strokes
+FLOW_MIN_BLOB = 12  # least area (analysis pixels) of a flow blob after the opening
+FLOW_SOLID = 0.5  # least share of a colour blob that survives the opening (lines keep ~0)
+FLOW_MAX_FRAMES = 16  # frames of a clip analysed (evenly spaced): jets come and go with the cycle
+
+
+@dataclass(frozen=True)
+class FlowEvidence:
+    """What the colour-flow detector found in a frame or clip."""
+
+    fraction: float  # flow-blob pixels (union over frames) / imaging-region pixels
+    n_blobs: int  # flow blobs in the frame that had most
+    largest: float  # the largest blob / imaging-region pixels
+    hue: str  # dominant flow hue: "red", "yellow", "blue", "cyan" or "" (none)
+    frames: int  # frames analysed
+
+    def describe(self) -> str:
+        """One line for excluded.csv."""
+        return (f"colour flow covers {self.fraction:.3f} of the imaging region ({self.n_blobs} blob(s), "
+                f"largest {self.largest:.3f}, mostly {self.hue or '-'}; {self.frames} frame(s) analysed)")
+
+
+def block_mean(a: np.ndarray, side: int = ANALYSIS_SIDE) -> np.ndarray:
+    """(H,W[,C]) averaged over f×f blocks, f = ceil(max(H,W)/side), as float32 (f = 1: a copy)."""
+    f = max(1, -(-max(a.shape[:2]) // side))
+    a = np.asarray(a, np.float32)
+    if f == 1:
+        return a.copy()
+    h, w = (a.shape[0] // f) * f, (a.shape[1] // f) * f
+    a = a[:h, :w]
+    return a.reshape(h // f, f, w // f, f, *a.shape[2:]).mean(axis=(1, 3))
+
+
+def imaging_region(gray: np.ndarray, threshold: float = 12.0, min_share: float = 0.3) -> np.ndarray:
+    """Mask of every scan sector in a gray frame: split screens hold two or more.
+
+    Like `detect_cone`, but it keeps each large component (>= `min_share` of the largest, and
+    >= 5% of the frame), each convex-filled, so the colour half of a split screen is looked at
+    too. Falls back to the whole frame when nothing qualifies.
     """
-    return threshold > 0 and clip_colour_fraction(image, mask, tolerance) > threshold
+    opening = max(3, min(gray.shape) // 50)
+    mask = ndimage.binary_opening(gray > threshold, structure=np.ones((opening, opening), bool))
+    labels, n = ndimage.label(mask)
+    if n == 0:
+        return np.ones(gray.shape, bool)
+    sizes = np.bincount(labels.ravel())[1:]
+    keep = np.flatnonzero((sizes >= min_share * sizes.max()) & (sizes >= 0.05 * gray.size)) + 1
+    if len(keep) == 0:
+        return np.ones(gray.shape, bool)
+    out = np.zeros(gray.shape, bool)
+    for k in keep:
+        out |= _convex_fill(labels == k)
+    return out
+
+
+def tint_free_chroma(rgb: np.ndarray, region: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Chroma (B−Y, R−Y) of a float RGB frame minus the grey map's tint.
+
+    A tinted grey map (sepia, bronze, cool) multiplies the grey by one colour, so each pixel's
+    chroma is k·Y for one vector k; k is the median of (B−Y, R−Y)/Y over the imaging region's
+    pixels (flow and overlays are a minority there, so they cannot move the median), and k·Y is
+    subtracted: a tinted B-mode has no chroma left while flow keeps its own. Per-luma medians
+    would not do: a yellow ECG trace can outnumber the tissue pixels of its own luma. Both
+    planes are median-filtered (3×3) first, so JPEG's isolated chroma errors go.
+    """
+    y = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+    cb = ndimage.median_filter(rgb[..., 2] - y, size=3)
+    cr = ndimage.median_filter(rgb[..., 0] - y, size=3)
+    sel = region & (y > 24)
+    if sel.sum() >= 64:
+        kb = float(np.median(cb[sel] / y[sel]))
+        kr = float(np.median(cr[sel] / y[sel]))
+        cb -= kb * y
+        cr -= kr * y
+    return cb, cr
+
+
+def flow_pixels(rgb: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """Mask of colour-flow blobs in one frame at analysis scale (`rgb` float, block-averaged).
+
+    Flow pixel: inside `region`, tint-free chroma >= FLOW_CHROMA, hue in FLOW_HUES; then a
+    binary opening with a disk of radius FLOW_OPENING removes lines and strokes (an ECG trace,
+    text, JPEG smear along them), and blobs smaller than FLOW_MIN_BLOB pixels are dropped.
+    """
+    cb, cr = tint_free_chroma(rgb, region)
+    hue = np.degrees(np.arctan2(cr, cb))
+    in_hue = np.zeros(hue.shape, bool)
+    for lo, hi in FLOW_HUES:
+        in_hue |= (hue >= lo) & (hue <= hi)
+    # Holes filled: turbulence mosaics and JPEG blending of aliased colours leave grey holes.
+    mask = ndimage.binary_fill_holes(region & in_hue & (np.hypot(cb, cr) >= FLOW_CHROMA))
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    if n == 0:
+        return mask
+    r = FLOW_OPENING
+    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+    opened = ndimage.binary_opening(mask, structure=yy ** 2 + xx ** 2 <= r * r + r)
+    # A blob is kept when the opening leaves most of it: a line with one thick spot (an ECG
+    # trace's R wave beside its marker, smeared by JPEG) loses nearly all of its pixels.
+    whole = np.bincount(labels.ravel(), minlength=n + 1)
+    core = np.bincount(labels[opened], minlength=n + 1)
+    keep = (core >= FLOW_MIN_BLOB) & (core >= FLOW_SOLID * whole)
+    keep[0] = False
+    return opened & keep[labels]
+
+
+def _hue_name(rgb: np.ndarray, mask: np.ndarray) -> str:
+    if not mask.any():
+        return ""
+    r, g, b = (float(np.median(rgb[..., c][mask])) for c in range(3))
+    if r >= b:
+        return "yellow" if g > 0.6 * r else "red"
+    return "cyan" if g > 0.6 * b else "blue"
+
+
+def flow_evidence(frames: np.ndarray, max_frames: int = FLOW_MAX_FRAMES) -> FlowEvidence:
+    """Colour-flow evidence of an RGB frame (H,W,3) or clip (T,H,W,3); see `flow_pixels`.
+
+    A clip is judged by up to `max_frames` evenly spaced frames (flow comes and goes with the
+    cardiac cycle), each analysed on its own (a union over time would turn a scrolling ECG
+    trace into a filled band), and the flow masks are united.
+    """
+    a = np.asarray(frames)
+    if a.ndim == 3:
+        a = a[None]
+    if a.ndim != 4 or a.shape[-1] != 3:
+        raise ValueError(f"expected an RGB frame (H,W,3) or clip (T,H,W,3), got {a.shape}")
+    picks = np.unique(np.linspace(0, len(a) - 1, min(len(a), max_frames)).round().astype(int))
+    small = [block_mean(a[i]) for i in picks]
+    gray = np.mean([f @ np.array([0.299, 0.587, 0.114], np.float32) for f in small], axis=0)
+    region = imaging_region(gray)
+    union = np.zeros(region.shape, bool)
+    n_blobs, largest, best = 0, 0, None
+    for f in small:
+        m = flow_pixels(f, region)
+        union |= m
+        labels, n = ndimage.label(m)
+        if n > n_blobs or best is None:
+            n_blobs, best = max(n, n_blobs), (f, m) if n else best
+        if n:
+            largest = max(largest, int(np.bincount(labels.ravel())[1:].max()))
+    area = max(int(region.sum()), 1)
+    hue = _hue_name(*best) if best is not None else ""
+    return FlowEvidence(float(union.sum() / area), n_blobs, largest / area, hue, len(picks))
+
+
+def is_doppler(frames: np.ndarray, threshold: float) -> bool:
+    """The direct colour-Doppler decision: flow blobs cover more than `threshold` of the region.
+
+    `threshold` 0 disables the detector. The KS colour grouping (`ks_groups`) is the second
+    stage that catches what this misses.
+    """
+    return threshold > 0 and flow_evidence(frames).fraction > threshold
 
 
 def ks_pvalue(hist_a: np.ndarray, hist_b: np.ndarray) -> float:

@@ -31,7 +31,14 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from gen.data import preprocess as pp
-from gen.data.importers.readers import UnreadableError, kind_of, read_frames
+from gen.data.importers.readers import (
+    NoPixelDataError,
+    UnreadableError,
+    crop_region,
+    decode,
+    kind_of,
+    read_frames,
+)
 from gen.data.manifest import REQUIRED_COLUMNS, read_manifest, write_manifest
 from gen.io import (
     atomic_path,
@@ -45,16 +52,27 @@ from gen.io import (
 
 # Reasons written to excluded.csv.
 UNREADABLE = "unreadable"
-COLOUR = "colour"  # direct Doppler detector: too many colour pixels inside the cone
+NO_PIXELS = "no-pixel-data"  # a DICOM object that holds no image (structured report, ...)
+COLOUR = "colour"  # direct Doppler detector: colour-flow blobs cover too much of the image
 COLOUR_GROUP = "colour-group"  # in a KS colour group the user excluded with --exclude-groups
 TOO_SHORT = "too-short"
 UNKNOWN_LABEL = "unknown-label"
 MISSING = "missing-file"
 DUPLICATE = "duplicate"
 PER_PATIENT_LIMIT = "per-patient-limit"
-REASONS = (UNREADABLE, COLOUR, COLOUR_GROUP, TOO_SHORT, UNKNOWN_LABEL, MISSING, DUPLICATE, PER_PATIENT_LIMIT)
+REASONS = (UNREADABLE, NO_PIXELS, COLOUR, COLOUR_GROUP, TOO_SHORT, UNKNOWN_LABEL, MISSING, DUPLICATE, PER_PATIENT_LIMIT)
 EXCLUDED_COLUMNS = ("file", "reason", "detail", "view", "patient_id")
 OVERVIEW_TILES = 64  # group examples on groups/overview.png
+# --frames dissimilar keeps the frames under an MSE-similarity quantile of their clip: with
+# fewer frames than this the quantile is one or two frames, so shorter clips are too short.
+DISSIMILAR_MIN_FRAMES = 10
+
+
+def min_frames_for(frames: str, min_frames: int) -> int:
+    """The fewest frames a clip needs: --min_frames if set, else 1 (random, all) or 10 (dissimilar)."""
+    if min_frames:
+        return min_frames
+    return DISSIMILAR_MIN_FRAMES if frames == "dissimilar" else 1
 
 
 @dataclass
@@ -125,17 +143,37 @@ def process_item(item: Item, opts: dict) -> dict:
     result: dict[str, Any] = {"key": item.key, "item": item_signature(item), "rows": [], "excluded": None,
                               "hist": None, "n_frames": 0}
     try:
-        frames, spacing = read_frames(item.path)
+        decoded = decode(item.path)
+    except NoPixelDataError as e:
+        result["excluded"] = {"reason": NO_PIXELS, "detail": str(e)}
+        return result
     except UnreadableError as e:
         result["excluded"] = {"reason": UNREADABLE, "detail": str(e)}
         return result
+    frames, spacing = decoded.frames, decoded.spacing
     n = len(frames)
     result["n_frames"] = n
     is_video = kind_of(item.path) == "video" or n > 1
-    if is_video and n < opts["min_frames"]:
-        result["excluded"] = {"reason": TOO_SHORT, "detail": f"{n} frame(s) < --min_frames {opts['min_frames']}"}
+    need = min_frames_for(opts["frames"], opts["min_frames"])
+    if is_video and n < need:
+        why = (f"--min_frames {need}" if opts["min_frames"] else
+               f"{need}, the fewest --frames {opts['frames']} compares (set --min_frames to change)")
+        result["excluded"] = {"reason": TOO_SHORT, "detail": f"{n} frame(s) < {why}"}
         return result
-    colour = frames.ndim == 4  # readers return (T,H,W) when all channels are equal
+    cropped = crop_region(frames, decoded.region)  # DICOM: the 2D tissue region only
+    colour = cropped.ndim == 4  # readers return (T,H,W) when all channels are equal
+    if colour:  # the KS grouping's sample (thesis §3.7.1), kept for excluded files too
+        result["hist"] = pp.colour_histogram(cropped[0]).tolist()
+    if frames.ndim == 4:
+        # The flow decision looks at the whole screen: the colour half of a split screen lies
+        # outside a DICOM's B-mode region.
+        evidence = pp.flow_evidence(frames)
+        result["flow_fraction"] = evidence.fraction
+        if opts["doppler_threshold"] > 0 and evidence.fraction > opts["doppler_threshold"]:
+            result["excluded"] = {"reason": COLOUR, "detail": f"{evidence.describe()} > --doppler_threshold "
+                                                              f"{opts['doppler_threshold']}"}
+            return result
+    frames = cropped
     gray = frames if frames.ndim == 3 else np.stack([pp.to_gray(f) for f in frames])
     if spacing is not None:
         gray = np.stack([pp.resample_isotropic(f, spacing) for f in gray])
@@ -143,14 +181,8 @@ def process_item(item: Item, opts: dict) -> dict:
             frames = np.stack([pp.as_rgb(np.stack([pp.resample_isotropic(f[..., c], spacing) for c in range(3)], -1))
                                for f in frames])
     mask = pp.detect_cone(gray) if (opts["cone"] or colour) else None
-    if colour:
-        result["hist"] = pp.colour_histogram(frames[0]).tolist()
-        frac = pp.clip_colour_fraction(frames, mask)
-        result["colour_fraction"] = frac
-        if opts["doppler_threshold"] > 0 and frac > opts["doppler_threshold"]:
-            result["excluded"] = {"reason": COLOUR, "detail": f"colour-pixel fraction in the cone {frac:.3f} > "
-                                                              f"--doppler_threshold {opts['doppler_threshold']}"}
-            return result
+    if colour:  # the plain colour-pixel share in the cone, for the group report
+        result["colour_fraction"] = pp.clip_colour_fraction(frames, mask)
     crop_mask = mask if opts["cone"] else None
     size = opts["size"]
     if is_video:
@@ -174,7 +206,7 @@ def process_item(item: Item, opts: dict) -> dict:
         result["rows"].append({
             "path": rel, "view": item.view, "source": source, "patient_id": item.patient_id, "split": "",
             "frame": i if is_video else item.frame, "quality": item.quality, "sha1": sha1_bytes(data),
-            "video_id": video_id, **{f"meta_{k}": v for k, v in item.meta.items()},
+            "video_id": video_id, **{f"meta_{k}": v for k, v in {**decoded.meta, **item.meta}.items()},
         })
     return result
 
@@ -296,7 +328,8 @@ def _group_report(items: list[Item], results: list[dict], out: Path, alpha: floa
     hists = [np.asarray(r["hist"]) for _, r, _ in colour]
     groups, refs = pp.ks_groups(hists, alpha=alpha)
     members = pd.DataFrame({"key": [k for k, _, _ in colour], "group": groups,
-                            "colour_fraction": [r.get("colour_fraction") for _, r, _ in colour]})
+                            "colour_fraction": [r.get("colour_fraction") for _, r, _ in colour],
+                            "flow_fraction": [r.get("flow_fraction") for _, r, _ in colour]})
     from PIL import Image, ImageDraw
 
     rows, tiles = [], []
@@ -319,7 +352,8 @@ def _group_report(items: list[Item], results: list[dict], out: Path, alpha: floa
             example = ""
         sel = members["group"] == g
         rows.append({"group": g, "n_files": int(sel.sum()), "reference": key, "example": example,
-                     "mean_colour_fraction": round(float(members.loc[sel, "colour_fraction"].mean()), 4)})
+                     "mean_colour_fraction": round(float(members.loc[sel, "colour_fraction"].mean()), 4),
+                     "mean_flow_fraction": round(float(members.loc[sel, "flow_fraction"].mean()), 4)})
     write_csv(pd.DataFrame(rows), gdir / "groups.csv")
     if tiles:  # one sheet to look at: the first OVERVIEW_TILES groups' examples, labelled
         cols = min(8, len(tiles))
@@ -346,7 +380,7 @@ def settings_of(cfg: Any, importer: Importer, source: str, cone: bool) -> dict:
         "seed": cfg.seed, "frames": cfg.frames, "dissimilar_quantile": cfg.dissimilar_quantile,
         "doppler_threshold": cfg.doppler_threshold, "max_per_patient_view": cfg.max_per_patient_view,
         "labels": str(Path(cfg.labels).resolve()) if cfg.labels else "", "cone": cone,
-        "min_frames": cfg.min_frames, "ks_alpha": cfg.ks_alpha,
+        "min_frames": min_frames_for(cfg.frames, cfg.min_frames), "ks_alpha": cfg.ks_alpha,
     }
 
 
