@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import json
 import math
+import re
 import sys
 import types
 import typing
@@ -313,6 +314,20 @@ def _help_table(cls: type, cfg: Any) -> str:
     return "\n".join(lines)
 
 
+_NEGATIVE = re.compile(r"^-(\d|\.\d|inf|infinity|nan)", re.IGNORECASE)
+
+
+def _join_negative_values(argv: list[str]) -> list[str]:
+    """`--key -inf` -> `--key=-inf`: argparse would take a value starting with a dash for an option."""
+    out: list[str] = []
+    for tok in argv:
+        if out and _NEGATIVE.match(tok) and out[-1].startswith("--") and "=" not in out[-1]:
+            out[-1] = f"{out[-1]}={tok}"
+        else:
+            out.append(tok)
+    return out
+
+
 def parse_config(
     cls: type[T],
     argv: Sequence[str] | None = None,
@@ -326,7 +341,7 @@ def parse_config(
     (e.g. `prepare.py phantom` sets `command`). Exits with status 2 and a clear message on a
     bad key or value; prints the resolved config and exits 0 on `--dry-run`.
     """
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _join_negative_values(list(sys.argv[1:] if argv is None else argv))
     defaults = cls()
     flat = _flat_fields(cls)
     parser = argparse.ArgumentParser(
