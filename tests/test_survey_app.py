@@ -22,7 +22,7 @@ from scipy.stats import binomtest
 from conftest import ARTIFACTS, PYTHON, REPO, chromium_path, run_cli
 from evaluate.survey.design import IMAGES_DIR, KEY_FILE, build_survey, load_key, load_survey
 from evaluate.survey.store import SurveyStore
-from gen.data.manifest import read_manifest, rebase, write_manifest
+from gen.data.manifest import data_roots, read_manifest, rebase, write_data_roots, write_manifest
 
 APP = str(REPO / "evaluate" / "survey" / "app.py")
 PASSWORD = "correct horse battery staple"
@@ -38,6 +38,7 @@ def manifests(split_dir, tmp_path_factory) -> tuple[Path, Path]:
     fake = rebase(m.df[m.df["split"] != "train"], split_dir, out)
     fake["source"], fake["split"] = "synthetic", ""
     write_manifest(fake, out / "fake.csv")
+    write_data_roots(out, data_roots(split_dir)[0])  # its rows point into the split's phantom data set
     return split_dir / "train.csv", out / "fake.csv"
 
 

@@ -15,7 +15,7 @@ from evaluate.survey.design import SurveyError, load_survey  # noqa: E402
 from evaluate.survey.results import save_figures, survey_results  # noqa: E402
 from evaluate.survey.store import SurveyStore  # noqa: E402
 from gen.config import ConfigError, field, parse_config  # noqa: E402
-from gen.io import write_json  # noqa: E402
+from gen.io import run_main, warn_if_tracked, write_json  # noqa: E402
 
 
 @dataclass
@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
+    if cfg.csv:
+        warn_if_tracked(out, "survey analysis; its CSVs hold participant codes", "analyze.py")
     res["plots"] = save_figures(res, out)
     if cfg.csv:
         res["csv"] = sorted(p.name for p in SurveyStore(survey.db_path, survey.survey_id).export_csv(out).values())
@@ -58,4 +60,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, "analyze.py"))

@@ -6,13 +6,20 @@ Participants: welcome and consent, a resume code, questions before, the pairs (r
 sides per participant, "which one is real?"), questions after. Study team: `?view=results`
 behind the admin password. The participant pages never read the answer key, and images are
 rendered from bytes, so nothing served tells real from synthetic.
+
+Hardening: the admin login locks after repeated failures (stored in responses.sqlite, so it
+holds across sessions); participant text is shown as plain text; CSV exports neutralise
+spreadsheet formulas; any failure (a corrupt database, a missing image) shows a neutral page
+and logs the details with a reference, never a traceback with server paths.
 """
 
 from __future__ import annotations
 
 import inspect
 import json
+import logging
 import os
+import secrets
 import sys
 import time
 from dataclasses import dataclass
@@ -23,12 +30,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import streamlit as st  # noqa: E402
 
 from evaluate.survey.auth import PASSWORD_ENV, PASSWORD_FILE_ENV, admin_password, check_password  # noqa: E402
-from evaluate.survey.design import FILTERS, Survey, SurveyError, load_survey, upscale_png  # noqa: E402
+from evaluate.survey.design import FILTERS, Survey, load_survey, upscale_png  # noqa: E402
 from evaluate.survey.questions import AFTER, BEFORE, PAIR_CONFIDENCE, Question  # noqa: E402
 from evaluate.survey.store import SurveyStore, normalize_code  # noqa: E402
 from gen.config import ConfigError, build, field  # noqa: E402
 
 SURVEY_ENV = "ECHOSYNTH_SURVEY_DIR"
+log = logging.getLogger("echosynth.survey")
+UNAVAILABLE = ("Sorry, the survey is not available at the moment. Please tell the study team and try again "
+               "later; answers you have already given are saved.")
 CONSENT = """This survey is part of a research study on synthetic (computer-generated) echocardiograms.
 You will see pairs of still echocardiogram frames of the same view. In each pair one image is
 real and one is synthetic; pick the one you think is real. It takes about 10–15 minutes.
@@ -147,9 +157,26 @@ def questionnaire(store: SurveyStore, code: str, phase: str, questions: tuple[Qu
 def _answer(store: SurveyStore, code: str, pair_id: str, choice: str) -> None:
     shown = st.session_state.get("shown", {}).get(pair_id)
     conf = st.session_state.get(f"conf-{pair_id}")
-    store.record_answer(code, pair_id, choice,
-                        confidence=PAIR_CONFIDENCE.index(conf) + 1 if conf in PAIR_CONFIDENCE else None,
-                        response_ms=int((time.monotonic() - shown) * 1000) if shown else None)
+    try:
+        store.record_answer(code, pair_id, choice,
+                            confidence=PAIR_CONFIDENCE.index(conf) + 1 if conf in PAIR_CONFIDENCE else None,
+                            response_ms=int((time.monotonic() - shown) * 1000) if shown else None)
+    except Exception:  # a callback's exception would reach the page as a traceback
+        st.session_state.failed = _log_failure(f"saving an answer to {pair_id}")
+
+
+def _log_failure(what: str) -> str:
+    """Log the current exception with a short reference that the neutral page shows."""
+    ref = secrets.token_hex(4)
+    log.error("survey failure [ref %s] while %s", ref, what, exc_info=True)
+    return ref
+
+
+def unavailable(ref: str) -> None:
+    """The neutral error page: no paths, no traceback; the reference points to the server log."""
+    st.title("Survey unavailable")
+    st.error(UNAVAILABLE)
+    st.caption(f"Reference: {ref}")
 
 
 def pair_page(cfg: AppConfig, survey: Survey, store: SurveyStore, code: str, order: tuple[str, ...],
@@ -161,13 +188,14 @@ def pair_page(cfg: AppConfig, survey: Survey, store: SurveyStore, code: str, ord
     st.progress(position / len(order), text=f"Pair {position} of {len(order)}")
     st.subheader("Which one is real?")
     left, right = sides[pair_id]
+    # Both images first: a missing or broken file fails before anything of the page is drawn.
+    shown = {name: _display_png(str(survey.root), name, cfg.display_px, cfg.filter) for name in (left, right)}
     st.radio("How sure are you? (optional, before you pick)", PAIR_CONFIDENCE, index=None, horizontal=True,
              key=f"conf-{pair_id}")
     # Each image with its button right below it: one tap target per image, all on one tablet screen.
     cols = st.columns(2, gap="medium")
     for col, name, side in ((cols[0], left, "left"), (cols[1], right, "right")):
-        col.image(_display_png(str(survey.root), name, cfg.display_px, cfg.filter),
-                  width=cfg.display_px, output_format="PNG")  # PNG: no JPEG artefacts on either side
+        col.image(shown[name], width=cfg.display_px, output_format="PNG")  # PNG: no JPEG artefacts on either side
         extra = {"shortcut": side.capitalize()} if _NATIVE_SHORTCUTS else {}
         col.button(f"{side.capitalize()} is real", key=f"{side}-{pair_id}", type="primary", width=cfg.display_px,
                    on_click=_answer, args=(store, code, pair_id, side), **extra)
@@ -222,11 +250,17 @@ def results_page(cfg: AppConfig, survey: Survey, store: SurveyStore) -> None:
             given = st.text_input("Admin password", type="password", key="admin-password")
             ok = st.form_submit_button("Log in", key="login-submit", type="primary")
         if ok:
-            if check_password(given, expected):
+            # Checked and logged in one database transaction, so the lockout holds across sessions.
+            outcome, left = store.admin_login(lambda: check_password(given, expected))
+            if outcome == "ok":
                 st.session_state.admin = True
                 st.rerun()
+            log.warning("admin login %s (lock left %.0f s)", outcome, left.total_seconds())
             time.sleep(1.0)  # slows guessing
-            st.error("Wrong password.")
+            if outcome == "locked" or left.total_seconds() > 0:
+                st.error(f"Too many failed logins: the login is locked for {_minutes(left)}. Failed attempts are logged.")
+            else:
+                st.error("Wrong password.")
         return
     from evaluate.survey.results import figures, survey_results
 
@@ -254,30 +288,43 @@ def results_page(cfg: AppConfig, survey: Survey, store: SurveyStore) -> None:
     tabs[1].dataframe(res["pairs"], hide_index=True)
     tabs[2].json({"before": res["before"], "after": res["after"]})
     for s in res["strategies"]:
-        tabs[3].markdown(f"- *{s['participant']}*: {s['text']}")
+        # Plain text: participant text rendered as Markdown could plant images, links or scripts.
+        tabs[3].text(f"{s['participant']}: {s['text']}")
     st.subheader("Export")
     st.download_button("survey_results.json", json.dumps(res, indent=2, default=str), "survey_results.json")
-    for name, df in store.frames().items():
-        st.download_button(f"{name}.csv", df.to_csv(index=False), f"{name}.csv", key=f"csv-{name}")
+    for name, text in store.csv_exports().items():  # formula-like cells neutralised for spreadsheets
+        st.download_button(f"{name}.csv", text, f"{name}.csv", key=f"csv-{name}")
     if st.button("Log out", key="logout"):
         st.session_state.admin = False
         st.rerun()
 
 
+def _minutes(left) -> str:
+    m = max(1, round(left.total_seconds() / 60))
+    return f"{m} minute{'s' if m != 1 else ''}"
+
+
 def main() -> None:
     """Read the config, open the survey, route to the participant or results page."""
     st.set_page_config(page_title="Echo survey", layout="wide")
+    st.set_option("client.showErrorDetails", "none")  # a last line of defence: never a traceback
     st.markdown(CSS, unsafe_allow_html=True)
+    if st.session_state.get("failed"):
+        unavailable(st.session_state.pop("failed"))
+        return
     try:
         cfg = _config()
         survey, store = _open(cfg.survey)
-    except (ConfigError, SurveyError) as e:
-        st.error(str(e))
-        st.stop()
-    if st.query_params.get("view") == "results":
-        results_page(cfg, survey, store)
-    else:
-        participant(cfg, survey, store)
+    except Exception:  # a bad --survey, a missing image, a corrupt responses.sqlite, ...
+        unavailable(_log_failure("opening the survey"))
+        return
+    try:
+        if st.query_params.get("view") == "results":
+            results_page(cfg, survey, store)
+        else:
+            participant(cfg, survey, store)
+    except Exception:  # a missing pair image, a database failing mid-survey, ...
+        unavailable(_log_failure("rendering a page"))
 
 
 main()

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from evaluate.survey.design import KEY_FILE, SurveyError, build_survey  # noqa: E402
 from gen.config import ConfigError, field, parse_config, to_dict  # noqa: E402
 from gen.data.manifest import KNOWN_VIEWS  # noqa: E402
-from gen.io import check_writable_output  # noqa: E402
+from gen.io import check_writable_output, read_json, run_main, warn_if_tracked  # noqa: E402
 
 
 @dataclass
@@ -34,6 +34,8 @@ class BuildConfig:
     image_size: int = field(0, min=0, max=4096, help="common stored size in px (0 = largest input size)")
     title: str = field("", help="heading shown to participants")
     overwrite: bool = field(False, help="replace an existing, non-empty --out directory")
+    allow_outside_paths: bool = field(False, help="accept manifest rows pointing outside their manifest's folder "
+                                                  "(absolute or ../ paths), for data that really lives elsewhere")
 
     def validate(self) -> None:
         """Required paths are given."""
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(out)
         survey = build_survey(cfg.real, cfg.fake, out, n_pairs=cfg.pairs, views=list(cfg.views), seed=cfg.seed,
                               real_split=cfg.real_split, image_size=cfg.image_size, title=cfg.title,
-                              config=to_dict(cfg))
+                              config=to_dict(cfg), allow_outside=cfg.allow_outside_paths)
     except (SurveyError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -62,9 +64,15 @@ def main(argv: list[str] | None = None) -> int:
         views[p.view] = views.get(p.view, 0) + 1
     print(f"survey {survey.survey_id}: {len(survey.pairs)} pairs ({', '.join(f'{v} {n}' for v, n in views.items())}) in {out}")
     print(f"answer key: {out / KEY_FILE} (private: keep it out of anything you share with participants)")
+    check = read_json(out / "build.json")["size_check"]
+    print(f"file-size check: AUC {check['auc_served']:.2f} as served ({check['served_px']} px), "
+          f"{check['auc_stored']:.2f} as stored, over {check['n_pairs']} pairs (0.5 = size tells nothing)")
+    if check["warning"]:
+        print(f"warning: {check['warning']}", file=sys.stderr)
+    warn_if_tracked(out, "survey with the private answer key; responses.sqlite will be written here", "build.py")
     print(f"run it:     streamlit run evaluate/survey/app.py -- --survey {out}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, "build.py"))

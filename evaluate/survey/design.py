@@ -4,16 +4,20 @@ Layout of SURVEY_DIR (written by `build_survey`):
 
     survey.json       public design: survey id, pairs (id, view, two image names in random
                       order), display settings. Says nothing about which image is real.
-    images/<name>.png the pair images, re-encoded from pixels (no metadata) at one common size,
-                      named by random tokens
+    images/<name>.png the pair images, re-encoded from pixels (no metadata) at one common size
+                      through one encoder, named by random tokens, written in a random order
+                      and all given the same fixed mtime (so neither names, inode order nor
+                      times tell which image of a pair is real)
     answer_key.json   PRIVATE: per pair, which image is real and where both came from.
                       Only the admin results page and `analyze.py` read it.
-    build.json        the resolved build config and the input manifests' fingerprints
+    build.json        the resolved build config, the input manifests' fingerprints and the
+                      file-size side-channel check (`size_check`)
     responses.sqlite  created by the app (see `store.py`); PRIVATE
 """
 
 from __future__ import annotations
 
+import os
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -21,9 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
-from gen.data.manifest import Manifest, ManifestError, load_gray, read_manifest
+from gen.data.manifest import Manifest, ManifestError, inside_data, load_gray, read_manifest
 from gen.io import fingerprint, read_json, save_png, write_json
 
+# Every pair image gets this mtime (2000-01-01T00:00:00Z): build order must not show.
+NEUTRAL_MTIME = 946684800
+# |AUC - 0.5| above this: file size alone tells real from synthetic well enough to warn.
+SIZE_AUC_WARN = 0.2
 SURVEY_FILE = "survey.json"
 KEY_FILE = "answer_key.json"
 IMAGES_DIR = "images"
@@ -98,26 +106,82 @@ def select_pairs(real: Manifest, fake: Manifest, n_pairs: int, views: list[str],
 
 
 def _row(m: Manifest, i: int) -> dict:
+    # Provenance without absolute or outside paths: the key may travel with the results.
     row = m.df.iloc[i]
     keep = ("path", "view", "source", "patient_id", "split", "frame", "sha1", "seed")
-    return {c: (None if row[c] is None or (isinstance(row[c], float) and np.isnan(row[c])) else str(row[c]))
-            for c in keep if c in m.df.columns} | {"manifest_root": str(m.root)}
+    out = {c: (None if row[c] is None or (isinstance(row[c], float) and np.isnan(row[c])) else str(row[c]))
+           for c in keep if c in m.df.columns}
+    if not inside_data(m, out["path"]):
+        out["path"] = Path(out["path"]).name  # an opted-in outside path: keep only the file name (and its sha1)
+    return out | {"manifest": m.csv.name if m.csv else None, "manifest_line": m.line(i)}
+
+
+def _image(m: Manifest, i: int, size: int | None = None) -> np.ndarray:
+    """Row i's pixels, or a SurveyError naming the file and its manifest line."""
+    try:
+        return load_gray(m.abspath(i), size)
+    except (OSError, ValueError) as e:
+        raise SurveyError(f"{m.csv or m.root}: line {m.line(i)} ({m.df['path'].iat[i]}): cannot use this image ({e}); "
+                          "fix or replace the file, or drop the row") from None
+
+
+def auc(pos: np.ndarray, neg: np.ndarray) -> float:
+    """Mann–Whitney AUC: P(pos > neg) + ½ P(pos = neg) over all (pos, neg) combinations."""
+    pos, neg = np.asarray(pos, dtype=float)[:, None], np.asarray(neg, dtype=float)[None, :]
+    return float(((pos > neg).sum() + 0.5 * (pos == neg).sum()) / (pos.size * neg.size))
+
+
+def size_check(root: str | Path, key: dict[str, dict], display_px: int = 384, filter: str = "lanczos") -> dict:
+    """Does PNG file size tell real from synthetic? AUC of size (real = positive), stored and as served.
+
+    0.5 means size carries no information; near 0 or 1 means a participant who looks at file
+    sizes (browser dev tools) could answer without looking at the images.
+    """
+    root = Path(root)
+    stored = {"real": [], "synthetic": []}
+    served = {"real": [], "synthetic": []}
+    larger_real = 0
+    for entry in key.values():
+        sizes = {}
+        for side in ("real", "synthetic"):
+            data = (root / IMAGES_DIR / entry[side]).read_bytes()
+            stored[side].append(len(data))
+            served[side].append(len(upscale_png(data, display_px, filter)))
+            sizes[side] = served[side][-1]
+        larger_real += sizes["real"] > sizes["synthetic"]
+    res = {"n_pairs": len(key),
+           "auc_stored": auc(stored["real"], stored["synthetic"]),
+           "auc_served": auc(served["real"], served["synthetic"]),
+           "served_px": display_px, "served_filter": filter,
+           "pairs_real_larger_served": int(larger_real)}
+    worst = max(abs(res["auc_stored"] - 0.5), abs(res["auc_served"] - 0.5))
+    res["warning"] = (
+        f"PNG file size separates real from synthetic images (AUC {res['auc_served']:.2f} as served, "
+        f"{res['auc_stored']:.2f} as stored; 0.5 = no information): a participant reading file sizes in the "
+        "browser could tell them apart. Check that both sides have similar noise/texture, or accept and report it."
+    ) if worst > SIZE_AUC_WARN else None
+    return res
 
 
 def build_survey(real_manifest: str | Path, fake_manifest: str | Path, out: str | Path, *,
                  n_pairs: int = 50, views: list[str] | None = None, seed: int = 0,
                  real_split: str = "train", image_size: int = 0, title: str = "",
-                 config: dict | None = None) -> Survey:
-    """Write a survey directory (see the module docstring) and return it."""
+                 config: dict | None = None, allow_outside: bool = False) -> Survey:
+    """Write a survey directory (see the module docstring) and return it.
+
+    Both manifests' SHA-1s are checked first (a changed file is refused, naming its line), and
+    rows pointing outside a manifest's folder are refused unless `allow_outside`.
+    """
     views = list(views or ["A4C", "PLAX"])
     out = Path(out)
     try:
-        real = read_manifest(real_manifest)
-        fake = read_manifest(fake_manifest)
+        real = read_manifest(real_manifest, allow_outside=allow_outside)
+        fake = read_manifest(fake_manifest, allow_outside=allow_outside)
     except ManifestError as e:
         raise SurveyError(str(e)) from None
     real = real.filter(split=real_split or None, views=views)
-    real = Manifest(real.df[real.df["source"] != "synthetic"].reset_index(drop=True), real.root)
+    human = (real.df["source"] != "synthetic").to_numpy()
+    real = Manifest(real.df[human].reset_index(drop=True), real.root, real.csv, real.lines[human])
     fake = fake.filter(views=views, sources=["synthetic"])
     if len(real) == 0:
         raise SurveyError(f"{real_manifest}: no real (non-synthetic) rows in split {real_split!r} with views {views}")
@@ -125,32 +189,46 @@ def build_survey(real_manifest: str | Path, fake_manifest: str | Path, out: str 
         raise SurveyError(f"{fake_manifest}: no rows with source 'synthetic' and views {views}; "
                           "pass the manifest written by gen/sample.py")
     chosen = select_pairs(real, fake, n_pairs, views, seed)
+    try:
+        Manifest(real.df.iloc[[a for _, a, _ in chosen]].reset_index(drop=True), real.root, real.csv,
+                 real.lines[[a for _, a, _ in chosen]]).verify_sha1()
+        Manifest(fake.df.iloc[[b for _, _, b in chosen]].reset_index(drop=True), fake.root, fake.csv,
+                 fake.lines[[b for _, _, b in chosen]]).verify_sha1()
+    except ManifestError as e:
+        raise SurveyError(str(e)) from None
 
     # One common size for both sides, so that no dimension tells the two sources apart.
     if image_size <= 0:
-        sizes = [load_gray(real.abspath(a)).shape for _, a, _ in chosen] + \
-                [load_gray(fake.abspath(b)).shape for _, _, b in chosen]
+        sizes = [_image(real, a).shape for _, a, _ in chosen] + [_image(fake, b).shape for _, _, b in chosen]
         image_size = max(max(s) for s in sizes)
     rng = np.random.default_rng([seed, 1])
-    pairs, key = [], {}
+    pairs, key, images = [], {}, []
     width = max(2, len(str(len(chosen))))
     for n, (view, a, b) in enumerate(chosen, start=1):
         pair_id = f"p{n:0{width}d}"
         real_name, fake_name = f"{_token()}.png", f"{_token()}.png"
-        save_png(out / IMAGES_DIR / real_name, load_gray(real.abspath(a), image_size))
-        save_png(out / IMAGES_DIR / fake_name, load_gray(fake.abspath(b), image_size))
+        # Both sides through the same path: decode, grayscale, resize, one PNG encoder.
+        images += [(real_name, _image(real, a, image_size)), (fake_name, _image(fake, b, image_size))]
         names = [real_name, fake_name]
         if rng.random() < 0.5:
             names.reverse()
         pairs.append({"pair_id": pair_id, "view": view, "images": names})
         key[pair_id] = {"real": real_name, "synthetic": fake_name, "view": view,
                         "real_source": _row(real, a), "synthetic_source": _row(fake, b)}
+    # Random write order (from the OS, not the seed) and one fixed mtime: neither the inode
+    # numbers nor the times of images/ say which image of a pair was written first.
+    secrets.SystemRandom().shuffle(images)
+    for name, pixels in images:
+        save_png(out / IMAGES_DIR / name, pixels)
+    for name, _ in images:
+        os.utime(out / IMAGES_DIR / name, (NEUTRAL_MTIME, NEUTRAL_MTIME))
     survey_id = _token(6)
     write_json(out / KEY_FILE, {"survey_id": survey_id, "pairs": key})
     write_json(out / "build.json", {
         "config": config or {}, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "real_manifest": {"path": str(real_manifest), "sha1": fingerprint(real_manifest)},
         "fake_manifest": {"path": str(fake_manifest), "sha1": fingerprint(fake_manifest)},
+        "size_check": size_check(out, key),
     })
     write_json(out / SURVEY_FILE, {"survey_id": survey_id, "title": title or "Can you spot the real echocardiogram?",
                                    "image_size": image_size, "pairs": pairs})

@@ -5,6 +5,9 @@ processes), WAL journal with `synchronous=FULL` (a committed answer survives a c
 loss), a 30 s busy timeout (writers queue instead of failing), and primary keys that make
 a repeated answer a no-op: the first answer to a pair wins, so a double-click or a resent
 request never creates a duplicate. Keep the file on a local disk (WAL needs shared memory).
+
+The admin login's failed attempts are stored here too, so its lockout holds across browser
+sessions, server processes and restarts (see `admin_login`).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import secrets
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -57,12 +60,43 @@ CREATE TABLE IF NOT EXISTS answers (
     answered_at  TEXT NOT NULL,
     PRIMARY KEY (code, pair_id)
 );
+CREATE TABLE IF NOT EXISTS admin_attempts (
+    at      TEXT NOT NULL,             -- UTC time of the attempt
+    outcome TEXT NOT NULL CHECK (outcome IN ('ok', 'failed', 'locked'))
+);
 """
+
+# Admin lockout: after LOCK_AFTER failed logins (since the last successful one, within
+# LOCK_WINDOW) the login is refused for LOCK_BASE, doubling with each further failure up to
+# LOCK_MAX. Attempts during a lock are logged as 'locked' but not checked and not counted,
+# so a locked-out guesser learns nothing and cannot extend the lock without bound.
+LOCK_AFTER = 5
+LOCK_WINDOW = timedelta(hours=24)
+LOCK_BASE = timedelta(minutes=1)
+LOCK_MAX = timedelta(hours=24)
+# Spreadsheet programs run a cell starting with one of these as a formula (CSV injection).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 def now() -> str:
     """UTC timestamp with milliseconds, ISO 8601."""
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def lock_duration(failures: int) -> timedelta:
+    """How long the admin login stays locked after `failures` failures in a row (0 below LOCK_AFTER)."""
+    if failures < LOCK_AFTER:
+        return timedelta(0)
+    return min(LOCK_BASE * 2 ** min(failures - LOCK_AFTER, 20), LOCK_MAX)
+
+
+def csv_safe(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy whose text cells starting with = + - @ tab or CR get a leading ' (no spreadsheet formulas)."""
+    out = df.copy()
+    for col in out.columns:
+        if out[col].dtype == object:
+            out[col] = [("'" + v) if isinstance(v, str) and v.startswith(_FORMULA_START) else v for v in out[col]]
+    return out
 
 
 def new_code() -> str:
@@ -208,12 +242,59 @@ class SurveyStore:
             return {t: pd.read_sql_query(f"SELECT * FROM {t} ORDER BY rowid", con)
                     for t in ("participants", "questions", "answers")}
 
+    def csv_exports(self) -> dict[str, str]:
+        """participants/questions/answers as CSV text, with formula-like cells neutralised."""
+        return {name: csv_safe(df).to_csv(index=False) for name, df in self.frames().items()}
+
     def export_csv(self, out_dir: str | Path) -> dict[str, Path]:
         """Write participants.csv, questions.csv and answers.csv (atomically) into out_dir."""
         out = {}
-        for name, df in self.frames().items():
+        for name, text in self.csv_exports().items():
             path = Path(out_dir) / f"{name}.csv"
             with atomic_path(path) as tmp:
-                df.to_csv(tmp, index=False)
+                tmp.write_text(text, encoding="utf-8")
             out[name] = path
         return out
+
+    # ------------------------------------------------------------------------------------------
+    # Admin login
+
+    def admin_lock(self, at: datetime | None = None) -> tuple[timedelta, int]:
+        """(time left on the admin lock, failures in a row) at `at` (default now)."""
+        with self._connect() as con:
+            return self._lock_state(con, at or datetime.now(timezone.utc))
+
+    @staticmethod
+    def _lock_state(con: sqlite3.Connection, at: datetime) -> tuple[timedelta, int]:
+        since = (at - LOCK_WINDOW).isoformat(timespec="milliseconds")
+        last_ok = con.execute("SELECT MAX(at) FROM admin_attempts WHERE outcome = 'ok'").fetchone()[0]
+        rows = con.execute("SELECT at FROM admin_attempts WHERE outcome = 'failed' AND at > ? AND at > ? ORDER BY at",
+                           (since, last_ok or "")).fetchall()
+        if not rows:
+            return timedelta(0), 0
+        until = datetime.fromisoformat(rows[-1][0]) + lock_duration(len(rows))
+        return max(until - at, timedelta(0)), len(rows)
+
+    def admin_login(self, check, at: datetime | None = None) -> tuple[str, timedelta]:
+        """Run `check()` (the password comparison) unless locked; log the attempt; return (outcome, lock left).
+
+        One write transaction around check-and-log, so parallel sessions cannot squeeze extra
+        guesses in between the lock test and the logging of a failure.
+        """
+        at = at or datetime.now(timezone.utc)
+        with self._transaction() as con:
+            left, _ = self._lock_state(con, at)
+            if left > timedelta(0):
+                outcome = "locked"
+            else:
+                outcome = "ok" if check() else "failed"
+            con.execute("INSERT INTO admin_attempts (at, outcome) VALUES (?, ?)",
+                        (at.isoformat(timespec="milliseconds"), outcome))
+            if outcome == "failed":
+                left, _ = self._lock_state(con, at)
+        return outcome, left
+
+    def admin_attempts(self) -> pd.DataFrame:
+        """The login log: time and outcome of every admin login attempt."""
+        with self._connect() as con:
+            return pd.read_sql_query("SELECT at, outcome FROM admin_attempts ORDER BY rowid", con)

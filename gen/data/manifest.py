@@ -189,6 +189,12 @@ def write_data_roots(out_dir: str | os.PathLike, roots: list[Path], allow_outsid
     return out / DATA_ROOTS_FILE
 
 
+def inside_data(m: Manifest, path: str) -> bool:
+    """Whether a row path stays in the manifest's folder or a folder its data_roots.json declares."""
+    root = Path(os.path.normpath(m.root.absolute()))
+    return _inside(path, root, [root] + [Path(os.path.normpath(r.absolute())) for r in data_roots(m.root)[0]])
+
+
 def _inside(path: str, root: Path, roots: list[Path]) -> bool:
     # Lexical: `..` and absolute paths are judged as written (symlinked data folders stay usable).
     if os.path.isabs(path):
