@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from gen.config import ConfigError
 from gen.config import field as cfg_field
 from gen.presets import ModelConfig
+from gen.timestep_sampler import TIMESTEP_SAMPLERS
+from gen.tracking import LOG_WITH_HELP, TRACKERS, check_tracker
 
 # Names of gen.diffusion.BETA_SCHEDULES and of gen.sampling's samplers, kept here without torch
 # (tests/test_config.py checks they agree).
@@ -18,7 +20,7 @@ SAMPLERS = ("ddpm", "ddim")
 
 RESUME_MAY_DIFFER = {"steps", "resume", "overwrite", "checkpoint_every", "keep_last", "keep_every", "log_every",
                      "sample_every", "sample_per_class", "sample_steps", "num_workers", "compile", "batch_gpu",
-                     "out", "run_dir", "desc", "preload", "mixed_precision", "channels_last"}
+                     "out", "run_dir", "desc", "preload", "mixed_precision", "channels_last", "log_with"}
 
 
 @dataclass
@@ -60,6 +62,8 @@ class TrainConfig:
     channels_last: bool = cfg_field(True, help="channels_last memory format on CUDA")
     compile: bool = cfg_field(False, help="torch.compile the UNet (CUDA only)")
     seed: int = cfg_field(0, help="seed of data order, noise, timesteps, init")
+    timestep_sampler: str = cfg_field("uniform", choices=TIMESTEP_SAMPLERS,
+                                      help="t per sample: uniform, or loss-aware importance sampling of L_vlb (improved DDPM §3.3)")
     checkpoint_every: int = cfg_field(1000, help="checkpoint every N steps (and at the end)", min=1)
     keep_last: int = cfg_field(2, help="keep the newest K checkpoints", min=1)
     keep_every: int = cfg_field(0, help="also keep every checkpoint whose step is a multiple of M (0 = none)", min=0)
@@ -69,6 +73,7 @@ class TrainConfig:
     sample_steps: int = cfg_field(50, help="sampling steps for grids", min=1)
     num_workers: int = cfg_field(0, help="data-loader worker processes (0 = main process)", min=0)
     preload: bool = cfg_field(True, help="decode the whole training set into memory once")
+    log_with: str = cfg_field("", help=LOG_WITH_HELP, choices=TRACKERS)
 
     def validate(self) -> None:
         if not self.data:
@@ -77,6 +82,10 @@ class TrainConfig:
             raise ConfigError("--resume and --overwrite contradict each other; pick one")
         if self.sample_steps > self.diffusion.num_timesteps:
             raise ConfigError(f"sample_steps {self.sample_steps} exceeds diffusion.num_timesteps {self.diffusion.num_timesteps}")
+        if self.timestep_sampler == "loss-aware" and not self.diffusion.learn_sigma:
+            raise ConfigError("--timestep_sampler loss-aware importance-samples L_vlb, which a fixed-σ model "
+                              "(diffusion.learn_sigma false) does not train; use uniform")
+        check_tracker(self.log_with)
 
 
 

@@ -235,6 +235,14 @@ def train(cfg: TrainConfig, stop=None) -> Path:
     from gen.model import LoadedRun, build_model, count_params, preset_image_size
     from gen.rundir import init_run_dir, start_run
     from gen.sampling import image_seeds, plan_labels, sample_images, save_grid
+    from gen.timestep_sampler import build_timestep_sampler, update_from_global_batch
+    from gen.tracking import (
+        accelerator_kwargs,
+        finish_trackers,
+        log_image_file,
+        log_metrics,
+        start_trackers,
+    )
 
     ds = load_training_data(cfg)  # checks first: bad input fails before any process group starts
     classes, config = ds.classes, to_dict(cfg)
@@ -243,7 +251,7 @@ def train(cfg: TrainConfig, stop=None) -> Path:
         check_resume_compatible(run, config, classes)
     cuda = torch.cuda.is_available()
     mp, mp_from = resolve_precision(cfg.mixed_precision, cuda, cuda and torch.cuda.is_bf16_supported())
-    accelerator = Accelerator(cpu=not cuda, mixed_precision=mp)
+    accelerator = Accelerator(cpu=not cuda, mixed_precision=mp, **accelerator_kwargs(cfg.log_with, cfg.out))
     if not cuda:
         torch.set_flush_denormal(True)  # denormal floats made CPU steps 5-20x slower in measurements
     world, rank, main, device = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process, accelerator.device
@@ -315,6 +323,10 @@ def train(cfg: TrainConfig, stop=None) -> Path:
         log("compile: skipped (torch.compile is only used on CUDA)")
     diffusion = Diffusion(cfg.diffusion.num_timesteps, cfg.diffusion.schedule, cfg.diffusion.learn_sigma, cfg.diffusion.lambda_vlb)
     T, S = diffusion.num_timesteps, preset_image_size(cfg.model)
+    ts_sampler = build_timestep_sampler(cfg.timestep_sampler, T)  # None: uniform t from per_sample_draws
+    if ts_sampler is not None and ckpt is not None and "timestep_sampler" in c["state"]:
+        ts_sampler.load_state_dict(c["state"]["timestep_sampler"])
+    start_trackers(accelerator, cfg.log_with, run, config, start)
     loader = DataLoader(ds, batch_sampler=StepBatches(start, cfg.steps, cfg.global_batch, micro, accum, world, rank, len(ds), cfg.seed),
                         num_workers=cfg.num_workers, pin_memory=cuda)
     batches = iter(loader)
@@ -328,12 +340,17 @@ def train(cfg: TrainConfig, stop=None) -> Path:
     for step in range(start, cfg.steps):
         torch.manual_seed(_seed(cfg.seed, step, rank, 11))  # dropout RNG: a function of the step
         model.train()
+        seen: tuple[list, list, list] = ([], [], [])  # loss-aware: (positions, t, L_t) of this step
         for k in range(accum):
             x, y = next(batches)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             pos = np.arange((k * world + rank) * micro, (k * world + rank + 1) * micro)
             t, noise, drop = per_sample_draws(cfg.seed, step, pos, T, tuple(x.shape[1:]), cfg.cfg_dropout)
             t, noise, drop = t.to(device), noise.to(device), drop.to(device)
+            iw = None
+            if ts_sampler is not None:  # t from p_t by the sample's own uniform; weights 1/(T·p_t) keep the loss unbiased
+                t_np, w_np = ts_sampler.draw(cfg.seed, step, pos)
+                t, iw = torch.from_numpy(t_np).to(device), torch.from_numpy(w_np).to(device, torch.float32)
             y = torch.where(drop, torch.full_like(y, len(classes)), y)
             x_t = diffusion.q_sample(x, t, noise)
             if channels_last:
@@ -343,8 +360,12 @@ def train(cfg: TrainConfig, stop=None) -> Path:
                 with accelerator.autocast():
                     out = model(x_t, t, y)
                 terms = diffusion.losses(out.float(), x, noise, t)
-                accelerator.backward(terms["loss"].mean() / accum)
+                accelerator.backward((terms["loss"] if iw is None else terms["loss"] * iw).mean() / accum)
             stats.add(terms, t)
+            if ts_sampler is not None:
+                seen[0].append(pos), seen[1].append(t), seen[2].append(terms["vb"])
+        if ts_sampler is not None:
+            update_from_global_batch(ts_sampler, accelerator, *seen)
         gn = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         # nan/inf in any process's loss reaches the all-reduced gradient norm, so every process stops together
         # (fp16's loss scaler skips inf steps by design: there only the interval's loss is checked, below)
@@ -367,6 +388,7 @@ def train(cfg: TrainConfig, stop=None) -> Path:
                                      f"stopped without writing a checkpoint; {last_good()}. Lower --lr or --grad_clip")
             if main:
                 append_jsonl(run / "stats.jsonl", rec)
+                log_metrics(accelerator, rec, "train", done)
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", img_s=f"{rec['images_per_s']:.1f}")
                 log(f"step {done}: loss {rec['loss']:.4f} mse {rec['mse']:.4f} vb {rec['vb']:.4f} "
                     f"grad {rec['grad_norm']:.3f} lr {rec['lr']:.2e} {rec['images_per_s']:.1f} img/s",
@@ -378,6 +400,7 @@ def train(cfg: TrainConfig, stop=None) -> Path:
             imgs = sample_images(lr_, labels, image_seeds(cfg.seed, range(len(labels))), steps=min(cfg.sample_steps, T),
                                  batch_size=max(len(labels), 1), device=device)
             save_grid(run / "samples" / f"step-{done:07d}.png", imgs, cfg.sample_per_class)
+            log_image_file(accelerator, "samples", run / "samples" / f"step-{done:07d}.png", done)
         stopping = stop is not None and (bool(stop.signum) if world == 1 else  # a signal reaches ranks at different steps
                                          float(accelerator.reduce(torch.tensor([float(bool(stop.signum))], device=device), "sum")) > 0)
         if done % cfg.checkpoint_every == 0 or done == cfg.steps or stopping:
@@ -388,7 +411,8 @@ def train(cfg: TrainConfig, stop=None) -> Path:
             if main:
                 save_checkpoint(run, done, model=raw.state_dict(), ema=ema.state_dict(), optimizer=opt.state_dict(),
                                 scheduler=sched.state_dict(),
-                                state={"world_size": world, "global_batch": cfg.global_batch, "images_seen": done * cfg.global_batch})
+                                state={"world_size": world, "global_batch": cfg.global_batch, "images_seen": done * cfg.global_batch,
+                                       **({"timestep_sampler": ts_sampler.state_dict()} if ts_sampler is not None else {})})
                 kept = prune_checkpoints(run, cfg.keep_last, cfg.keep_every)
                 log(f"checkpoint step {done} (kept: {kept})")
             accelerator.wait_for_everyone()
@@ -399,5 +423,6 @@ def train(cfg: TrainConfig, stop=None) -> Path:
                               f"continue with: {resume_command({'--run_dir': str(run), '--resume': 'latest'})}",
                               stop.exit_code or 143)
     bar.close()
+    finish_trackers(accelerator)
     log(f"done: {cfg.steps} steps in {run}")
     return run
