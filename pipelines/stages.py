@@ -241,7 +241,7 @@ class Runner:
         for s in self.stages:
             prev = by_name.get(s.name, {})
             state[s.name] = {k: prev.get(k) for k in ("status", "seconds", "started", "finished", "runs", "key",
-                                                      "job_id", "log")}
+                                                      "job_id", "log", "executor")}
             state[s.name]["status"] = prev.get("status", "pending")
             state[s.name]["runs"] = prev.get("runs", 0)
         return state
@@ -332,15 +332,14 @@ class Runner:
         Raises StageFailed after the unrelated branches have finished when any stage failed."""
         wanted = [s.name for s in self.stages if s.name in set(names)]
         chosen = set(wanted)
-        for stage in self.stages:
-            if stage.name not in chosen:
-                self._register_if_done(stage)  # finished upstream stages: keys chain through them
+        # Finished upstream stages outside the selection: keys chain through their markers.
+        finished = {s.name for s in self.stages if s.name not in chosen and self._register_if_done(s)}
         if dry_run:
             self.print_schedule(wanted)
             return 0
         for n in wanted:
             for d in self.by_name[n].deps:
-                if d not in chosen and self.state[d]["status"] not in FINAL:
+                if d not in chosen and d not in finished:
                     raise StageFailed(f"stage {n} needs {d}, which has not finished; "
                                       f"run without --only/--from, or include {d}")
         own = self.executor is None
@@ -396,6 +395,10 @@ class Runner:
                     if len(running) >= ex.slots:
                         continue
                     pending.remove(name)
+                    job = self._reattach(ex, stage, keys[name])
+                    if job is not None:  # still queued or running from an earlier run: don't submit twice
+                        running[name] = (job, time.perf_counter())
+                        continue
                     extra = self._prepare_run_dir(stage, keys[name])
                     if extra is None:  # its command had finished before the last run was stopped
                         self._mark_done(stage, keys[name], None)
@@ -475,6 +478,23 @@ class Runner:
             shutil.rmtree(run)
         return []
 
+    def _reattach(self, ex: Executor, stage: Stage, key: str) -> Job | None:
+        """The job an earlier run started for this stage with the same key, where the executor can
+        find it again (`reattach`: Slurm); None otherwise."""
+        st = self.state[stage.name]
+        attach = getattr(ex, "reattach", None)
+        if attach is None or not st.get("job_id") or st.get("key") != key or st.get("status") not in ("running", "interrupted"):
+            return None
+        job = attach(stage, str(st["job_id"]), self.log_dir / f"{stage.name}.log")
+        if job is None:
+            return None
+        st.update(status="running", executor=job.info or None)
+        self.save()
+        self.echo(f"[{stage.name}] reattached to job {job.job_id}")
+        if self.progress:
+            self.progress.started(stage.name)
+        return job
+
     def _start(self, ex: Executor, stage: Stage, key: str, extra: list[str]) -> Job:
         stage.run_dir.parent.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -489,6 +509,7 @@ class Runner:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **stage.env}
         job = ex.submit(stage, cmd, env, log_path)
         st["job_id"] = job.job_id
+        st["executor"] = job.info or None  # the same dict: the executor keeps it current
         if stage.experiment == "report":
             # The report renders study.json: let it show the study's final state (every other stage is
             # final by now, as the report depends on all of them). A failure is recorded right after.

@@ -46,7 +46,7 @@ def tiny_study(tmp_path_factory):
             running = [n for n, s in _status(out).items() if s.get("status") == "running"]
             ckpts = list((out / "runs" / KILL_STAGE / "checkpoints").glob("step-*"))
             if KILL_STAGE in running and ckpts:  # other stages may run beside it (--jobs)
-                killed_in = running[0]
+                killed_in = KILL_STAGE
                 os.killpg(proc.pid, signal.SIGKILL)
                 break
             time.sleep(0.1)
