@@ -82,6 +82,44 @@ class ExperimentsConfig:
     quality_args: list[str] = field(default_factory=list, help="7: extra grader settings as key=value items")
 
 
+SLURM_KINDS = ("ddpm_train", "sample", "classify", "evaluate", "data", "report")
+
+
+@dataclass
+class SlurmJobConfig:
+    partition: str = field("", help="partition (-p); empty: the cluster's default")
+    account: str = field("", help="account to charge (-A); empty: your default")
+    qos: str = field("", help="quality of service (--qos); empty: the default")
+    time: int = field(240, help="time limit in minutes (DDPM training and sampling checkpoint and requeue at it)", min=1)
+    cpus: int = field(8, help="CPUs per node (--cpus-per-task: one launcher per node)", min=1)
+    gpus: int = field(1, help="GPUs per node; DDPM training and sampling run one process per GPU", min=0)
+    mem: str = field("32G", help="memory per node (--mem, e.g. 64G); empty: the cluster's default")
+    nodes: int = field(1, help="nodes; more than 1 only for DDPM training and sampling (accelerate multi-node)", min=1)
+    constraint: str = field("", help="node features (--constraint, e.g. a100)")
+    extra: list[str] = field(default_factory=list, help="more sbatch flags, e.g. [--exclusive, --mail-type=END]")
+
+
+@dataclass
+class SlurmConfig:
+    """Resources per stage kind and how the study talks to Slurm (used with --executor slurm)."""
+
+    ddpm_train: SlurmJobConfig = field(default_factory=lambda: SlurmJobConfig(time=240, cpus=8, gpus=1, mem="64G"))
+    sample: SlurmJobConfig = field(default_factory=lambda: SlurmJobConfig(time=240, cpus=8, gpus=1, mem="64G"))
+    classify: SlurmJobConfig = field(default_factory=lambda: SlurmJobConfig(time=240, cpus=8, gpus=1, mem="32G"))
+    evaluate: SlurmJobConfig = field(default_factory=lambda: SlurmJobConfig(time=120, cpus=8, gpus=1, mem="32G"))
+    data: SlurmJobConfig = field(default_factory=lambda: SlurmJobConfig(time=120, cpus=8, gpus=0, mem="16G"))
+    report: SlurmJobConfig = field(default_factory=lambda: SlurmJobConfig(time=30, cpus=2, gpus=0, mem="8G"))
+    max_jobs: int = field(100, help="jobs of this study in the queue at once", min=1)
+    poll_s: float = field(15.0, help="seconds between squeue calls", min=0.1)
+    signal_s: int = field(120, help="seconds before the time limit that DDPM training and sampling are told to checkpoint",
+                          min=10)
+    max_requeue: int = field(20, help="time-limit requeues per job before it counts as failed", min=0)
+    port: int = field(29500, help="multi-node DDPM: main process port (+ job ID % 1000, so jobs sharing a node differ)",
+                      min=1024, max=64535)
+    setup: list[str] = field(default_factory=list, help="shell lines each job runs first (module load ..., source .venv/bin/activate)")
+    folder: str = field("", help="submitit's job files and Slurm logs (default STUDY/slurm); on the shared filesystem")
+
+
 @dataclass
 class StudyConfig:
     name: str = field("study", help="study name (report title)")
@@ -97,6 +135,10 @@ class StudyConfig:
     only: list[str] = field(default_factory=list, help="run only these stages (names, prefixes or experiments)")
     start: str = field("", help="run from this stage on (alias --from)")
     list_stages: bool = field(False, help="print the stage names and exit")
+    executor: str = field("local", choices=("local", "slurm"), help="where stages run: local subprocesses or Slurm jobs")
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    status: bool = field(False, help="print each stage's state and job ID (Slurm: live from squeue) and exit")
+    cancel_on_exit: bool = field(False, help="slurm: Ctrl-C or kill cancels the submitted jobs without asking")
 
     def validate(self) -> None:
         for key, items in (("ddpm.train_args", self.ddpm.train_args), ("ddpm.sample_args", self.ddpm.sample_args),

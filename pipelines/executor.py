@@ -47,6 +47,7 @@ class Job:
     stage: str
     job_id: str
     handle: Any = None  # executor-specific (a Popen here)
+    info: dict = dataclasses.field(default_factory=dict)  # executor facts for study.json (Slurm: state, logs)
 
 
 class Executor(Protocol):

@@ -65,6 +65,16 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.list_stages:
         print("\n".join(s.name for s in stages))
         return 0
+    if cfg.status:
+        from pipelines.slurm import status_table
+
+        print(status_table(out))
+        return 0
+    if cfg.executor == "slurm":
+        from pipelines.slurm import check_config
+
+        check_config(cfg.slurm)
+        jobs = cfg.slurm.max_jobs
     try:
         checked = check_stages([s for s in stages if s.name in set(names)], to_dict(cfg))
     except StageConfigError as e:
@@ -77,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n# study dir: {out}\n# settings of {checked} stage command(s) checked by their CLIs' parsers"
               f"\n# {len(names)} of {len(stages)} stage(s) selected, {jobs} at a time (--jobs):")
         Runner(out, stages, {}, echo=print).run(names, dry_run=True)
+        if cfg.executor == "slurm":
+            from pipelines.slurm import dry_run_lines
+
+            print("\n" + "\n".join(dry_run_lines(stages, names, cfg.slurm, out)))
         return 0
     old_handler = signal.signal(signal.SIGTERM, _sigterm)
     try:
@@ -86,7 +100,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"study.py: error: {e}", file=sys.stderr)
         return 2
     progress = Progress(names, load_history(out / "timings.jsonl"), jobs)
-    executor = LocalExecutor(jobs, keep_fds=(lock.fd,))
+    if cfg.executor == "slurm":
+        from pipelines.slurm import SlurmExecutor
+
+        try:
+            executor = SlurmExecutor(out, cfg.slurm, cancel_on_exit=cfg.cancel_on_exit, echo=progress.echo)
+        except (RuntimeError, ImportError) as e:
+            lock.release()
+            signal.signal(signal.SIGTERM, old_handler)
+            print(f"study.py: error: {e}", file=sys.stderr)
+            return 2
+    else:
+        executor = LocalExecutor(jobs, keep_fds=(lock.fd,))
     t0 = time.perf_counter()
     try:
         write_json(out / "config.json", to_dict(cfg))
@@ -114,8 +139,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         progress.close()
-        print("study.py: interrupted; every stage it started was stopped. Re-run the same command to resume.",
-              file=sys.stderr)
+        if getattr(executor, "detached", None):
+            print("study.py: interrupted; its Slurm jobs go on. Re-run the same command to wait for them and resume.",
+                  file=sys.stderr)
+        else:
+            print("study.py: interrupted; every stage it started was stopped. Re-run the same command to resume.",
+                  file=sys.stderr)
         return 130
     finally:
         executor.close()
