@@ -188,3 +188,35 @@ def cases(seed: int = 0, n: int = 4, jpeg_settings=JPEG_SETTINGS) -> list[Case]:
             enc = f"jpeg q{q} {SUBSAMPLING[s]}"
             out.append(Case(f"{name} {enc}", kind, enc, flow, encode(rgb, q, s)))
     return out
+
+
+def confusion(case_list: list[Case], threshold: float) -> list[dict]:
+    """Per kind: frames, rejected as colour flow, kept, and the detector's flow-fraction range."""
+    from gen.data.preprocess import flow_evidence
+
+    rows: dict[str, dict] = {}
+    for c in case_list:
+        f = flow_evidence(c.rgb).fraction
+        r = rows.setdefault(c.kind, {"kind": c.kind, "flow": c.flow, "n": 0, "rejected": 0, "min": f, "max": f})
+        r["n"] += 1
+        r["rejected"] += int(f > threshold)
+        r["min"], r["max"] = min(r["min"], f), max(r["max"], f)
+    return list(rows.values())
+
+
+def markdown(rows: list[dict]) -> str:
+    """The confusion table as Markdown (for docs/importers.md)."""
+    lines = ["| frames | truth | n | rejected | kept | flow share (min–max) |", "|---|---|---:|---:|---:|---|"]
+    for r in rows:
+        lines.append(f"| {r['kind']} | {'flow' if r['flow'] else 'B-mode'} | {r['n']} | {r['rejected']} | "
+                     f"{r['n'] - r['rejected']} | {r['min']:.4f}–{r['max']:.4f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m tests.colour_fixtures: the table in docs/importers.md
+    from gen.data.preprocess import flow_evidence  # noqa: F401  (fail early without the package)
+    from gen.prepare import PrepareConfig
+
+    t = PrepareConfig().doppler_threshold
+    for seed in (0, 1):
+        print(f"seed {seed}, --doppler_threshold {t}:\n" + markdown(confusion(cases(seed), t)) + "\n")
