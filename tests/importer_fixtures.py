@@ -97,31 +97,137 @@ def write_gif(path: Path, frames: np.ndarray) -> Path:
     return path
 
 
-def write_dicom(path: Path, frames: np.ndarray, patient_id: str = "P001") -> Path:
-    """Write uint8 gray frames (T,H,W) (T = 1: a still) as an uncompressed DICOM file."""
+# Identifying values written into every test DICOM: none may reach a manifest.
+IDENTIFYING = {"PatientName": "Doe^Jane", "PatientBirthDate": "19610203", "InstitutionName": "St Elsewhere Hospital",
+               "StudyDate": "20240115", "StudyTime": "093012", "AccessionNumber": "ACC778899",
+               "ReferringPhysicianName": "House^Gregory", "OperatorsName": "Tech^Terry", "StationName": "ECHO-LAB-3",
+               "DeviceSerialNumber": "SN-4242-XY", "StudyID": "ST555"}
+
+
+def us_region(x0: int, y0: int, x1: int, y1: int, data_type: int = 1, delta_cm: tuple[float, float] = (0.03, 0.03)):
+    """One item of the Sequence of Ultrasound Regions (2D, inclusive box, cm spacing)."""
+    from pydicom.dataset import Dataset
+
+    r = Dataset()
+    r.RegionSpatialFormat = 1
+    r.RegionDataType = data_type
+    r.RegionFlags = 0
+    r.RegionLocationMinX0, r.RegionLocationMinY0, r.RegionLocationMaxX1, r.RegionLocationMaxY1 = x0, y0, x1, y1
+    r.PhysicalUnitsXDirection = r.PhysicalUnitsYDirection = 3
+    r.PhysicalDeltaX, r.PhysicalDeltaY = delta_cm
+    return r
+
+
+def write_dicom(path: Path, frames: np.ndarray, patient_id: str = "P001", syntax: str = "explicit",
+                regions: list | None = None, fields: dict | None = None, sop: str = "us-multiframe",
+                pixels: bool = True) -> Path:
+    """Write uint8 frames (T,H,W) gray or (T,H,W,3) RGB (T = 1: a still) as a scanner would.
+
+    syntax: "explicit" (uncompressed, Explicit VR Little Endian: MONOCHROME2 or RGB), "rle"
+    (RLE Lossless through pydicom's encoder) or "jpeg" (JPEG Baseline: colour frames as
+    YBR_FULL_422, encoded by Pillow with 4:2:2 chroma and encapsulated). `regions` is a
+    Sequence of Ultrasound Regions (see `us_region`); `fields` sets further tags; sop "sr"
+    writes a Comprehensive SR instead (no pixels); pixels=False leaves PixelData out.
+    """
+    import io
+
     import pydicom
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, UltrasoundMultiFrameImageStorage, generate_uid
+    from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import (
+        ComprehensiveSRStorage,
+        ExplicitVRLittleEndian,
+        JPEGBaseline8Bit,
+        RLELossless,
+        UltrasoundImageStorage,
+        UltrasoundMultiFrameImageStorage,
+        generate_uid,
+    )
 
     path.parent.mkdir(parents=True, exist_ok=True)
+    frames = np.ascontiguousarray(frames, dtype=np.uint8)
+    sop_uid = {"us-multiframe": UltrasoundMultiFrameImageStorage, "us": UltrasoundImageStorage,
+               "sr": ComprehensiveSRStorage}[sop]
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UltrasoundMultiFrameImageStorage
+    meta.MediaStorageSOPClassUID = sop_uid
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPClassUID = sop_uid
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
     ds.PatientID = patient_id
+    for k, v in IDENTIFYING.items():
+        setattr(ds, k, v)
+    if sop == "sr":
+        ds.Modality = "SR"
+        ds.ValueType, ds.ContinuityOfContent = "CONTAINER", "SEPARATE"
+        item = Dataset()
+        item.RelationshipType, item.ValueType, item.TextValue = "CONTAINS", "TEXT", "LV EF 55%"
+        ds.ContentSequence = [item]
+        pydicom.dcmwrite(str(path), ds, enforce_file_format=True)
+        return path
     ds.Modality = "US"
+    ds.Manufacturer, ds.ManufacturerModelName = "EchoCorp", "Vivid Test 9"
+    ds.TransducerData = ["M5S", "phased"]
+    ds.FrameTime, ds.CineRate = 20.0, 50
+    colour = frames.ndim == 4
     ds.Rows, ds.Columns = frames.shape[1], frames.shape[2]
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.SamplesPerPixel = 3 if colour else 1
+    ds.PhotometricInterpretation = "RGB" if colour else "MONOCHROME2"
+    if colour:
+        ds.PlanarConfiguration = 0
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    if len(frames) > 1:
+    if len(frames) > 1 or sop == "us-multiframe":
         ds.NumberOfFrames = len(frames)
-    ds.PixelData = np.ascontiguousarray(frames, dtype=np.uint8).tobytes()
+        ds.FrameIncrementPointer = pydicom.tag.Tag("FrameTime")
+    if regions:
+        ds.SequenceOfUltrasoundRegions = regions
+    for k, v in (fields or {}).items():
+        setattr(ds, k, v)
+    if not pixels:
+        pydicom.dcmwrite(str(path), ds, enforce_file_format=True)
+        return path
+    data = frames if len(frames) > 1 else frames[0]
+    if syntax == "explicit":
+        ds.PixelData = data.tobytes()
+    elif syntax == "rle":
+        ds.compress(RLELossless, data, generate_instance_uid=False)
+    elif syntax == "jpeg":
+        from PIL import Image
+
+        encoded = []
+        for f in frames:
+            buf = io.BytesIO()
+            Image.fromarray(f).save(buf, format="JPEG", quality=95, subsampling=1)  # 4:2:2 for colour
+            encoded.append(buf.getvalue())
+        ds.PixelData = encapsulate(encoded)
+        ds["PixelData"].VR = "OB"
+        ds["PixelData"].is_undefined_length = True
+        if colour:
+            ds.PhotometricInterpretation = "YBR_FULL_422"
+        ds.LossyImageCompression = "01"
+        ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    else:
+        raise ValueError(f"unknown syntax {syntax!r}")
     pydicom.dcmwrite(str(path), ds, enforce_file_format=True)
     return path
+
+
+def scanner_screen(t: int = 0, seed: int = 0, h: int = 96, w: int = 112, colour: bool = True) -> tuple[np.ndarray, tuple]:
+    """A scanner screen (h,w,3) or (h,w): the echo in a tissue region at the top, a bright ECG
+    strip and a white text bar below it (outside the region); returns (screen, region box x0,y0,x1,y1)."""
+    box = (8, 0, 8 + W - 1, H - 1)  # the 64×80 echo frame, inclusive corners
+    g = echo_frame(t, seed)
+    g[ecg_row() - 2:, :] = 0  # the echo frame's own overlays stay inside; drop its bottom rows
+    rgb = np.zeros((h, w, 3), np.uint8)
+    rgb[:H, box[0]:box[2] + 1] = g[..., None]
+    xs = np.arange(8, w - 8)
+    ys = (H + 12 - 4 * np.sin(xs / 4.0 + t)).round().astype(int)
+    rgb[ys, xs] = (60, 255, 90) if colour else (255, 255, 255)  # the ECG strip, outside the region
+    rgb[ys + 1, xs] = rgb[ys, xs]
+    rgb[h - 10:h - 2, 4:w - 4] = 250  # the text bar
+    return (rgb if colour else rgb[..., 0]), box
 
 
 def write_medical(path: Path, array: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0)) -> Path:

@@ -7,7 +7,8 @@ it has one, else the file itself.
 
 `videos`: `--labels FILE` (default `ROOT/labels.csv`) with a file column (file, path, filename,
 video) relative to ROOT, a view column (view, label), and optionally patient_id (patient),
-quality; every other column is kept as `meta_<name>`.
+quality; every other column is kept as `meta_<name>`. A DICOM file without a patient in the
+CSV takes its PatientID (prefixed by the source, as in folder).
 """
 
 from __future__ import annotations
@@ -92,6 +93,8 @@ def scan_videos(cfg, source: str) -> tuple[list[Item], list[dict]]:
         if problem:
             meta["grade_note"] = problem
         pid = str(row[pcol]).strip() if pcol else ""
+        if not pid and kind_of(path) == "dicom":
+            pid = _dicom_patient(path)
         key = relkey(path, root)
         items.append(Item(key=key, path=str(path), view=view, quality=quality, meta=meta,
                           patient_id=f"{source}-{safe_name(pid) if pid else safe_name(key)}"))
