@@ -9,15 +9,11 @@ the model step (forward, backward, SGD update; forward alone for inference), not
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from classify.models import MODELS, build_model, count_parameters  # noqa: E402
-from gen.config import field, parse_config  # noqa: E402
-from gen.io import write_json  # noqa: E402
+from classify.models import MODELS, build_model, count_parameters
+from gen.config import field, parse_config
+from gen.io import write_json
 
 
 @dataclasses.dataclass

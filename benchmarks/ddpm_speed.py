@@ -17,17 +17,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from gen.config import field, parse_config, to_dict  # noqa: E402
-from gen.diffusion import Diffusion  # noqa: E402
-from gen.io import write_json  # noqa: E402
-from gen.model import PRESETS, ClassUNet, LoadedRun, count_params  # noqa: E402
-from gen.rundir import package_versions  # noqa: E402
-from gen.sampling import sample_images  # noqa: E402
+from gen.config import field, parse_config, to_dict
+from gen.diffusion import Diffusion
+from gen.io import write_json
+from gen.model import PRESETS, ClassUNet, LoadedRun, count_params
+from gen.rundir import package_versions
+from gen.sampling import sample_images
 
 
 @dataclass

@@ -13,19 +13,18 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import argparse  # noqa: E402
-import platform  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from concurrent.futures import ProcessPoolExecutor  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import platform
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
-import numpy as np  # noqa: E402
-import scipy  # noqa: E402
+import numpy as np
+import scipy
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from gen.data import phantom  # noqa: E402
-from gen.io import write_json  # noqa: E402
+from gen.data import phantom
+from gen.io import write_json
 
 
 def _render_chunk(args: tuple[list, int, int]) -> int:

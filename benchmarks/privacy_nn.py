@@ -18,11 +18,8 @@ import resource
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-sys.path[0] = str(Path(__file__).resolve().parent.parent)
-
-from gen.config import field, parse_config  # noqa: E402
+from gen.config import field, parse_config
 
 
 @dataclass

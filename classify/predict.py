@@ -15,13 +15,11 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import numpy as np
+import pandas as pd
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from gen.config import ConfigError, field, parse_config  # noqa: E402
-from gen.data.manifest import ManifestError, load_gray, read_manifest  # noqa: E402
+from gen.config import ConfigError, field, parse_config
+from gen.data.manifest import ManifestError, load_gray, read_manifest
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 

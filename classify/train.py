@@ -13,9 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from classify.datasets import (  # noqa: E402
+from classify.datasets import (
     SpecError,
     build_training_set,
     check_no_leakage,
@@ -23,13 +21,14 @@ from classify.datasets import (  # noqa: E402
     parse_eval_arg,
     parse_spec,
 )
-from classify.datasets import __doc__ as SPEC_DOC  # noqa: E402
-from classify.metrics import summarize_seeds  # noqa: E402
-from classify.training import TrainConfig, train_seed  # noqa: E402
-from gen.config import parse_config, to_dict  # noqa: E402
-from gen.data.manifest import ManifestError  # noqa: E402
-from gen.io import write_json  # noqa: E402
-from gen.rundir import init_run_dir, provenance, start_run  # noqa: E402
+from classify.datasets import __doc__ as SPEC_DOC
+from classify.metrics import summarize_seeds
+from classify.training import TrainConfig, train_seed
+from gen.config import parse_config, run_script, to_dict
+from gen.data.manifest import ManifestError
+from gen.io import read_json, write_json
+from gen.rundir import init_run_dir, provenance, start_run
+from gen.tracking import accelerator_kwargs, start_trackers
 
 
 def load_data(cfg: TrainConfig):
@@ -54,10 +53,45 @@ def load_data(cfg: TrainConfig):
     return spec, train, evals, inputs
 
 
+# keys a resumed run may change: where it writes, how it reports, how fast it decodes
+RESUME_MAY_DIFFER = {"resume", "overwrite", "run_dir", "out", "description", "progress", "workers", "threads",
+                     "eval_batch", "checkpoint_every", "log_with"}
+
+
+def resume_run_dir(cfg: TrainConfig, config: dict) -> Path:
+    """The run `--resume` continues, refused if its saved config differs in anything that changes the result."""
+    from gen.rundir import _diff_keys
+
+    if cfg.resume == "latest":
+        if cfg.run_dir:
+            run = Path(cfg.run_dir)
+        else:
+            runs = sorted(Path(cfg.out).glob("[0-9][0-9][0-9][0-9][0-9]-classify*")) if Path(cfg.out).is_dir() else []
+            run = next((r for r in reversed(runs) if (r / "config.json").is_file()), None)
+            if run is None:
+                raise FileNotFoundError(f"--resume latest: no classify run under {cfg.out}/ (give --run_dir or a run directory)")
+    else:
+        run = Path(cfg.resume)
+    if not (run / "config.json").is_file():
+        raise FileNotFoundError(f"--resume: {run} is not a classify run (no config.json)")
+    old = read_json(run / "config.json")
+    diffs = sorted(k for k in _diff_keys(old, config) if k.split(".")[0] not in RESUME_MAY_DIFFER)
+    if diffs:
+        raise ValueError(f"{run}: cannot resume, the config differs from {run / 'config.json'} in: {', '.join(diffs)}")
+    write_json(run / "config.json", config)
+    return run
+
+
 def make_run_dir(cfg: TrainConfig, config: dict, kind: str, inputs: dict, world: int) -> Path:
-    """The explicit --run_dir (refused if used, unless --overwrite) or the next numbered one under --out."""
+    """The run to continue (--resume), the explicit --run_dir (refused if used, unless --overwrite) or the next numbered one."""
+    if cfg.resume:
+        return resume_run_dir(cfg, config)
     if cfg.run_dir:
-        return init_run_dir(cfg.run_dir, config, overwrite=cfg.overwrite, world_size=world, inputs=inputs)
+        try:
+            return init_run_dir(cfg.run_dir, config, overwrite=cfg.overwrite, world_size=world, inputs=inputs)
+        except FileExistsError:
+            raise FileExistsError(f"{cfg.run_dir} already holds a run; pass --resume latest to continue it "
+                                  "or --overwrite to replace it") from None
     desc = cfg.description or f"{cfg.arch}-{cfg.task}-{kind}"
     return start_run(cfg.out, "classify", desc, config, world_size=world, inputs=inputs)
 
@@ -76,19 +110,21 @@ def main(argv: list[str] | None = None) -> None:
     except (SpecError, ManifestError, ValueError, FileNotFoundError) as e:
         sys.exit(f"classify/train.py: error: {e}")
     cuda = torch.cuda.is_available()
-    accelerator = Accelerator(cpu=not cuda, mixed_precision=cfg.mixed_precision if cuda else "no")
+    accelerator = Accelerator(cpu=not cuda, mixed_precision=cfg.mixed_precision if cuda else "no",
+                              **accelerator_kwargs(cfg.log_with, cfg.out))
     main_proc = accelerator.is_main_process
     config = to_dict(cfg)
     holder = [None]
     if main_proc:
         try:
             holder = [str(make_run_dir(cfg, config, spec.kind, inputs, accelerator.num_processes))]
-        except FileExistsError as e:
+        except (FileExistsError, FileNotFoundError, ValueError) as e:
             holder = [f"error: {e}"]
     broadcast_object_list(holder)
     if holder[0].startswith("error: "):
         sys.exit(f"classify/train.py: {holder[0]}")
     run = Path(holder[0])
+    start_trackers(accelerator, cfg.log_with, run, config)  # --log_with: RUN/tracking/ (ended by end_training)
     if main_proc:
         write_json(run / "data.json", {"train": train.info, "eval": {n: {"n": len(s), "class_counts": s.class_counts()}
                                                                       for n, s in evals.items()}})
@@ -96,13 +132,18 @@ def main(argv: list[str] | None = None) -> None:
     per_seed = []
     for seed in cfg.seeds:
         seed_dir = run / f"seed-{seed}"
+        if cfg.resume and (seed_dir / "metrics.json").is_file():  # finished before the interruption
+            per_seed.append(read_json(seed_dir / "metrics.json"))
+            if main_proc:
+                print(f"seed {seed}: finished earlier ({seed_dir / 'metrics.json'})")
+            continue
         if main_proc:
             seed_dir.mkdir(parents=True, exist_ok=True)
             write_json(seed_dir / "config.json", {**config, "seed": seed})
             write_json(seed_dir / "provenance.json", provenance(seed=seed, world_size=accelerator.num_processes,
                                                                 inputs=inputs, parents=[]))
         accelerator.wait_for_everyone()
-        result = train_seed(accelerator, cfg, train, evals, seed, seed_dir)
+        result = _train_seed_or_stop(run, accelerator, cfg, train, evals, seed, seed_dir)
         per_seed.append(result["metrics"])
         if main_proc:
             line = ", ".join(f"{n} AUPRC {m['macro_auprc']:.4f}" for n, m in result["metrics"].items())
@@ -117,5 +158,34 @@ def main(argv: list[str] | None = None) -> None:
     accelerator.end_training()
 
 
+def _train_seed_or_stop(run: Path, *args):
+    """train_seed; on Ctrl-C/SIGTERM, Interrupted carrying the command that continues this run."""
+    from gen.launcher import Interrupted, resume_command
+
+    try:
+        return train_seed(*args)
+    except Interrupted as e:
+        name = {130: "SIGINT", 143: "SIGTERM"}.get(e.exit_code, "a signal")
+        raise Interrupted(f"{name}: stopped in {e}; the epoch checkpoints under {run}/seed-*/checkpoints/ are kept; "
+                          f"continue with: {resume_command({'--run_dir': str(run), '--resume': 'latest'})}",
+                          e.exit_code) from None
+
+
+def run_with_signals(argv: list[str] | None = None) -> int:
+    """main() with Ctrl-C/SIGTERM stopping after the current step: one line saying how to continue, exit 130/143."""
+    import os
+
+    from gen.launcher import GracefulStop, Interrupted
+
+    with GracefulStop():
+        try:
+            main(argv)
+        except Interrupted as e:
+            if os.environ.get("RANK", "0") == "0":
+                print(e, file=sys.stderr, flush=True)
+            return e.exit_code
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    run_script(run_with_signals)

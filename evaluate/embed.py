@@ -15,12 +15,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-if __name__ == "__main__":  # run as a script: import the repo's packages, not this folder's modules
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from gen.config import ConfigError, build, field, parse_config, to_dict  # noqa: E402
+from gen.config import ConfigError, build, field, parse_config, to_dict
 
 METHODS = ("tsne", "umap")
 

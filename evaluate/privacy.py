@@ -17,10 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-if __name__ == "__main__":  # run as a script: import the repo's packages, not this folder's modules
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
-
-from gen.config import ConfigError, build, field, parse_config, to_dict  # noqa: E402
+from gen.config import ConfigError, build, field, parse_config, to_dict
 
 SCHEMA = "echosynth.privacy/1"
 

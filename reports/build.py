@@ -12,9 +12,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
-
-from gen.config import ConfigError, field, parse_config  # noqa: E402
+from gen.config import ConfigError, field, parse_config
 
 
 @dataclass

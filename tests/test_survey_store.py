@@ -17,7 +17,6 @@ PAIRS = {f"p{i:02d}": (f"a{i}.png", f"b{i}.png") for i in range(1, 21)}
 # Each writer is a separate Python process (not a fork of pytest), as several app servers would be.
 WRITER = r"""
 import json, sys
-sys.path.insert(0, sys.argv[1])
 from evaluate.survey.store import SurveyStore
 db, mode, arg, worker = sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
 pairs = {f"p{i:02d}": (f"a{i}.png", f"b{i}.png") for i in range(1, 21)}

@@ -9,13 +9,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from evaluate.survey.design import SurveyError, load_survey  # noqa: E402
-from evaluate.survey.results import save_figures, survey_results  # noqa: E402
-from evaluate.survey.store import SurveyStore  # noqa: E402
-from gen.config import ConfigError, field, parse_config  # noqa: E402
-from gen.io import run_main, warn_if_tracked, write_json  # noqa: E402
+from evaluate.survey.design import SurveyError, load_survey
+from evaluate.survey.results import save_figures, survey_results
+from evaluate.survey.store import SurveyStore
+from gen.config import ConfigError, field, parse_config
+from gen.io import run_main, warn_if_tracked, write_json
 
 
 @dataclass

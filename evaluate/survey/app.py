@@ -25,15 +25,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import streamlit as st
 
-import streamlit as st  # noqa: E402
-
-from evaluate.survey.auth import PASSWORD_ENV, PASSWORD_FILE_ENV, admin_password, check_password  # noqa: E402
-from evaluate.survey.design import FILTERS, Survey, load_survey, upscale_png  # noqa: E402
-from evaluate.survey.questions import AFTER, BEFORE, PAIR_CONFIDENCE, Question  # noqa: E402
-from evaluate.survey.store import SurveyStore, normalize_code  # noqa: E402
-from gen.config import ConfigError, build, field  # noqa: E402
+from evaluate.survey.auth import PASSWORD_ENV, PASSWORD_FILE_ENV, admin_password, check_password
+from evaluate.survey.design import FILTERS, Survey, load_survey, upscale_png
+from evaluate.survey.questions import AFTER, BEFORE, PAIR_CONFIDENCE, Question
+from evaluate.survey.store import SurveyStore, normalize_code
+from gen.config import ConfigError, build, field
 
 SURVEY_ENV = "ECHOSYNTH_SURVEY_DIR"
 log = logging.getLogger("echosynth.survey")

@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from evaluate.survey.design import KEY_FILE, SurveyError, build_survey  # noqa: E402
-from gen.config import ConfigError, field, parse_config, to_dict  # noqa: E402
-from gen.data.manifest import KNOWN_VIEWS  # noqa: E402
-from gen.io import check_writable_output, read_json, run_main, warn_if_tracked  # noqa: E402
+from evaluate.survey.design import KEY_FILE, SurveyError, build_survey
+from gen.config import ConfigError, field, parse_config, to_dict
+from gen.data.manifest import KNOWN_VIEWS
+from gen.io import check_writable_output, read_json, run_main, warn_if_tracked
 
 
 @dataclass
