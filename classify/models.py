@@ -536,9 +536,19 @@ MODELS: dict[str, Callable[..., Classifier]] = {
     "madani": Madani,
     "inception_v3": InceptionV3,
     "inception_v3_aux": lambda num_classes, in_channels=1: InceptionV3(num_classes, in_channels, aux_logits=True),
+    # Frozen ImageNet features (the offline FID Inception) under a trained head: classify/frozen_features.py
+    "fid_inception_frozen": lambda num_classes, in_channels=1: _frozen(num_classes, in_channels, "linear"),
+    "fid_inception_frozen_mlp": lambda num_classes, in_channels=1: _frozen(num_classes, in_channels, "mlp"),
 }
+FROZEN_BACKBONES = ("fid_inception_frozen", "fid_inception_frozen_mlp")
 # Architectures that need more than MIN_IMAGE_SIZE px (every unpadded layer must fit).
 MIN_SIZES = {"inception_v3": inception_min_size(False), "inception_v3_aux": inception_min_size(True)}
+
+
+def _frozen(num_classes: int, in_channels: int, head: str) -> Classifier:
+    from classify.frozen_features import FrozenInception  # imports this module: built on demand
+
+    return FrozenInception(num_classes, in_channels, head=head)
 
 
 def min_image_size(arch: str) -> int:

@@ -30,6 +30,7 @@ from classify.metrics import (
     write_predictions,
 )
 from classify.models import (
+    FROZEN_BACKBONES,
     MODELS,
     Classifier,
     build_model,
@@ -41,6 +42,15 @@ from classify.models import (
 from gen.config import ConfigError, field
 from gen.data.manifest import VIEWS
 from gen.io import append_jsonl, atomic_path, write_json
+from gen.tracking import (
+    LOG_WITH_HELP,
+    TRACKERS,
+    check_tracker,
+    confusion_markdown,
+    log_image_file,
+    log_metrics,
+    log_text,
+)
 
 LOWER_IS_BETTER = {"grade_mse", "grade_mae", "val_loss"}
 
@@ -105,6 +115,7 @@ class TrainConfig:
     workers: int = field(4, min=1, help="image-decoding threads")
     threads: int = field(0, min=0, help="torch CPU threads per process (0: torch's default); 1 is fastest on a busy machine")
     progress: bool = field(True, help="progress bars")
+    log_with: str = field("", choices=TRACKERS, help=LOG_WITH_HELP)
 
     def validate(self) -> None:
         """Cross-field checks with actionable messages."""
@@ -121,6 +132,10 @@ class TrainConfig:
         if self.image_size < min_image_size(self.arch):
             raise ConfigError(f"image_size {self.image_size} is too small for {self.arch}: use at least "
                               f"{min_image_size(self.arch)} px (e.g. --image_size 112)")
+        check_tracker(self.log_with)
+        if self.arch in FROZEN_BACKBONES and self.augment.enabled:
+            raise ConfigError(f"arch {self.arch}: frozen features are cached per image, and augmentation makes every "
+                              "epoch's images new; train it without --augment.enabled")
 
 
 def _seed_all(seed: int) -> None:
@@ -278,6 +293,7 @@ def run_epochs(accelerator, cfg: TrainConfig, net: Classifier, trainable: torch.
                 save_state(net, ckpt / "last.safetensors")
             rec["best_epoch"] = best_epoch
             append_jsonl(seed_dir / "stats.jsonl", rec)
+            log_metrics(accelerator, rec, f"{seed_dir.name}/{phase}", epoch + 1)
             history.append(rec)
             if cfg.progress:
                 tqdm.write(f"seed {seed} {phase} epoch {epoch + 1}: loss {rec['loss']:.4f} "
@@ -356,4 +372,8 @@ def evaluate_sets(accelerator, cfg: TrainConfig, model: Classifier, evals: dict[
                                             s.quality if grader else None, s.video_ids), seed_dir / f"predictions_{name}.csv")
         subset = f" ({len(m['present_classes'])} of {len(s.classes)} views)" if m["subset_of_training_classes"] else ""
         save_confusion_png(m, seed_dir / f"confusion_{name}.png", f"{name}{subset}: macro AUPRC {m['macro_auprc']:.3f}")
+        log_image_file(accelerator, f"{seed_dir.name}/confusion/{name}", seed_dir / f"confusion_{name}.png", cfg.epochs)
+        log_text(accelerator, f"{seed_dir.name}/confusion/{name}", confusion_markdown(m["classes"], m["confusion"]), cfg.epochs)
+        log_metrics(accelerator, {k: m.get(k) for k in ("macro_auprc", "macro_f1", "balanced_accuracy")},
+                    f"{seed_dir.name}/{name}", cfg.epochs)
     return out

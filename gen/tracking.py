@@ -101,3 +101,9 @@ def finish_trackers(accelerator) -> None:
         for tracker in accelerator.trackers:
             tracker.finish()
     accelerator.trackers = []
+
+
+def confusion_markdown(classes: list[str], confusion: list[list[int]]) -> str:
+    """A confusion matrix (rows: true class, columns: predicted) as a Markdown table, which TensorBoard renders."""
+    head = "| true \\ predicted | " + " | ".join(classes) + " |\n|" + "---|" * (len(classes) + 1) + "\n"
+    return head + "".join(f"| {c} | " + " | ".join(str(v) for v in row) + " |\n" for c, row in zip(classes, confusion))
