@@ -49,6 +49,7 @@ class Progress:
         self.t0 = time.monotonic()
         self._last_plain = self.t0
         self._drawn = False
+        self._last_draw = 0.0
 
     # -- events ---------------------------------------------------------------------------
 
@@ -76,7 +77,8 @@ class Progress:
         """Called while waiting: redraw on a terminal, a plain line every `every_s` otherwise."""
         now = time.monotonic()
         if self.tty:
-            self.draw()
+            if now - self._last_draw >= 0.5:  # the clock changes once a second; no need for more
+                self.draw()
         elif self.running and now - self._last_plain >= self.every_s:
             self._last_plain = now
             print(self.line(), file=self.stream, flush=True)
@@ -125,7 +127,7 @@ class Progress:
             text = text[: max(width - 1, 0)] + "…"
         self.stream.write("\r\x1b[2K" + text)
         self.stream.flush()
-        self._drawn = True
+        self._drawn, self._last_draw = True, time.monotonic()
 
     def _clear(self) -> None:
         if self.tty and self._drawn:
