@@ -51,7 +51,8 @@ def set_rng_states(s: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([torch.frombuffer(bytearray(base64.b64decode(c)), dtype=torch.uint8) for c in s["cuda"]])
 
 
-def _optimizer_to_files(opt_state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+def optimizer_to_files(opt_state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """An optimizer state_dict as (tensors for safetensors, JSON-able param groups and scalars)."""
     tensors, meta = {}, {"param_groups": opt_state["param_groups"], "scalars": {}}
     for pid, st in opt_state["state"].items():
         for k, v in st.items():
@@ -62,7 +63,8 @@ def _optimizer_to_files(opt_state: dict) -> tuple[dict[str, torch.Tensor], dict]
     return tensors, meta
 
 
-def _optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+def optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    """The optimizer state_dict back from `optimizer_to_files` output."""
     state: dict[int, dict[str, Any]] = {}
     for key, v in list(tensors.items()) + list(meta["scalars"].items()):
         pid, k = key.split(".", 1)
@@ -79,7 +81,7 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, *, model: dict, ema: 
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in model.items()}, str(tmp / "model.safetensors"))
         save_file({k: v.detach().cpu().contiguous() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
-        tensors, meta = _optimizer_to_files(optimizer)
+        tensors, meta = optimizer_to_files(optimizer)
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         write_json(tmp / "optimizer.json", meta)
         write_json(tmp / "scheduler.json", scheduler)
@@ -206,7 +208,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         return {
             "model": load_tensors(path / "model.safetensors"),
             "ema": load_tensors(path / "ema.safetensors"),
-            "optimizer": _optimizer_from_files(load_tensors(path / "optimizer.safetensors"), read_json(path / "optimizer.json")),
+            "optimizer": optimizer_from_files(load_tensors(path / "optimizer.safetensors"), read_json(path / "optimizer.json")),
             "scheduler": read_json(path / "scheduler.json"),
             "state": read_json(path / "state.json"),
         }

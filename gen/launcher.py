@@ -96,6 +96,14 @@ def resolve_precision(requested: str, cuda: bool, bf16_ok: bool) -> tuple[str, s
 # Ctrl-C and SIGTERM: finish the step, checkpoint, say how to continue
 
 
+_ACTIVE: list[GracefulStop] = []  # signal handlers are process-wide, and so is the stop request they record
+
+
+def active_stop() -> GracefulStop | None:
+    """The innermost GracefulStop in force in this process, for loops deep in library code to poll."""
+    return _ACTIVE[-1] if _ACTIVE else None
+
+
 class GracefulStop:
     """Turn the first SIGINT/SIGTERM into a request the loop polls (`signum`); a second SIGINT interrupts at once."""
 
@@ -114,9 +122,11 @@ class GracefulStop:
     def __enter__(self) -> GracefulStop:
         for s in EXIT_CODES:
             self._old[s] = signal.signal(s, self._handle)
+        _ACTIVE.append(self)
         return self
 
     def __exit__(self, *exc) -> None:
+        _ACTIVE.remove(self)
         for s, h in self._old.items():
             signal.signal(s, h)
 
