@@ -108,6 +108,9 @@ class TrainConfig:
     out: str = field("runs", help="run root: a numbered run directory is made under it")
     run_dir: str | None = field(None, help="explicit run directory (instead of a numbered one under --out)")
     overwrite: bool = field(False, help="replace an existing --run_dir")
+    resume: str = field("", help="'latest' (the --run_dir, else the newest classify run under --out) or a run directory: "
+                                 "finished seeds are kept, the others continue from their last epoch checkpoint")
+    checkpoint_every: int = field(1, min=0, help="resume checkpoint (model, optimiser, RNG) every N epochs (0 = none)")
     description: str = field("", help="run directory description (default: arch and training kind)")
     mixed_precision: str = field("no", choices=("no", "fp16", "bf16"), help="CUDA mixed precision")
     channels_last: bool = field(True, help="channels_last memory format on CUDA")
@@ -245,14 +248,18 @@ def run_epochs(accelerator, cfg: TrainConfig, net: Classifier, trainable: torch.
                with_grade: bool) -> dict:
     """Epoch loop: `step_fn(trainable, x, idx) -> loss` steps `trainable` (the model or one head); each
     epoch scores `net` on val and keeps the best (by `select`) and last checkpoints."""
+    from classify.resume import check_stop, load_epoch_state, save_epoch_state
+
     sched = make_scheduler(cfg, opt, epochs)
+    # after a kill: continue from the last epoch checkpoint (weights, moments, LR, RNG, selection state)
+    resumed = load_epoch_state(seed_dir, phase, net, opt, sched, accelerator.is_main_process, tqdm.write) if cfg.resume else None
     net.to(accelerator.device)
     trainable_p, opt = accelerator.prepare(trainable, opt)
     channels_last = cfg.channels_last and accelerator.device.type == "cuda"
     world, rank = accelerator.num_processes, accelerator.process_index
-    best, best_epoch, history = None, -1, []
+    best, best_epoch, history = resumed[1:] if resumed else (None, -1, [])
     ckpt = seed_dir / "checkpoints"
-    for epoch in range(epochs):
+    for epoch in range(resumed[0] if resumed else 0, epochs):
         t0 = time.time()
         trainable_p.train()
         if phase == "grade":
@@ -275,6 +282,7 @@ def run_epochs(accelerator, cfg: TrainConfig, net: Classifier, trainable: torch.
             accelerator.backward(loss)
             opt.step()
             losses.append(float(loss.detach()))
+            check_stop(accelerator, f"seed {seed} {phase} epoch {epoch + 1}, step {s + 1}/{steps}")
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
         sched.step()
         train_s = time.time() - t0
@@ -296,8 +304,11 @@ def run_epochs(accelerator, cfg: TrainConfig, net: Classifier, trainable: torch.
             log_metrics(accelerator, rec, f"{seed_dir.name}/{phase}", epoch + 1)
             history.append(rec)
             if cfg.progress:
+                v = m.get(select)
                 tqdm.write(f"seed {seed} {phase} epoch {epoch + 1}: loss {rec['loss']:.4f} "
-                           f"val {select} {m.get(select)} ({rec['images_per_s']} img/s)")
+                           f"val {select} {v if v is None else f'{v:.4f}'} ({rec['images_per_s']} img/s)")
+            if cfg.checkpoint_every and ((epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == epochs):
+                save_epoch_state(seed_dir, phase, epoch + 1, net, opt, sched, best, best_epoch, history)
         accelerator.wait_for_everyone()
     accelerator.free_memory()  # drop accelerate's references to this phase's model and optimiser
     return {"best": best, "best_epoch": best_epoch, "history": history}
