@@ -51,8 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
 
-    from evaluate.copies import screen_candidates, tolerant_distance
-    from evaluate.nn import knn
+    from evaluate.copy_detection import screen_candidates, tolerant_distance
+    from evaluate.neighbours import knn
     from gen.io import write_json
     from gen.rundir import hardware, package_versions
 

@@ -89,7 +89,7 @@ def embed(cfg: EmbedConfig | None = None, **overrides) -> dict:
     """Compute the embeddings, write OUT/embedding.csv, the PNGs and OUT/embed.json; return the summary."""
     import pandas as pd
 
-    from evaluate.dist import resolve_device
+    from evaluate.distributed import resolve_device
     from evaluate.features import build_extractor, features_for
     from evaluate.metrics import subsample
     from evaluate.plots import density_panels, scatter

@@ -90,7 +90,7 @@ def default_holdout(real: str) -> str:
 def compute_fidelity(cfg: FidelityConfig | None = None, **overrides) -> dict:
     """Score a synthetic set (and/or a run's checkpoints); write OUT/fidelity.json and the curves; return the result."""
     from evaluate import scoring
-    from evaluate.dist import Dist
+    from evaluate.distributed import Dist
     from evaluate.features import build_extractor
     from evaluate.sets import check_same_size, load_set
     from gen.rundir import init_run_dir
@@ -172,7 +172,7 @@ def _checkpoint_curve(cfg: FidelityConfig, sets, feats, extractors, dist, progre
 
 
 def _torch_fidelity(extractors, sets, cfg: FidelityConfig, ours: dict) -> dict:
-    from evaluate.tfidelity import torch_fidelity_metrics
+    from evaluate.torch_fidelity_backend import torch_fidelity_metrics
 
     out = {}
     for name, ex in extractors.items():
@@ -228,7 +228,7 @@ def _fmt(v) -> str:
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(FidelityConfig, argv, description=__doc__)
     from evaluate.features import FeatureError
-    from evaluate.tfidelity import BackendError
+    from evaluate.torch_fidelity_backend import BackendError
 
     try:
         result = compute_fidelity(cfg)

@@ -6,7 +6,7 @@
 
 Every synthetic image gets its nearest training images in pixel space (L2 on [0, 1], and a
 shift- and brightness-tolerant distance) and, with --classifier, in echo-feature space (cosine);
-thresholds are calibrated on held-out real images, which are not copies (see evaluate/copies.py
+thresholds are calibrated on held-out real images, which are not copies (see evaluate/copy_detection.py
 and the README, "Evaluating synthetic sets" for the rule). Writes OUT/privacy.json, OUT/nearest.csv,
 OUT/hist_*.png, OUT/closest_pairs*.png, and with --filter the kept images as a sample directory.
 """
@@ -67,8 +67,8 @@ def audit(cfg: PrivacyConfig | None = None, **overrides) -> dict:
     """Run the privacy audit; write OUT/privacy.json and its figures (and the filtered set); return the result."""
     import numpy as np
 
-    from evaluate import copies
-    from evaluate.dist import resolve_device
+    from evaluate import copy_detection
+    from evaluate.distributed import resolve_device
     from evaluate.fidelity import default_holdout
     from evaluate.sets import check_same_size, load_set, write_sample_dir
     from gen.rundir import init_run_dir
@@ -95,11 +95,11 @@ def audit(cfg: PrivacyConfig | None = None, **overrides) -> dict:
         notes.append("no --classifier: the echo-feature space is not used")
     kw = dict(k=cfg.carlini_n, max_shift=cfg.max_shift, shift_candidates=cfg.shift_candidates,
               lowres_size=cfg.lowres_size, device=device, progress=progress)
-    nb = {name: copies.nearest_records(s.images, train.images, query_feats=feats.get(name), train_feats=feats.get("train"),
+    nb = {name: copy_detection.nearest_records(s.images, train.images, query_feats=feats.get(name), train_feats=feats.get("train"),
                                        what=name, **kw) for name, s in (("fake", fake), ("holdout", holdout))}
-    sc = {name: copies.scores(v, cfg.alpha, cfg.carlini_n) for name, v in nb.items()}
-    tau, q = copies.calibrate(sc["holdout"], spaces, cfg.percentile, cfg.carlini)
-    flags = {name: copies.flag(v, tau, cfg.carlini) for name, v in sc.items()}
+    sc = {name: copy_detection.scores(v, cfg.alpha, cfg.carlini_n) for name, v in nb.items()}
+    tau, q = copy_detection.calibrate(sc["holdout"], spaces, cfg.percentile, cfg.carlini)
+    flags = {name: copy_detection.flag(v, tau, cfg.carlini) for name, v in sc.items()}
     hold_carlini = float(flags["holdout"].get("carlini", np.zeros(1)).mean())
     if cfg.carlini and hold_carlini > cfg.percentile / 100:
         notes.append(f"the Carlini criterion alone flags {hold_carlini:.1%} of held-out images: the τ's are 0 and "
@@ -112,7 +112,7 @@ def audit(cfg: PrivacyConfig | None = None, **overrides) -> dict:
         "thresholds": {**{f"tau_{k}": v for k, v in tau.items()}, "per_space_percentile": q},
         "calibration": _rates(flags["holdout"], len(holdout)),
         "flagged": {**_rates(flags["fake"], len(fake)), "per_class": _per_class(flags["fake"]["any"], fake.views)},
-        "distances": {k: {"synthetic": copies.summary(sc["fake"][k]), "holdout": copies.summary(sc["holdout"][k])}
+        "distances": {k: {"synthetic": copy_detection.summary(sc["fake"][k]), "holdout": copy_detection.summary(sc["holdout"][k])}
                       for k in sc["fake"]},
         "membership": None, "filtered": None, "notes": notes,
     }

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from evaluate.dist import Dist
+from evaluate.distributed import Dist
 from evaluate.features import Extractor, check_size, load_cached, run_extractor, save_cached
 from evaluate.metrics import FeatureStats, all_metrics, fid, fid_from_stats, kid, subsample
 from evaluate.sets import ImageSet

@@ -113,7 +113,7 @@ def test_clear_errors_for_sizes_empty_sets_and_missing_inputs(split_dir, standin
 
 def test_torch_fidelity_backend_agrees_or_explains(split_dir, standin, samples, tmp_path, capsys):
     """Where torch-fidelity imports, its numbers (same extractor) match ours; elsewhere the error says where it works."""
-    from evaluate.tfidelity import BackendError, import_torch_fidelity
+    from evaluate.torch_fidelity_backend import BackendError, import_torch_fidelity
 
     opts = _opts(standin, tmp_path, backend="torch-fidelity", curve=False, per_class=False, kid_subset_size=10)
     try:

@@ -19,7 +19,7 @@ from evaluate.metrics import (
     mmd2_unbiased,
     precision_recall,
 )
-from evaluate.nn import knn, knn_radius_counts
+from evaluate.neighbours import knn, knn_radius_counts
 
 
 def _gauss(n, d, seed, shift=0.0, scale=1.0):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy.ndimage import shift as nd_shift
 
-from evaluate.copies import calibrate, carlini_ratio, flag, nndr, tolerant_distance
+from evaluate.copy_detection import calibrate, carlini_ratio, flag, nndr, tolerant_distance
 from evaluate.membership import loss_threshold_attack, roc_summary
 from evaluate.privacy import audit
 from evaluate.privacy import main as privacy_main
