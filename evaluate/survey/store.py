@@ -13,6 +13,7 @@ sessions, server processes and restarts (see `admin_login`).
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import secrets
 import sqlite3
@@ -94,7 +95,7 @@ def csv_safe(df: pd.DataFrame) -> pd.DataFrame:
     """A copy whose text cells starting with = + - @ tab or CR get a leading ' (no spreadsheet formulas)."""
     out = df.copy()
     for col in out.columns:
-        if out[col].dtype == object:
+        if not pd.api.types.is_numeric_dtype(out[col]):
             out[col] = [("'" + v) if isinstance(v, str) and v.startswith(_FORMULA_START) else v for v in out[col]]
     return out
 
@@ -244,7 +245,8 @@ class SurveyStore:
 
     def csv_exports(self) -> dict[str, str]:
         """participants/questions/answers as CSV text, with formula-like cells neutralised."""
-        return {name: csv_safe(df).to_csv(index=False) for name, df in self.frames().items()}
+        # Every text cell quoted: pandas leaves a bare CR unquoted, which splits the row for a reader.
+        return {name: csv_safe(df).to_csv(index=False, quoting=csv.QUOTE_NONNUMERIC) for name, df in self.frames().items()}
 
     def export_csv(self, out_dir: str | Path) -> dict[str, Path]:
         """Write participants.csv, questions.csv and answers.csv (atomically) into out_dir."""
@@ -270,8 +272,8 @@ class SurveyStore:
         last_ok = con.execute("SELECT MAX(at) FROM admin_attempts WHERE outcome = 'ok'").fetchone()[0]
         rows = con.execute("SELECT at FROM admin_attempts WHERE outcome = 'failed' AND at > ? AND at > ? ORDER BY at",
                            (since, last_ok or "")).fetchall()
-        if not rows:
-            return timedelta(0), 0
+        if len(rows) < LOCK_AFTER:
+            return timedelta(0), len(rows)
         until = datetime.fromisoformat(rows[-1][0]) + lock_duration(len(rows))
         return max(until - at, timedelta(0)), len(rows)
 
@@ -281,8 +283,8 @@ class SurveyStore:
         One write transaction around check-and-log, so parallel sessions cannot squeeze extra
         guesses in between the lock test and the logging of a failure.
         """
-        at = at or datetime.now(timezone.utc)
         with self._transaction() as con:
+            at = at or datetime.now(timezone.utc)  # taken under the write lock: attempts are logged in time order
             left, _ = self._lock_state(con, at)
             if left > timedelta(0):
                 outcome = "locked"
