@@ -5,7 +5,8 @@
 PATH is one image, a folder (searched recursively for .png/.jpg/.jpeg/.bmp/.tif) or a manifest
 CSV (then its labels are kept and scored). Preprocessing is the training one: grayscale, bicubic
 resize to the model's image size, scaling to [-1, 1]. Cone cropping of raw scanner frames is
-`gen/prepare.py`'s job; feed prepared frames.
+`gen/prepare.py`'s job; feed prepared frames. Unreadable images (truncated, not an image,
+over Pillow's size limit) are skipped and named on stderr; the rest are predicted.
 """
 
 from __future__ import annotations
@@ -57,15 +58,37 @@ def list_images(path: str | Path) -> tuple[list[Path], pd.DataFrame | None]:
     raise FileNotFoundError(f"{path}: no such image, folder or manifest")
 
 
-def predict_images(model, info: dict, files: list[Path], batch: int = 256, workers: int = 4) -> pd.DataFrame:
-    """path, view, prob_<class>… (and grade) for image files, preprocessed as in training."""
+def _try_load(path: Path, size: int) -> np.ndarray | str:
+    """The image, or why it cannot be read (so one bad file does not stop a folder)."""
+    try:
+        return load_gray(path, size)
+    except (OSError, ValueError) as e:  # truncated, not an image, a decompression bomb, ...
+        return str(e) if str(path) in str(e) else f"{path}: {e}"
+
+
+def predict_images(model, info: dict, files: list[Path], batch: int = 256, workers: int = 4,
+                   skipped: list[str] | None = None) -> pd.DataFrame:
+    """path, view, prob_<class>… (and grade) for image files, preprocessed as in training.
+
+    Unreadable files are left out of the table; their reasons go to `skipped` if given (else
+    the first one is raised as a ValueError).
+    """
     import torch
 
     size, classes = info["image_size"], info["classes"]
     device = next(model.parameters()).device
     grader = model.grade_head is not None
     with ThreadPoolExecutor(workers) as pool:
-        images = np.stack(list(pool.map(lambda p: load_gray(p, size), files)))
+        loaded = list(pool.map(lambda p: _try_load(p, size), files))
+    bad = [r for r in loaded if isinstance(r, str)]
+    if bad and skipped is None:
+        raise ValueError(bad[0])
+    if skipped is not None:
+        skipped.extend(bad)
+    files = [f for f, r in zip(files, loaded) if not isinstance(r, str)]
+    if not files:
+        raise ValueError(f"none of the {len(loaded)} image(s) could be read; first: {bad[0]}")
+    images = np.stack([r for r in loaded if not isinstance(r, str)])
     probs, grades = [], []
     with torch.no_grad():
         for s in range(0, len(images), batch):
@@ -95,11 +118,19 @@ def main(argv: list[str] | None = None) -> None:
     try:
         model, info = load_classifier(cfg.model, cfg.which, device=device)
         files, table = list_images(cfg.images)
-        df = predict_images(model, info, files, cfg.batch)
+        skipped: list[str] = []
+        df = predict_images(model, info, files, cfg.batch, skipped=skipped)
     except (FileNotFoundError, ManifestError, ValueError) as e:
-        sys.exit(f"classify/predict.py: error: {e}")
+        print(f"classify/predict.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    for reason in skipped:
+        print(f"classify/predict.py: skipped an unreadable image: {reason}", file=sys.stderr)
+    if skipped:
+        print(f"classify/predict.py: skipped {len(skipped)} of {len(files)} image(s); predicted the rest",
+              file=sys.stderr)
     if table is not None:
-        df.insert(1, "label", table["view"].to_numpy())
+        kept = pd.Series([str(f) for f in files]).isin(set(df["path"])).to_numpy()
+        df.insert(1, "label", table["view"].to_numpy()[kept])
         known = df["label"].isin(info["classes"])
         acc = (df.loc[known, "label"] == df.loc[known, "view"]).mean() if known.any() else float("nan")
         print(f"accuracy on {known.sum()} labelled images: {acc:.4f}", file=sys.stderr)
@@ -113,4 +144,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from gen.io import run_main
+
+    sys.exit(run_main(main, "classify/predict.py"))
