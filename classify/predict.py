@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gen.config import ConfigError, field, parse_config
+from gen.config import ConfigError, field, parse_config, run_script
 from gen.data.manifest import ManifestError, load_gray, read_manifest
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -144,6 +144,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from gen.io import run_main
-
-    sys.exit(run_main(main, "classify/predict.py"))
+    run_script(main)

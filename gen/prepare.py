@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from gen.config import ConfigError, field, parse_config
+from gen.config import ConfigError, field, parse_config, run_script
 
 COMMANDS = ("phantom", "split", "import")
 
@@ -99,6 +99,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from gen.io import run_main
-
-    sys.exit(run_main(main, "prepare.py"))
+    run_script(main)

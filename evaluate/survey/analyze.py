@@ -12,8 +12,8 @@ from pathlib import Path
 from evaluate.survey.design import SurveyError, load_survey
 from evaluate.survey.results import save_figures, survey_results
 from evaluate.survey.store import SurveyStore
-from gen.config import ConfigError, field, parse_config
-from gen.io import run_main, warn_if_tracked, write_json
+from gen.config import ConfigError, field, parse_config, run_script
+from gen.io import warn_if_tracked, write_json
 
 
 @dataclass
@@ -58,4 +58,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main, "analyze.py"))
+    run_script(main)

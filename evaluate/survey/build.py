@@ -10,9 +10,9 @@ import sys
 from dataclasses import dataclass
 
 from evaluate.survey.design import KEY_FILE, SurveyError, build_survey
-from gen.config import ConfigError, field, parse_config, to_dict
+from gen.config import ConfigError, field, parse_config, run_script, to_dict
 from gen.data.manifest import KNOWN_VIEWS
-from gen.io import check_writable_output, read_json, run_main, warn_if_tracked
+from gen.io import check_writable_output, read_json, warn_if_tracked
 
 
 @dataclass
@@ -72,4 +72,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main, "build.py"))
+    run_script(main)
