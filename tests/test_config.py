@@ -116,3 +116,77 @@ def test_dict_field_from_nested_yaml(tmp_path):
     f.write_text("extra:\n  epochs: 3\n  opt: {lr: 0.1}\n")
     assert build(Cfg, f).extra == {"epochs": 3, "opt": {"lr": 0.1}}
     assert build(Cfg, overrides={"extra": "{a: 1}"}).extra == {"a": 1}
+
+
+@dataclass
+class Floats:
+    lr: float = field(1e-3, min=0.0)
+    scales: list[float] = field(default_factory=lambda: [1.0])
+    bound: float = field(float("inf"), finite=False, help="inf allowed: no bound")
+    inner: Inner = field(default_factory=Inner)
+
+
+@pytest.mark.parametrize("key, value", [("lr", "nan"), ("lr", "inf"), ("lr", "-inf"), ("scales", "1,nan"), ("lr", "NaN")])
+def test_non_finite_floats_are_refused_naming_the_key(key, value, capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        parse_config(Floats, [f"--{key}", value])  # "-inf" as its own word, not taken for an option
+    assert e.value.code == 2 and f"{key}: " in capsys.readouterr().err
+    f = tmp_path / "c.yaml"
+    f.write_text(f"{key}: .nan\n" if key == "lr" else "scales: [1.0, .inf]\n")  # YAML's own spellings
+    with pytest.raises(ConfigError, match=f"{key}: .* is not a finite number"):
+        build(Floats, f)
+    with pytest.raises(ConfigError, match="not a finite number"):
+        from_dict(Floats, {"lr": float("nan")})
+
+
+def test_a_field_may_allow_non_finite_values():
+    assert build(Floats).bound == float("inf")
+    assert build(Floats, overrides={"bound": "-inf"}).bound == float("-inf")
+    with pytest.raises(SystemExit):  # a negative number after a key is its value (below the minimum here)
+        parse_config(Floats, ["--lr", "-1e-3"])
+
+
+def test_single_dash_and_stray_words_get_a_precise_message(capsys):
+    for argv, msg in ((["-lr", "1"], "unknown option '-lr': did you mean '--lr'?"),
+                      (["-inner.channels", "8"], "did you mean '--inner.channels'?"),
+                      (["-q"], "unknown option '-q': config keys take two dashes"),
+                      (["oops"], "unexpected argument 'oops'")):
+        with pytest.raises(SystemExit) as e:
+            parse_config(Floats, argv)
+        assert e.value.code == 2 and msg in capsys.readouterr().err
+
+
+def test_from_dict_refuses_a_non_mapping():
+    with pytest.raises(ConfigError, match="saved.json: expected a mapping of config keys, got list"):
+        from_dict(Floats, [1, 2], where="saved.json")
+
+
+def test_torch_free_config_names_match_the_registries():
+    from gen.configs import SAMPLERS, SCHEDULES
+    from gen.diffusion import BETA_SCHEDULES
+    from gen.diffusion import SCHEDULES as DIFFUSION_SCHEDULES
+
+    assert set(SCHEDULES) == set(BETA_SCHEDULES) == set(DIFFUSION_SCHEDULES)
+    assert SAMPLERS == ("ddpm", "ddim")  # the two branches of gen.sampling.sample_images / make_scheduler
+
+
+@pytest.mark.parametrize("script", ["gen/train.py", "gen/sample.py", "gen/export.py"])
+def test_scripts_parse_without_importing_torch_and_survive_a_closed_pipe(script):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    code = (f"import runpy, sys; sys.argv = [{script!r}, '--help']\n"
+            f"try:\n    runpy.run_path({script!r}, run_name='__main__')\n"
+            "except SystemExit:\n    pass\n"
+            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.stderr.strip().endswith("NO-TORCH"), proc.stderr
+    # `--help | head -1`: the reader closes the pipe early; no BrokenPipeError traceback
+    p = subprocess.Popen([sys.executable, script, "--help"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         bufsize=0)
+    p.stdout.close()  # before the script writes (it takes a while to start): its first write meets a closed pipe
+    err = p.stderr.read().decode()
+    p.wait(timeout=120)
+    assert "BrokenPipeError" not in err and "Traceback" not in err, err
