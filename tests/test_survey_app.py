@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 from scipy.stats import binomtest
 
-from conftest import ARTIFACTS, PYTHON, REPO, chromium_path, run_cli
+from conftest import ARTIFACTS, NO_BROWSER, PYTHON, REPO, chromium_path, run_cli
 from evaluate.survey.design import IMAGES_DIR, KEY_FILE, build_survey, load_key, load_survey
 from evaluate.survey.store import SurveyStore
 from gen.data.manifest import data_roots, read_manifest, rebase, write_data_roots, write_manifest
@@ -399,7 +399,7 @@ def test_browser_pair_page_click_and_keyboard(survey_dir, tmp_path):
     pytest.importorskip("websockets.sync.client", reason="the browser test drives Chromium with `websockets`")
     exe = chromium_path()
     if exe is None:
-        pytest.skip("chromium is not installed and cannot be installed here (needs root + apt-get)")
+        pytest.skip(NO_BROWSER)
     survey = _fresh_copy(survey_dir, tmp_path)
     s = load_survey(survey)
     store = SurveyStore(s.db_path, s.survey_id)
