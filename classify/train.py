@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from classify.datasets import (
+    ManifestRef,
     SpecError,
     build_training_set,
     check_no_leakage,
@@ -25,7 +26,7 @@ from classify.datasets import __doc__ as SPEC_DOC
 from classify.metrics import summarize_seeds
 from classify.training import TrainConfig, train_seed
 from gen.config import parse_config, run_script, to_dict
-from gen.data.manifest import ManifestError
+from gen.data.manifest import ManifestError, verify_manifest
 from gen.io import read_json, write_json
 from gen.rundir import init_run_dir, provenance, start_run
 from gen.tracking import accelerator_kwargs, start_trackers
@@ -36,6 +37,9 @@ def load_data(cfg: TrainConfig):
     from classify.quality import check_grades
 
     spec = parse_spec(cfg.train)
+    if cfg.verify:  # before anything is decoded: a changed file is named by its manifest line
+        for ref in [*spec.sources, *(ManifestRef(parse_eval_arg(t)[1]) for t in [cfg.val, *cfg.test])]:
+            verify_manifest(ref.path, ref.split, ref.subset)
     train = build_training_set(cfg.train, cfg.classes, cfg.image_size, seed=cfg.data_seed,
                                allow_empty_classes=cfg.allow_empty_classes, workers=cfg.workers)
     evals = {}
@@ -54,7 +58,7 @@ def load_data(cfg: TrainConfig):
 
 
 # keys a resumed run may change: where it writes, how it reports, how fast it decodes
-RESUME_MAY_DIFFER = {"resume", "overwrite", "run_dir", "out", "description", "progress", "workers", "threads",
+RESUME_MAY_DIFFER = {"verify", "resume", "overwrite", "run_dir", "out", "description", "progress", "workers", "threads",
                      "eval_batch", "checkpoint_every", "log_with"}
 
 

@@ -118,6 +118,7 @@ class TrainConfig:
     workers: int = field(4, min=1, help="image-decoding threads")
     threads: int = field(0, min=0, help="torch CPU threads per process (0: torch's default); 1 is fastest on a busy machine")
     progress: bool = field(True, help="progress bars")
+    verify: bool = field(False, help="check every image's SHA-1 against its manifest first (names changed files by CSV line)")
     log_with: str = field("", choices=TRACKERS, help=LOG_WITH_HELP)
 
     def validate(self) -> None:

@@ -18,7 +18,7 @@ from gen.tracking import LOG_WITH_HELP, TRACKERS, check_tracker
 SCHEDULES = ("linear", "cosine")
 SAMPLERS = ("ddpm", "ddim")
 
-RESUME_MAY_DIFFER = {"steps", "resume", "overwrite", "checkpoint_every", "keep_last", "keep_every", "log_every",
+RESUME_MAY_DIFFER = {"verify", "steps", "resume", "overwrite", "checkpoint_every", "keep_last", "keep_every", "log_every",
                      "sample_every", "sample_per_class", "sample_steps", "num_workers", "compile", "batch_gpu",
                      "out", "run_dir", "desc", "preload", "mixed_precision", "channels_last", "log_with"}
 
@@ -73,6 +73,7 @@ class TrainConfig:
     sample_steps: int = cfg_field(50, help="sampling steps for grids", min=1)
     num_workers: int = cfg_field(0, help="data-loader worker processes (0 = main process)", min=0)
     preload: bool = cfg_field(True, help="decode the whole training set into memory once")
+    verify: bool = cfg_field(False, help="check every training image's SHA-1 against the manifest first (names changed files by CSV line)")
     log_with: str = cfg_field("", help=LOG_WITH_HELP, choices=TRACKERS)
 
     def validate(self) -> None:

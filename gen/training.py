@@ -178,7 +178,7 @@ def load_training_data(cfg: TrainConfig):
     extra = sorted(set(counts.index) - set(classes))
     if extra:
         raise ManifestError(f"{cfg.data}: views {extra} are not in --classes {classes}")
-    return ManifestDataset(m, size=preset_image_size(cfg.model), classes=classes, preload=cfg.preload)
+    return ManifestDataset(m, size=preset_image_size(cfg.model), classes=classes, preload=cfg.preload, verify=cfg.verify)
 
 
 class StepBatches:

@@ -154,6 +154,13 @@ def empty_frame(extra_columns: tuple[str, ...] = ()) -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype="object") for c in REQUIRED_COLUMNS + tuple(extra_columns)})
 
 
+def verify_manifest(path: str | os.PathLike, split: str | None = None, subset: int | str | None = None) -> Manifest:
+    """Read a manifest and check the SHA-1 of the rows one split / subset uses (ManifestError names each CSV line)."""
+    m = read_manifest(path).filter(split=split, subset=subset)
+    m.verify_sha1()
+    return m
+
+
 def _row_ref(df: pd.DataFrame, i: int, path: Path) -> str:
     # CSV line numbers: line 1 is the header, so table row i sits on line i + 2.
     return f"{path}: row {i + 2} ({df['path'].iat[i] if 'path' in df.columns else '?'})"
