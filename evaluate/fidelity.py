@@ -5,9 +5,13 @@
       --features inception,echo --classifier runs/00003-classify-real --out eval/fid
   python evaluate/fidelity.py --real split/train.csv --holdout split/val.csv --run runs/00001-gen \\
       --checkpoints all --n 1000 --out eval/fid-vs-step          # thesis Fig 5.2
+  python evaluate/fidelity.py --real split/train.csv --holdout split/val.csv --fake samples/ \\
+      --judge runs/00004-classify-real-full --out eval/fid       # + class fidelity (a judge trained on real)
 
-Writes OUT/fidelity.json (keys in the README, "Evaluating synthetic sets"), OUT/fid_vs_samples.{json,png} and,
-with --run, OUT/fid_vs_checkpoint.{json,png} and OUT/checkpoint_samples.png.
+Writes OUT/fidelity.json (keys in docs/evaluation.md), OUT/fid_vs_samples.{json,png}, OUT/class_grid.png
+(synthetic beside real images, per class) and, with --run, OUT/fid_vs_checkpoint.{json,png} and
+OUT/checkpoint_samples.png. Class fidelity (--judge) and sector fidelity (on by default) go into
+fidelity.json's `class_fidelity` and `sector_fidelity`.
 """
 
 from __future__ import annotations
@@ -58,6 +62,13 @@ class FidelityConfig:
     batch_size: int = field(64, help="images per forward pass", min=1)
     device: str = field("auto", help="cpu, cuda, or auto")
     cache_dir: str = field("~/.cache/echosynth/features", help="feature cache ('' disables)")
+    judge: str = field("", help="class fidelity: a classify/train.py run trained on the real training split (RUN or RUN/seed-<s>)")
+    judge_which: str = field("best", help="class fidelity: the judge's checkpoint", choices=("best", "last"))
+    sector: bool = field(True, help="sector fidelity: mean intensity outside the real frames' scan sector")
+    sector_black: int = field(10, help="sector mask: a pixel is black at or below this value (0-255)", min=0, max=254)
+    sector_share: float = field(0.98, help="sector mask: outside the sector = black in at least this share of real frames",
+                                min=0.5, max=1.0)
+    grid_per_class: int = field(8, help="class grid: synthetic and real images shown per class", min=1, max=64)
     seed: int = field(0, help="seed of every subsample and of checkpoint sampling")
     progress: bool = field(True, help="progress bars (only on a terminal)")
 
@@ -111,11 +122,16 @@ def compute_fidelity(cfg: FidelityConfig | None = None, **overrides) -> dict:
     if dist.is_main:
         init_run_dir(out, to_dict(cfg), overwrite=cfg.overwrite, seed=cfg.seed, world_size=dist.world,
                      inputs={k: v.origin.partition("#")[0] for k, v in sets.items()},
-                     parents=[cfg.run] if cfg.run else None)
+                     parents=[p for p in (cfg.run, cfg.judge) if p] or None)
     dist.barrier()
 
     opts = {"pr_k": cfg.pr_k, "dc_k": cfg.dc_k, "kid_subsets": cfg.kid_subsets, "kid_subset_size": cfg.kid_subset_size,
             "max_manifold": cfg.max_manifold, "device": str(dist.device)}
+    judge = None
+    if cfg.judge and "fake" in sets and dist.is_main:  # load before the slow part: a bad run fails at once
+        from evaluate.class_fidelity import Judge
+
+        judge = Judge.load(cfg.judge, cfg.judge_which, str(dist.device))
     extractors = {name: build_extractor(name, dist.device, inception_weights=cfg.inception_weights or None,
                                         classifier=cfg.classifier, classifier_which=cfg.classifier_which)
                   for name in cfg.features}
@@ -140,12 +156,34 @@ def compute_fidelity(cfg: FidelityConfig | None = None, **overrides) -> dict:
                     f["real"].feats, f["fake"].feats, sizes, cfg.curve_real_n, cfg.seed)
     if cfg.backend == "torch-fidelity" and "fake" in sets and dist.is_main:
         result["torch_fidelity"] = _torch_fidelity(extractors, sets, cfg, result["metrics"])
+    grid = None
+    if "fake" in sets and dist.is_main:
+        grid = _class_and_sector(cfg, sets, result, judge)
     if cfg.run:
         result["curves"]["fid_vs_checkpoint"], strip = _checkpoint_curve(cfg, sets, feats, extractors, dist, progress)
     if dist.is_main:
-        _write_outputs(out, result, strip)
+        _write_outputs(out, result, strip, grid)
     dist.barrier()
     return result
+
+
+def _class_and_sector(cfg: FidelityConfig, sets, result: dict, judge) -> bytes:
+    """Class fidelity (with a judge) and sector fidelity into `result`; the per-class grid PNG."""
+    from evaluate.class_fidelity import class_fidelity, class_grid
+    from evaluate.sector import sector_fidelity
+
+    fake, real, holdout = sets["fake"], sets["real"], sets.get("holdout")
+    if cfg.sector:
+        result["sector_fidelity"] = sector_fidelity(real.images, fake.images, None if holdout is None else holdout.images,
+                                                    fake.views, black_level=cfg.sector_black, share=cfg.sector_share)
+    scores = None
+    if judge is not None:
+        cf = class_fidelity(judge, fake.images, fake.views, None if holdout is None else holdout.images,
+                            None if holdout is None else holdout.views, seed=cfg.seed)
+        result["class_fidelity"] = cf
+        scores = cf["per_class"]
+    show = holdout if holdout is not None else real
+    return class_grid(fake.images, fake.views, show.images, show.views, fake.classes, cfg.grid_per_class, scores)
 
 
 def _checkpoint_curve(cfg: FidelityConfig, sets, feats, extractors, dist, progress):
@@ -186,9 +224,9 @@ def _torch_fidelity(extractors, sets, cfg: FidelityConfig, ours: dict) -> dict:
     return out
 
 
-def _write_outputs(out: Path, result: dict, strip) -> None:
+def _write_outputs(out: Path, result: dict, strip, grid: bytes | None = None) -> None:
     from evaluate.plots import line_plot
-    from gen.io import save_png, write_json
+    from gen.io import save_png, write_bytes, write_json
     from gen.sampling import make_grid
 
     curves = result["curves"]
@@ -203,6 +241,8 @@ def _write_outputs(out: Path, result: dict, strip) -> None:
                   "training step", "FID", "FID vs diffusion training checkpoint")
         if strip is not None and len(strip):
             save_png(out / "checkpoint_samples.png", make_grid(strip.reshape(-1, *strip.shape[2:]), strip.shape[1]))
+    if grid is not None:
+        write_bytes(out / "class_grid.png", grid)
     write_json(out / "fidelity.json", result)
 
 
@@ -218,6 +258,21 @@ def summary(result: dict) -> str:
                          + " | real-vs-real floor " + "  ".join(f"{k} {_fmt(o['floor'].get(k))}" for k in keys[:2]))
     for name, pts in result["curves"]["fid_vs_checkpoint"].items():
         lines.append(f"[{name}] FID by step: " + ", ".join(f"{p['step']}: {p['fid']:.2f}" for p in pts))
+    cf, sf = result.get("class_fidelity"), result.get("sector_fidelity")
+    if cf:
+        ci = cf.get("ratio_ci")
+        lines.append(f"[class] judge accuracy on synthetic {_fmt(cf['acc_syn'])} vs balanced {_fmt(cf['bacc_real'])} on "
+                     f"real (chance {_fmt(cf['chance'])}): above-chance ratio {_fmt(cf['ratio'])}"
+                     + (f" (95% {_fmt(ci[0])} to {_fmt(ci[1])})" if ci else "") + " | per class "
+                     + ", ".join(f"{c} {_fmt(v['acc_syn'])}" for c, v in cf["per_class"].items()))
+    if sf and sf.get("outside_mean_fake") is not None:
+        lines.append(f"[sector] mean outside the scan sector: synthetic {sf['outside_mean_fake']:.2f}/255, "
+                     f"real ({sf['real_reference']}) {sf['outside_mean_real']:.2f}/255")
+    if "fake" in result["sets"]:
+        from evaluate.gate import gate_verdict
+
+        g = gate_verdict(result)
+        lines.append(f"[gate, default thresholds] {g['status'].upper()}: {g['summary']}")
     return "\n".join(lines)
 
 

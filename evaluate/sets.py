@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import zipfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,8 +132,12 @@ def _load_npz(path: Path, name: str | None) -> ImageSet:
                                  "(uint8 N×H×W), labels and classes (see gen/sample.py)")
             images, labels, classes = z["images"], z["labels"].astype(np.int64), z["classes"].astype(str)
             seeds = z["seeds"].astype(np.int64) if "seeds" in z.files else None
-    except (OSError, EOFError) as e:
-        raise ValueError(f"{path}: not a readable .npz ({e})") from None
+    except (OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+        raise ValueError(f"{path}: not a readable .npz ({e}); re-run gen/sample.py to rewrite it") from None
+    except ValueError as e:
+        if str(e).startswith(str(path)):
+            raise  # our own message above
+        raise ValueError(f"{path}: not a readable .npz ({e}); re-run gen/sample.py to rewrite it") from None
     if images.dtype != np.uint8 or images.ndim != 3:
         raise ValueError(f"{path}: images must be uint8 N×H×W, got {images.dtype} {images.shape}")
     if images.shape[1] != images.shape[2]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from evaluate.gate import GateConfig
 from gen.config import ConfigError, field
 
 
@@ -57,6 +58,10 @@ class EvaluateConfig:
     privacy_features: bool = field(True, help="privacy audit also in echo-feature space (largest real subset's classifier)")
     membership: bool = field(False, help="privacy audit also runs the membership-inference attack on each DDPM")
     embed_args: list[str] = field(default_factory=list, help="extra evaluate/embed.py settings as key=value items")
+    judge: bool = field(True, help="class fidelity: a judge classifier on the full real training split scores every synthetic set")
+    judge_args: list[str] = field(default_factory=lambda: ["balance=sampler"],
+                                  help="extra classify/train.py settings of the judge as key=value items "
+                                       "(empty + largest subset = full split: the real classifier is the judge)")
 
 
 @dataclass
@@ -129,6 +134,7 @@ class StudyConfig:
     classify: ClassifyConfig = field(default_factory=ClassifyConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     experiments: ExperimentsConfig = field(default_factory=ExperimentsConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
     report: bool = field(True, help="build report.html at the end")
     threads: int = field(0, help="OMP/MKL threads per stage (0 = the libraries' default); 1 on a shared busy CPU", min=0)
     jobs: int = field(0, help="stages run at once when their deps are done (0 = cores // max(threads, 1))", min=0)
@@ -146,7 +152,8 @@ class StudyConfig:
                            ("experiments.quality_args", self.experiments.quality_args),
                            ("evaluate.fidelity_args", self.evaluate.fidelity_args),
                            ("evaluate.privacy_args", self.evaluate.privacy_args),
-                           ("evaluate.embed_args", self.evaluate.embed_args)):
+                           ("evaluate.embed_args", self.evaluate.embed_args),
+                           ("evaluate.judge_args", self.evaluate.judge_args)):
             for item in items:
                 if "=" not in item or not item.split("=", 1)[0].strip():
                     raise ConfigError(f"{key}: {item!r} is not key=value (e.g. epochs=3)")

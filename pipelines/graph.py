@@ -124,7 +124,7 @@ class GraphBuilder:
     def fidelity(self, name: str, sample_stage: str, experiment: str, meta: dict, subset: int,
                  extra: dict | None = None) -> None:
         """FID, KID, precision/recall, coverage of a sample dir against the subset's real images, with
-        the validation split as the real-vs-real floor."""
+        the validation split as the real-vs-real floor; class fidelity by the judge, sector fidelity."""
         ev = self.cfg.evaluate
         out, fake = self.runs / name, self.runs / sample_stage
         real, holdout = self.train_manifest(subset), self.split_dir / "val.csv"
@@ -135,9 +135,30 @@ class GraphBuilder:
             args["classifier"] = self.runs / clf
             inputs.append(self.runs / clf)
             deps.append(clf)
+        judge = self.judge()
+        if judge:
+            args["judge"] = self.runs / judge
+            inputs.append(self.runs / judge)
+            deps.append(judge)
         self.add(name, python_cmd("evaluate/fidelity.py", "--real", real, "--holdout", holdout, "--fake", fake,
                                   "--out", out, *_flags(args)),
                  inputs=inputs, outputs=[out / "fidelity.json"], deps=deps, experiment=experiment, meta=meta)
+
+    def judge(self) -> str | None:
+        """The class-fidelity judge's stage: a classifier on the full real training split (added once).
+
+        The largest real classifier is the judge when that subset is the whole split and no
+        judge_args are set; otherwise `clf-judge-<arch>` trains one with judge_args."""
+        ev, arch = self.cfg.evaluate, self.cfg.classify.archs[0]
+        if not ev.judge:
+            return None
+        full, n = self.split_dir / "train.csv", self.cfg.dataset.subsets[-1]
+        if self.cfg.experiments.real and not ev.judge_args and self.train_manifest(n) == full:
+            return f"clf-real-n{n}-{arch}"
+        if f"clf-judge-{arch}" not in {s.name for s in self.stages}:
+            self.classifier("clf-judge", f"real:{full}", [full], [], "judge", {"role": "judge"}, kv(ev.judge_args),
+                            archs=[arch])
+        return f"clf-judge-{arch}"
 
     def echo_classifier(self) -> str:
         """The classifier whose penultimate features serve as echo-specific features (largest real subset)."""
@@ -167,11 +188,11 @@ class GraphBuilder:
     # -- classifiers -----------------------------------------------------------------------
 
     def classifier(self, name: str, spec: str, inputs: list[Path], deps: list[str], experiment: str,
-                   meta: dict, extra: dict | None = None) -> None:
+                   meta: dict, extra: dict | None = None, archs: list[str] | None = None) -> None:
         """One classifier run per architecture (seeds inside the run), evaluated on val, test, shift."""
         c = self.cfg.classify
         preset = [repo_path(c.preset)] if c.preset else []
-        for arch in c.archs:
+        for arch in archs or c.archs:
             stage_name = f"{name}-{arch}"
             run = self.runs / stage_name
             tests = [f"test={self.split_dir / 'test.csv'}"]
