@@ -70,9 +70,12 @@ def check_config(cfg: SlurmConfig) -> None:
         job: SlurmJobConfig = getattr(cfg, kind)
         if job.nodes > 1 and kind not in REQUEUES:
             raise ConfigError(f"slurm.{kind}.nodes: {job.nodes}; only ddpm_train and sample run on several nodes")
-        if kind in REQUEUES and cfg.signal_s >= job.time * 60:
-            raise ConfigError(f"slurm.signal_s {cfg.signal_s} s is not shorter than slurm.{kind}.time "
-                              f"({job.time} min): the job would be told to checkpoint as it starts")
+        # slurmctld looks at time limits every 30 s and signals at the first look within
+        # signal_s + 30 s of the limit: leave the job 20 s to start before that can happen.
+        if kind in REQUEUES and cfg.signal_s + 50 > job.time * 60:
+            raise ConfigError(f"slurm.signal_s {cfg.signal_s} s leaves too little of slurm.{kind}.time "
+                              f"({job.time} min): Slurm may signal up to signal_s + 30 s before the limit; "
+                              f"lower slurm.signal_s to {max(10, job.time * 60 - 50)} or raise the time")
         for flag in job.extra:
             if not flag.startswith("--") or len(flag) < 3:
                 raise ConfigError(f"slurm.{kind}.extra: {flag!r} is not a long sbatch flag (--name or --name=value)")
@@ -206,7 +209,7 @@ class StageJob:
                 started = False
             cmd = list(self.command) + (list(self.resume_args or []) if started else [])
             if os.environ.get("SLURM_PROCID", "0") == "0":
-                self._note(f"job {os.environ.get('SLURM_JOB_ID', '?')} restarted (attempt {self.attempt + restarts + 1})"
+                self._note(f"job {os.environ.get('SLURM_JOB_ID', '?')} restarted (start {max(self.attempt, restarts) + 1})"
                            + (f": {' '.join(self.resume_args or []) or 'same command'}" if started else ": from scratch"))
                 with open(self.log, "a", encoding="utf-8") as f:
                     f.write(f"\n$ {' '.join(shlex.quote(c) for c in cmd)}\n")
@@ -220,6 +223,8 @@ class StageJob:
         prev = signal.getsignal(signal.SIGUSR2)  # submitit's: checkpoint() then requeue
 
         def on_usr2(signum, frame):
+            if self._signalled:
+                return  # Slurm's signal reaches us through srun too: act on it once
             self._stop_child()  # every node's command checkpoints; rank 0's submitit handler requeues
             if callable(prev):
                 prev(signum, frame)
@@ -424,13 +429,14 @@ class SlurmExecutor:
             self._gone.pop(jid, None)
             state, reason = self._queue[jid]
             if state != job.info.get("slurm_state"):
-                was = job.info.get("slurm_state")
                 job.info["slurm_state"] = state
-                if was == "RUNNING" and state in ("PENDING", "REQUEUED"):
-                    job.info["requeues"] = job.info.get("requeues", 0) + 1
+                if state == "RUNNING" and not job.info.get("ran"):
+                    job.info["ran"] = True
+                    if job.info.get("requeues"):
+                        self.echo(f"[{job.stage}] job {jid} running again")
+                elif state in ("PENDING", "REQUEUED", "REQUEUE_HOLD") and job.info.get("ran"):
+                    job.info.update(ran=False, requeues=job.info.get("requeues", 0) + 1)
                     self.echo(f"[{job.stage}] job {jid} requeued ({reason}): it continues from its checkpoint")
-                elif state == "RUNNING" and was in ("PENDING", "REQUEUED") and job.info.get("requeues"):
-                    self.echo(f"[{job.stage}] job {jid} running again")
             return None
         result = job.handle.paths.result_pickle
         first_gone = self._gone.setdefault(jid, time.monotonic())

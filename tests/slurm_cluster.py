@@ -105,7 +105,7 @@ class LocalSlurm:
             "JobCompType=jobcomp/none",
             "MinJobAge=600",
             "KillWait=5",
-            "OverTimeLimit=0",
+            "OverTimeLimit=1",  # a minute past the limit: slack for a checkpoint on a busy machine
             f"DefMemPerCPU={mem // self.cpus}",
             f"NodeName=localhost NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={mem} State=UNKNOWN",
             "PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP",
