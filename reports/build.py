@@ -37,7 +37,7 @@ def build_report(study_dir: str | Path, out: str | Path | None = None) -> Path:
     from gen.io import write_text
     from reports import sections
     from reports.collect import load_study
-    from reports.findings import findings
+    from reports.findings import findings, set_gates, thesis_directions
     from reports.render import esc, page, section
 
     study = load_study(Path(study_dir))
@@ -50,22 +50,71 @@ def build_report(study_dir: str | Path, out: str | Path | None = None) -> Path:
             html, tabs = f"<p class=absent><b>{esc(title)}</b> could not be built: {esc(type(e).__name__)}: {esc(e)}</p>", []
         bodies.append(section(anchor, title, html))
         tables += tabs
-    found = findings(study)
-    found_html = ("<ul class=findings>" + "".join(f"<li>{esc(f)}</li>" for f in found) + "</ul>") if found else \
-        "<p class=absent>No findings yet: no pair of finished experiments to compare.</p>"
+    gates = set_gates(study)
+    found = [(f, _resting(f, gates)) for f in findings(study)]
+    directions = thesis_directions(study, gates)
+    found_html = gate_box(gates) + ("<ul class=findings>" + "".join(
+        f"<li class=unusable><b>Rests on an unusable generator</b> ({esc(why)}); not evidence: {esc(f.text)}</li>"
+        if why else f"<li>{esc(f.text)}</li>" for f, why in found) + "</ul>" if found else
+        "<p class=absent>No findings yet: no pair of finished experiments to compare.</p>") + directions_html(directions)
     n_done = sum(s.done for s in study.stages)
-    subtitle = (f"{study.dir.resolve()} · {n_done} of {len(study.stages)} stages finished · "
-                f"updated {study.header.get('updated', '?')}")
+    state = (f"all {n_done} stages finished" if n_done == len(study.stages) else
+             f"{n_done} of {len(study.stages)} stages finished")
+    subtitle = f"{study.dir.resolve()} · {state} · updated {study.header.get('updated', '?')}"
     nav = [("findings", "Findings")] + [(a, t) for a, t, _ in SECTIONS]
     title = f"echosynth study: {study.header.get('name', study.dir.name)}"
     write_text(out, page(title, subtitle, nav, section("findings", "Findings", found_html) + "".join(bodies)))
     table_dir = study.dir / "tables"
     for t in tables:
         t.write_csv(table_dir / f"{t.name}.csv")
-    md = [f"# {title}", "", f"{subtitle}", "", "## Findings", ""] + [f"- {f}" for f in found] + [""]
+    md = [f"# {title}", "", f"{subtitle}", "", "## Findings", ""]
+    md += [f"- **{g['set']} {g['status'].upper()}** the quality gate: {g['summary']}" for g in gates.values()]
+    md += [f"- {'**Rests on an unusable generator** (' + why + '); not evidence: ' if why else ''}{f.text}"
+           for f, why in found] + ["", "## Thesis directions at the smallest real subset", ""]
+    md += [f"- {d}: **{status}** ({why})" for d, status, why in directions] + [""]
     md += [t.to_markdown() for t in tables if t.rows]
     write_text(study.dir / "summary.md", "\n".join(md))
     return out
+
+
+def _resting(finding, gates: dict[int, dict]) -> str:
+    """Why a finding rests on an unusable generator ('' if every set it uses passed the gate)."""
+    bad = [gates[n] for n in finding.rests_on if n in gates and gates[n]["status"] != "pass"]
+    bad += [{"set": f"the synthetic set of subset {n}", "status": "missing"} for n in finding.rests_on if n not in gates]
+    return "; ".join(f"{g['set']} " + ("failed the quality gate" if g["status"] == "fail" else
+                                       "was not verified by the quality gate") for g in bad)
+
+
+def gate_box(gates: dict[int, dict]) -> str:
+    """The quality-gate box at the top of Findings: which synthetic sets fail, and why."""
+    from reports.render import esc
+
+    if not gates:
+        return ""
+    bad = [g for g in gates.values() if g["status"] != "pass"]
+    th = next(iter(gates.values())).get("thresholds") or {}
+    rule = (f"above-chance class ratio ≥ {th.get('min_class_ratio')}, FID ≤ {th.get('max_fid_over_floor')} × the "
+            f"real-vs-real floor, outside-sector mean ≤ {th.get('outside_factor')} × real + "
+            f"{th.get('outside_margin')}/255") if th else "the study's gate thresholds"
+    items = "".join(f"<li><b>{esc(g['set'])}</b> (DDPM on {esc(g['subset'])} real): <b>{esc(g['status'].upper())}</b>"
+                    f" — {esc(g['summary'])}</li>" for g in gates.values())
+    if bad:
+        head = (f"<b>Quality gate: {len(bad)} of {len(gates)} synthetic sets are unusable.</b> Every finding below "
+                "that uses one of them is marked as resting on an unusable generator and is not evidence.")
+        return f"<div class=gate-fail role=alert>{head}<ul>{items}</ul><p class=caption>Gate: {esc(rule)}.</p></div>"
+    return (f"<div class=gate-pass><b>Quality gate: all {len(gates)} synthetic sets pass</b> ({esc(rule)}).<ul>"
+            f"{items}</ul></div>")
+
+
+def directions_html(directions: list[tuple[str, str, str]]) -> str:
+    """The thesis directions at the smallest real subset: reproduced, not reproduced, not testable."""
+    from reports.render import esc
+
+    if not directions:
+        return ""
+    rows = "".join(f"<li><b>{esc(d)}</b>: <span class=dir-{esc(status.replace(' ', '-'))}>{esc(status)}</span>"
+                   f" — {esc(why)}</li>" for d, status, why in directions)
+    return f"<h3>Thesis directions at the smallest real subset</h3><ul class=findings>{rows}</ul>"
 
 
 def main(argv: list[str] | None = None) -> int:

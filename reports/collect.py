@@ -91,6 +91,12 @@ class Study:
         return Path(ds["split_dir"]) if ds.get("split_dir") else self.dir / "data" / "split"
 
 
+def _final_status(stage: dict) -> str:
+    """The report stage is the one running while the report is built: it describes the state it leaves, done."""
+    status = stage.get("status", "pending")
+    return "done" if stage.get("experiment") == "report" and status == "running" else status
+
+
 def load_study(study_dir: Path) -> Study:
     """Read STUDY/study.json (raises FileNotFoundError with advice if it is missing)."""
     study_dir = Path(study_dir)
@@ -99,7 +105,7 @@ def load_study(study_dir: Path) -> Study:
         raise FileNotFoundError(f"{study_dir / 'study.json'} not found or unreadable: is {study_dir} a study "
                                 "directory written by pipelines/study.py?")
     stages = [StageInfo(name=s["name"], experiment=s.get("experiment", ""), meta=s.get("meta", {}),
-                        status=s.get("status", "pending"), seconds=s.get("seconds"), run_dir=Path(s["run_dir"]),
+                        status=_final_status(s), seconds=s.get("seconds"), run_dir=Path(s["run_dir"]),
                         command=s.get("command", ""), deps=s.get("deps", [])) for s in data.get("stages", [])]
     return Study(dir=study_dir, header=data, stages=stages)
 

@@ -26,6 +26,11 @@ padding:8px 12px;border-left:4px solid #e0b000;font-size:14px}
 figure img{border:1px solid #d5dbe3;background:#fff;max-width:100%;image-rendering:pixelated} figcaption{font-size:12px;color:#4a5566}
 .sub{color:#4a5566;font-size:14px} pre{background:#f0f3f7;padding:8px;overflow-x:auto;font-size:12px}
 .best{font-weight:600;background:#e8f4ea}
+.gate-fail{background:#fdecea;border:2px solid #c62828;border-left-width:8px;padding:10px 16px;margin:8px 0 16px;
+font-size:15px} .gate-pass{background:#e8f4ea;border:2px solid #2e7d32;border-left-width:8px;padding:10px 16px;
+margin:8px 0 16px;font-size:15px} li.unusable{color:#7a1f1f} .dir-reproduced{color:#2e7d32;font-weight:600}
+.dir-not-reproduced{color:#b26a00;font-weight:600} .dir-not-testable,.dir-not-run{color:#c62828;font-weight:600}
+figcaption{font-size:14px}
 """
 
 

@@ -66,6 +66,15 @@ def fid_curve(fid_json: dict | None, curve: str, x: str) -> dict[str, list[tuple
             for name, pts in curves.items() if pts}
 
 
+def _enlarged(png: Path, factor: float = 1.6, cap: int = 1100) -> int | None:
+    """Display width of a PNG at `factor` × its own width (at most `cap` px), from its IHDR header."""
+    try:
+        head = Path(png).read_bytes()[:24]
+    except OSError:
+        return None
+    return min(cap, int(int.from_bytes(head[16:20], "big") * factor)) if head[12:16] == b"IHDR" else None
+
+
 def _scale(size: int) -> int:
     return max(1, 64 // max(1, size))
 
@@ -128,21 +137,43 @@ def diffusion(study: Study) -> tuple[str, list[Table]]:
         if grids:
             html.append(img_file(grids[-1], f"{s.name}: training sample grid {grids[-1].name}", width=320))
     if fids:
+        from evaluate.gate import gate_config, gate_verdict
+
+        gcfg = gate_config(study.config.get("gate"))
         t = Table("fidelity", "Fidelity of each balanced synthetic set against its real training subset "
-                  "(floor: real training vs real validation images)",
-                  ["subset", "features", *FID_KEYS, "floor FID"])
+                  "(floor: real training vs real validation images; class ratio: (judge accuracy on synthetic − 1/K) "
+                  "/ (judge balanced accuracy on real validation − 1/K), 95% bootstrap interval; outside: mean "
+                  "intensity outside the real frames' scan sector, 0–255)",
+                  ["subset", "features", *FID_KEYS, "floor FID", "class ratio", "ratio 95%", "judge acc synthetic",
+                   "judge bacc real", "outside synthetic", "outside real", "gate"])
         for s in fids:
-            for name, m in fid_metrics(read_json(s.run_dir / "fidelity.json")).items():
-                t.rows.append([s.meta.get("subset"), name, *[m[k] for k in FID_KEYS], m["floor_fid"]])
+            data = read_json(s.run_dir / "fidelity.json") or {}
+            cf, sf = data.get("class_fidelity") or {}, data.get("sector_fidelity") or {}
+            ci = cf.get("ratio_ci")
+            extra = [finite(cf.get("ratio")), f"{ci[0]:.2f} to {ci[1]:.2f}" if ci else None, finite(cf.get("acc_syn")),
+                     finite(cf.get("bacc_real")), finite(sf.get("outside_mean_fake")), finite(sf.get("outside_mean_real")),
+                     gate_verdict(data, gcfg)["status"]]
+            for name, m in fid_metrics(data).items():
+                t.rows.append([s.meta.get("subset"), name, *[m[k] for k in FID_KEYS], m["floor_fid"], *extra])
         tables.append(t)
         html.append(t.to_html())
     for s in study.by_experiment("synthetic"):
         if not s.name.startswith("sample-"):
             continue
-        classes, synth = load_samples(s.run_dir, 8)
         n = s.meta.get("subset")
-        real = load_real(study.split_dir / f"train_{n}.csv", 8) or load_real(study.split_dir / "train.csv", 8)
         html.append(f"<h3>Real and synthetic, per class (DDPM trained on {fmt(n)} real)</h3>")
+        fid = study.get(f"fidelity-n{n}")
+        grid_png = fid.run_dir / "class_grid.png" if fid is not None and fid.done else None
+        if grid_png is not None and grid_png.is_file():
+            cf = (read_json(fid.run_dir / "fidelity.json") or {}).get("class_fidelity") or {}
+            note = (f"; judge (trained on real) labels {cf['acc_syn']:.0%} of synthetic images with their conditioning "
+                    f"class on average, {cf['bacc_real']:.0%} of real validation images (balanced)"
+                    if finite(cf.get("acc_syn")) is not None and finite(cf.get("bacc_real")) is not None else "")
+            html.append(img_file(grid_png, f"{s.name}: synthetic (left) beside real validation images (right) of "
+                                           f"the same class{note}"))
+            continue
+        classes, synth = load_samples(s.run_dir, 8)
+        real = load_real(study.split_dir / f"train_{n}.csv", 8) or load_real(study.split_dir / "train.csv", 8)
         for c in classes:
             if c in real:
                 html.append(img_tag(array_png(grid(real[c]), _scale(real[c].shape[1])), f"{c} real"))
@@ -224,7 +255,8 @@ def privacy(study: Study) -> tuple[str, list[Table]]:
             if auc is not None:
                 html.append(f"<p>{esc(s.name)}: membership-inference attack AUC {auc:.3f} (0.5 = chance).</p>")
         for png in sorted(s.run_dir.glob("*.png")):
-            html.append(img_file(png, f"{s.name}: {png.stem}", width=420))
+            # closest pairs enlarged: their captions are drawn into the image in a small bitmap font
+            html.append(img_file(png, f"{s.name}: {png.stem}", width=_enlarged(png) if png.stem.startswith("closest") else 420))
     return "".join(html), [t]
 
 

@@ -98,8 +98,185 @@ def test_findings_come_from_the_numbers(tmp_path):
     data = json.loads((tmp_path / "study.json").read_text())
     data["config"]["dataset"]["subsets"] = [1000]
     (tmp_path / "study.json").write_text(json.dumps(data))
-    text = " ".join(findings(load_study(tmp_path)))
-    assert "raised validation macro AUPRC from 0.641 (real) to 0.931 (+0.290)" in text
+    found = findings(load_study(tmp_path))
+    text = " ".join(f.text for f in found)
+    # two seeds each (sd 0.01): Welch t interval, df 2 -> ±4.303·0.01
+    assert "validation macro AUPRC real 0.641 vs synthetic 0.931: difference +0.290 (95% +0.247 to +0.333, " \
+           "Welch t over 2 and 2 seeds): gain" in text
     assert "PSAX 0.00 → 0.77" in text and "A2C 0.00 → 0.83" in text  # thesis §5.2: the minority views
-    assert "synthetic training helped the minority classes" in text
-    assert "0.9307 ± 0.0100" in build_report(tmp_path).read_text()  # Table 5.4 cell, mean ± sd
+    assert "no saved predictions, so no interval: not called a gain or a loss" in text
+    assert all(f.rests_on == [1000] for f in found)
+    html = build_report(tmp_path).read_text()
+    assert "0.9307 ± 0.0100" in html  # Table 5.4 cell, mean ± sd
+    # no fidelity stage: the set was never verified, so nothing resting on it is evidence
+    assert html.count("Rests on an unusable generator") == len(found)
+    assert "not testable" in html
+
+
+# ----------------------------------------------------------------------------------------------
+# Uncertainty of comparisons
+
+
+def test_weighted_average_precision_matches_sklearn_with_ties_and_duplicates():
+    import numpy as np
+    from sklearn.metrics import average_precision_score
+
+    from reports.compare import weighted_ap
+
+    rng = np.random.default_rng(0)
+    y = rng.random(60) < 0.3
+    score = np.round(rng.random(60), 1)  # many ties
+    w = rng.integers(0, 4, (5, 60))
+    w[:, np.flatnonzero(y)[0]] += 1  # at least one positive in each row
+    ap = weighted_ap(y, score, np.vstack([np.ones(60), w]))
+    assert ap[0] == pytest.approx(average_precision_score(y, score))
+    for row, a in zip(w, ap[1:]):  # integer weights = duplicated rows
+        idx = np.repeat(np.arange(60), row)
+        assert a == pytest.approx(average_precision_score(y[idx], score[idx]))
+
+
+def _pred_run(run, probs, labels, classes=("A2C", "A4C", "PLAX", "PSAX"), seeds=(0,)):
+    """A classifier run with predictions_val.csv per seed and a summary of the macro AUPRC."""
+    import numpy as np
+    import pandas as pd
+    from sklearn.metrics import average_precision_score
+
+    aps = np.mean([average_precision_score(labels == c, probs[:, c]) for c in range(len(classes))])
+    for s in seeds:
+        d = run / f"seed-{s}"
+        d.mkdir(parents=True)
+        df = pd.DataFrame({"path": [f"img{i}.png" for i in range(len(labels))], "label": [classes[i] for i in labels]})
+        for i, c in enumerate(classes):
+            df[f"prob_{c}"] = probs[:, i]
+        df.to_csv(d / "predictions_val.csv", index=False)
+        (d / "metrics.json").write_text(json.dumps({"val": {"macro_auprc": aps}}))
+    (run / "summary.json").write_text(json.dumps({"val": {"macro_auprc": {"mean": aps, "sd": 0.0, "n": len(seeds)}}}))
+    return aps
+
+
+def test_differences_within_their_uncertainty_are_no_clear_difference(tmp_path):
+    import numpy as np
+
+    from reports.compare import compare_runs
+
+    rng = np.random.default_rng(1)
+    labels = np.repeat(np.arange(4), 30)
+    base = rng.random((120, 4)) + 0.35 * np.eye(4)[labels]
+    a = _pred_run(tmp_path / "a", base, labels)
+    b = _pred_run(tmp_path / "b", base + rng.normal(0, 0.05, base.shape), labels)  # same model, a little jitter
+    c = _pred_run(tmp_path / "c", 0.1 * rng.random((120, 4)) + np.eye(4)[labels], labels)  # a far better model
+    d = compare_runs(tmp_path / "a", tmp_path / "b")
+    assert d.a == pytest.approx(a) and d.b == pytest.approx(b)
+    assert abs(d.delta) < max(-d.lo, d.hi) and d.verdict == "no clear difference"
+    assert "paired bootstrap over 120 images (val), one seed): no clear difference" in d.text()
+    assert compare_runs(tmp_path / "a", tmp_path / "c").verdict == "gain" and c == pytest.approx(1.0)
+    assert compare_runs(tmp_path / "c", tmp_path / "a").verdict == "loss"
+
+
+def test_seed_spread_welch_interval_and_findings_wording(tmp_path):
+    import numpy as np
+    from scipy import stats
+
+    from reports.compare import compare_runs, welch_interval
+
+    lo, hi = welch_interval(0.70, 0.02, 3, 0.72, 0.03, 3)
+    r = stats.ttest_ind_from_stats(0.72, 0.03, 3, 0.70, 0.02, 3, equal_var=False)
+    ci = r.confidence_interval(0.95) if hasattr(r, "confidence_interval") else None
+    if ci is not None:
+        assert (lo, hi) == pytest.approx((ci.low, ci.high))
+    assert lo < 0 < hi
+    for name, vals in (("a", [0.70, 0.72, 0.68]), ("b", [0.71, 0.69, 0.73])):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "summary.json").write_text(json.dumps({"val": {"macro_auprc": {
+            "mean": float(np.mean(vals)), "sd": float(np.std(vals, ddof=1)), "n": 3, "values": vals}}}))
+    d = compare_runs(tmp_path / "a", tmp_path / "b")
+    assert d.verdict == "no clear difference" and "Welch t over 3 and 3 seeds" in d.text()
+
+
+# ----------------------------------------------------------------------------------------------
+# The quality gate in the report
+
+
+def _gated_study(tmp_path, fidelity: dict, report_status: str = "running"):
+    """A study with real/synthetic classifiers (predictions saved), a fidelity result and the report stage."""
+    import numpy as np
+
+    rng = np.random.default_rng(2)
+    labels = np.repeat(np.arange(4), 25)
+    split = tmp_path / "data" / "split"
+    split.mkdir(parents=True)
+    (split / "splits.json").write_text(json.dumps({"subset_counts": {"60": {"A2C": 6, "A4C": 24, "PLAX": 26, "PSAX": 4}}}))
+    runs = tmp_path / "runs"
+    _pred_run(runs / "real", rng.random((100, 4)) + 0.3 * np.eye(4)[labels], labels)
+    _pred_run(runs / "synth", rng.random((100, 4)) + 0.32 * np.eye(4)[labels], labels)
+    (runs / "fid").mkdir(parents=True)
+    (runs / "fid" / "fidelity.json").write_text(json.dumps(fidelity))
+    st = {"status": "done", "command": ""}
+    stages = [
+        {**st, "name": "clf-real-n60-vgg16", "experiment": "real", "run_dir": str(runs / "real"),
+         "meta": {"subset": 60, "arch": "vgg16"}},
+        {**st, "name": "sample-n60", "experiment": "synthetic", "run_dir": str(runs / "sample"), "meta": {"subset": 60}},
+        {**st, "name": "fidelity-n60", "experiment": "synthetic", "run_dir": str(runs / "fid"), "meta": {"subset": 60}},
+        {**st, "name": "clf-synth-n60-vgg16", "experiment": "synthetic", "run_dir": str(runs / "synth"),
+         "meta": {"subset": 60, "arch": "vgg16", "filtered": False}},
+        {"name": "report", "experiment": "report", "status": report_status, "run_dir": str(tmp_path / "report"),
+         "command": ""}]
+    _study(tmp_path, stages)
+    data = json.loads((tmp_path / "study.json").read_text())
+    data["config"] = {"dataset": {"subsets": [60]}, "gate": {"min_class_ratio": 0.5}}
+    (tmp_path / "study.json").write_text(json.dumps(data))
+    return tmp_path
+
+
+NOISE = {"metrics": {"echo": {"overall": {"fake": {"fid": 3213.0}, "floor": {"fid": 79.0},
+                                          "fake_at_floor_n": {"fid": 3100.0}, "n_floor": 80}}},
+         "class_fidelity": {"ratio": 0.087, "ratio_ci": [0.0, 0.2], "acc_syn": 0.315, "bacc_real": 1.0, "chance": 0.25},
+         "sector_fidelity": {"outside_mean_fake": 54.0, "outside_mean_real": 0.0}}
+GOOD = {"metrics": {"echo": {"overall": {"fake": {"fid": 150.0}, "floor": {"fid": 79.0},
+                                         "fake_at_floor_n": {"fid": 120.0}, "n_floor": 80}}},
+        "class_fidelity": {"ratio": 0.93, "ratio_ci": [0.85, 1.0], "acc_syn": 0.95, "bacc_real": 1.0, "chance": 0.25},
+        "sector_fidelity": {"outside_mean_fake": 1.0, "outside_mean_real": 0.0}}
+
+
+def test_report_gate_box_marks_every_finding_on_a_failed_set(tmp_path):
+    html = build_report(_gated_study(tmp_path, NOISE)).read_text()
+    box = re.search(r"<div class=gate-fail role=alert>(.*?)</div>", html, re.S)
+    assert box and "1 of 1 synthetic sets are unusable" in box.group(1) and "sample-n60" in box.group(1)
+    assert "above-chance ratio 0.087 (need ≥ 0.5" in box.group(1) and "3100.0 with echo features" in box.group(1)
+    assert "outside-sector mean 54.0/255" in box.group(1)
+    assert html.index("gate-fail") < html.index("<ul class=findings>")  # at the top of Findings
+    items = re.findall(r"<li( class=unusable)?>(.*?)</li>", re.search(r"<ul class=findings>(.*?)</ul>", html, re.S).group(1))
+    resting = [t for cls, t in items if "synthetic" in t and "FID of each" not in t]
+    assert resting and all("Rests on an unusable generator" in t and "not evidence" in t for t in resting)
+    assert "sample-n60 failed the quality gate" in html
+    directions = re.search(r"Thesis directions at the smallest real subset</h3><ul class=findings>(.*?)</ul>", html, re.S)
+    assert directions and directions.group(1).count("dir-not-testable") == 2  # synthetic-only, minority recall
+    assert directions.group(1).count("dir-not-run") == 2  # no mixing, no upsampling runs in this study
+    assert "all 5 stages finished" in html and "running" not in re.search(r"class=sub>(.*?)</div>", html).group(1)
+    assert "gate" in (tmp_path / "tables" / "fidelity.csv").read_text().splitlines()[0]
+
+
+def test_report_gate_passes_a_good_set_and_findings_carry_uncertainty(tmp_path):
+    html = build_report(_gated_study(tmp_path, GOOD)).read_text()
+    assert "<div class=gate-pass>" in html and "<div class=gate-fail" not in html
+    assert "Rests on an unusable generator" not in html
+    findings_html = re.search(r"<ul class=findings>(.*?)</ul>", html, re.S).group(1)
+    # nearly identical real and synthetic classifiers: within the bootstrap interval
+    assert "paired bootstrap over 100 images (val), one seed): no clear difference" in findings_html
+    assert "not reproduced" in html
+
+
+def test_report_gate_box_renders_in_chromium(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from conftest import ARTIFACTS, chromium_screenshot
+
+    out = build_report(_gated_study(tmp_path, NOISE))
+    png = ARTIFACTS / "report_gate.png"
+    chromium_screenshot(out.resolve().as_uri(), png, width=1200, height=900)
+    with Image.open(png) as im:
+        rgb = np.asarray(im.convert("RGB")).astype(int)
+    red = (abs(rgb[..., 0] - 0xc6) < 12) & (abs(rgb[..., 1] - 0x28) < 12) & (abs(rgb[..., 2] - 0x28) < 12)
+    assert red.sum() > 500, "the gate box's red border is not on the first screen"
