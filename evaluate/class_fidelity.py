@@ -199,7 +199,7 @@ def class_grid(syn_images: np.ndarray, syn_views: Sequence[str], real_images: np
         return make_grid(out, min(per_class, 8))
 
     rows = len(classes)
-    fig, axes = plt.subplots(rows, 2, figsize=(10, 1.5 + 1.45 * rows * max(1, per_class // 8)), squeeze=False)
+    fig, axes = plt.subplots(rows, 2, figsize=(10, 0.4 + 1.0 * rows * -(-per_class // 8)), squeeze=False)
     for r, c in enumerate(classes):
         acc = (scores or {}).get(c, {})
         for col, (images, views, label) in enumerate(((syn_images, syn_views, "synthetic"),
