@@ -150,4 +150,3 @@ def test_inception_v3_aux_trains_through_classify_train_with_tensorboard(tiny_sp
     assert table.startswith("| true \\ predicted | A2C | A4C | PLAX | PSAX |")
     metrics = json.loads((seed / "metrics.json").read_text())["test"]
     assert sum(int(v) for line in table.splitlines()[2:] for v in line.split("|")[2:-1]) == sum(map(sum, metrics["confusion"]))
-
