@@ -107,7 +107,7 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(path.read_text())
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: file not found") from None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:  # garbage bytes fail before JSON parsing
         raise ValueError(f"{path}: not valid JSON ({e})") from None
 
 

@@ -97,7 +97,7 @@ class IntervalStats:
 
 
 def _latest_run(root: Path) -> Path | None:
-    from gen.model import list_checkpoints
+    from gen.checkpoint import list_checkpoints
 
     runs = sorted(p for p in root.glob("[0-9][0-9][0-9][0-9][0-9]-ddpm*") if list_checkpoints(p)) if root.is_dir() else []
     return runs[-1] if runs else None
@@ -105,7 +105,7 @@ def _latest_run(root: Path) -> Path | None:
 
 def resolve_resume(cfg: TrainConfig) -> tuple[Path | None, Path | None]:
     """(run directory to continue, checkpoint directory to load) for `--resume`; (None, None) = fresh run."""
-    from gen.model import list_checkpoints
+    from gen.checkpoint import list_checkpoints
 
     if not cfg.resume:
         if cfg.run_dir and (Path(cfg.run_dir) / "config.json").exists() and not cfg.overwrite:
@@ -130,8 +130,7 @@ def resolve_resume(cfg: TrainConfig) -> tuple[Path | None, Path | None]:
 
 def _newest_intact(run: Path) -> Path:
     """The newest checkpoint of `run` whose files verify (a warning names each newer damaged file)."""
-    from gen.checkpoint import CheckpointError, latest_intact
-    from gen.model import checkpoint_dir
+    from gen.checkpoint import CheckpointError, checkpoint_dir, latest_intact
 
     step = latest_intact(run)
     if step is None:
@@ -146,6 +145,9 @@ def check_resume_compatible(run: Path, config: dict, classes: list[str]) -> None
     from gen.rundir import _diff_keys
 
     old = read_json(run / "config.json")
+    if not isinstance(old, dict):
+        raise ValueError(f"{run / 'config.json'}: not a saved config (a JSON mapping of config keys); "
+                         "replace the run with --overwrite")
     diffs = sorted(k for k in _diff_keys(old, config) if k.split(".")[0] not in RESUME_MAY_DIFFER)
     if diffs:
         detail = ", ".join(f"{k} (saved {_get(old, k)!r}, now {_get(config, k)!r})" for k in diffs)
@@ -232,8 +234,9 @@ def train(cfg: TrainConfig, stop=None) -> Path:
     from gen.ema import EMA
     from gen.io import append_jsonl, read_jsonl, write_json, write_text
     from gen.launcher import Interrupted, resolve_precision, resume_command
-    from gen.model import LoadedRun, build_model, count_params, preset_image_size
+    from gen.model import build_model, count_params, preset_image_size
     from gen.rundir import init_run_dir, start_run
+    from gen.runs import LoadedRun
     from gen.sampling import image_seeds, plan_labels, sample_images, save_grid
     from gen.timestep_sampler import build_timestep_sampler, update_from_global_batch
     from gen.tracking import (
@@ -281,7 +284,7 @@ def train(cfg: TrainConfig, stop=None) -> Path:
                 tqdm.write(msg, file=sys.stdout)
 
     def last_good() -> str:
-        from gen.model import list_checkpoints
+        from gen.checkpoint import list_checkpoints
 
         kept = list_checkpoints(run)
         return f"the last checkpoint is step {kept[-1]}" if kept else "no checkpoint was written yet"

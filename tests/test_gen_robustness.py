@@ -21,6 +21,7 @@ from gen.checkpoint import (
     CheckpointError,
     clean_stale_temp,
     latest_intact,
+    list_checkpoints,
     load_checkpoint,
     nonfinite_keys,
     save_checkpoint,
@@ -31,7 +32,8 @@ from gen.configs import DiffusionConfig, TrainConfig
 from gen.ema import EMA
 from gen.io import read_jsonl, write_json
 from gen.launcher import resolve_precision, resume_command
-from gen.model import ClassUNet, ModelConfig, list_checkpoints, load_run
+from gen.model import ClassUNet, ModelConfig
+from gen.runs import load_run
 from gen.sample import main as sample_main
 from gen.train import main as train_main
 from gen.training import resolve_resume
@@ -290,3 +292,16 @@ def test_accelerate_launch_bf16_is_used_and_logged(split_dir, tmp_path):
     assert json.loads((run / "config.json").read_text())["mixed_precision"] == "auto"
     assert [r["step"] for r in read_jsonl(run / "stats.jsonl")] == [1, 2]  # step lines reach the file
     assert "step 2: loss" in log
+
+
+@pytest.mark.parametrize("content", [b"\x89PNG garbage", b"", b'"just a string"'])
+def test_a_garbage_config_json_is_one_clear_error(content, tmp_path, capsys):
+    from gen.training import check_resume_compatible
+
+    run = fake_run(tmp_path)
+    (run / "config.json").write_bytes(content)
+    code = sample_main(["--run", str(run), "--out", str(tmp_path / "s"), "--per_class", "1", "--steps", "2"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{run / 'config.json'}: " in err and "Traceback" not in err
+    with pytest.raises(ValueError, match="config.json"):
+        check_resume_compatible(run, {}, CLASSES)
