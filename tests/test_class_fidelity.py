@@ -18,7 +18,7 @@ from evaluate.fidelity import main as fidelity_main
 from evaluate.gate import GateConfig, gate_config, gate_verdict
 from evaluate.sector import outside_means, sector_fidelity, sector_mask
 from evaluate.sets import ImageSet, write_sample_dir
-from evaluate.standin import make_standin_classifier
+from tests.standin import make_standin_classifier
 
 CLASSES = ["A2C", "A4C", "PLAX", "PSAX"]
 
@@ -252,7 +252,7 @@ def test_truncated_or_garbage_samples_npz_is_one_line_exit_2(tmp_path, phantom_s
 
 
 def test_garbage_config_json_of_a_run_is_one_line_exit_2(tmp_path, phantom_sets, standin, capsys):
-    from evaluate.standin import make_standin_diffusion_run
+    from tests.standin import make_standin_diffusion_run
 
     run = make_standin_diffusion_run(tmp_path / "gen", CLASSES)
     judge = make_standin_classifier(tmp_path / "judge", CLASSES, 32)

@@ -8,8 +8,8 @@ import pytest
 
 from evaluate.embed import embed, reduce, tsne_2d, umap_2d
 from evaluate.sets import load_set, write_sample_dir
-from evaluate.standin import make_standin_classifier
 from gen.config import ConfigError
+from tests.standin import make_standin_classifier
 
 
 def _blobs(n=90, d=20, seed=0):

@@ -19,7 +19,7 @@ from evaluate.features import (
 )
 from evaluate.metrics import fid
 from evaluate.sets import ImageSet
-from evaluate.standin import make_standin_classifier, make_standin_inception
+from tests.standin import make_standin_classifier, make_standin_inception
 
 
 @pytest.fixture(scope="module")

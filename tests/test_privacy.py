@@ -15,8 +15,8 @@ from evaluate.membership import loss_threshold_attack, roc_summary
 from evaluate.privacy import audit
 from evaluate.privacy import main as privacy_main
 from evaluate.sets import ImageSet, load_set, write_sample_dir
-from evaluate.standin import make_standin_classifier, make_standin_diffusion_run
 from gen.data.manifest import read_manifest
+from tests.standin import make_standin_classifier, make_standin_diffusion_run
 
 CLASSES = ["A2C", "A4C", "PLAX", "PSAX"]
 
