@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
-from scipy import stats
+from scipy import ndimage, stats
 
 from gen.data import preprocess as pp
 from tests.importer_fixtures import echo_clip, echo_frame, sector_mask
@@ -216,3 +216,54 @@ def test_ks_groups_fast_form_equals_pairwise_scipy_tests():
             groups.append(len(refs) - 1)
     assert pp.ks_groups(hists, alpha=0.05) == (groups, refs)
     assert 3 <= len(refs) < 40  # a real mix of joins and new groups
+
+
+def test_block_mean_matches_a_loop():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (10, 13, 3)).astype(np.uint8)
+    out = pp.block_mean(a, side=5)  # f = ceil(13 / 5) = 3: blocks of 3×3, ragged edge dropped
+    assert out.shape == (3, 4, 3)
+    want = np.array([[[a[3 * i:3 * i + 3, 3 * j:3 * j + 3, c].astype(np.float64).mean() for c in range(3)]
+                      for j in range(4)] for i in range(3)])
+    np.testing.assert_allclose(out, want, rtol=1e-6)
+    assert np.array_equal(pp.block_mean(a, side=64), a.astype(np.float32))
+
+
+def test_span_fill_restores_a_sector_with_a_cavity():
+    cone = sector_mask(64, 80)
+    holey = cone.copy()
+    holey[25:35, 30:50] = False  # a dark cavity
+    a = pp._span_fill(holey)
+    assert np.array_equal(a, cone)  # the cavity filled, nothing added
+    assert not (a & ~pp._convex_fill(holey)).any()  # inside the hull (which also spans the arc's chords)
+
+
+def test_imaging_region_holds_both_sectors_of_a_split_screen():
+    g = np.zeros((64, 170), np.float32)
+    g[:, :80][sector_mask(64, 80)] = 120
+    g[:, 90:][sector_mask(64, 80)] = 120
+    g[2:5, 2:20] = 230  # text: too small to count
+    r = pp.imaging_region(g)
+    assert r[:, :80].sum() > 0.9 * sector_mask(64, 80).sum() and r[:, 90:].sum() > 0.9 * sector_mask(64, 80).sum()
+    assert not r[2:5, 2:20].any()
+    assert pp.imaging_region(np.zeros((20, 20), np.float32)).all()  # nothing found: the whole frame
+
+
+def test_tint_free_chroma_removes_a_multiplicative_tint_and_keeps_flow():
+    rng = np.random.default_rng(1)
+    y = rng.uniform(30, 200, (40, 40)).astype(np.float32)
+    tint = np.array([1.0, 0.8, 0.6], np.float32)
+    rgb = y[..., None] * tint  # every pixel: chroma = k·Y with one k
+    region = np.ones(y.shape, bool)
+    cb, cr = pp.tint_free_chroma(rgb, region)
+    assert np.abs(cb).max() < 0.5 and np.abs(cr).max() < 0.5
+    rgb[10:16, 10:16] = (200, 20, 20)  # a red jet: 2% of the region
+    cb, cr = pp.tint_free_chroma(rgb, region)
+    lum = rgb.astype(np.float64) @ [0.299, 0.587, 0.114]
+    lum_m = ndimage.median_filter(lum, size=3)
+    kb = np.median(ndimage.median_filter(rgb[..., 2] - lum, size=3) / lum_m)  # B−Y's tint (the jet is 2%)
+    jet = 0.299 * 200 + 0.587 * 20 + 0.114 * 20
+    assert cb[12, 12] == pytest.approx((20 - jet) - kb * jet, abs=0.01)  # inside the jet: no filter change
+    assert np.hypot(cb[12, 12], cr[12, 12]) > pp.FLOW_CHROMA
+    hue = np.degrees(np.arctan2(cr[12, 12], cb[12, 12]))
+    assert pp.FLOW_HUES[0][0] <= hue <= pp.FLOW_HUES[0][1]  # red lies in the red/yellow window

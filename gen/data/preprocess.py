@@ -1,7 +1,8 @@
 """The thesis preprocessing (Arevalo & Ranby 2023, §3.2 and §3.7), one testable function per step.
 
-Images: `to_uint8` -> colour checks on the RGB frame (`channel_max_diff`, `colour_fraction`
-inside the cone) -> `to_gray` -> `detect_cone` + `crop_to_cone` (drops burnt-in text, ECG
+Images: `to_uint8` -> colour checks on the RGB frame (`flow_evidence`: colour-flow blobs by
+hue, tint-free chroma and shape, so ECG traces, text, tinted grey maps and JPEG chroma are not
+taken for Doppler; the thesis's `channel_max_diff` for the KS groups) -> `to_gray` -> `detect_cone` + `crop_to_cone` (drops burnt-in text, ECG
 traces and colour bars outside the sector) -> `center_crop_square` -> `resize` (bicubic).
 Videos add colour validation across videos (`colour_histogram` of the first frame, grouped by
 two-sample KS tests in `ks_groups`) and frame selection (`select_frames`: one seeded random
@@ -221,12 +222,15 @@ def tint_free_chroma(rgb: np.ndarray, region: np.ndarray) -> tuple[np.ndarray, n
     y = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
     cb = ndimage.median_filter(rgb[..., 2] - y, size=3)
     cr = ndimage.median_filter(rgb[..., 0] - y, size=3)
-    sel = region & (y > 24)
+    # The tint is k·Y with the *filtered* luma: median(k·Y) = k·median(Y) for any k, so a pure
+    # tint leaves exactly nothing even on speckle, whose luma changes from pixel to pixel.
+    ym = ndimage.median_filter(y, size=3)
+    sel = region & (ym > 24)
     if sel.sum() >= 64:
-        kb = float(np.median(cb[sel] / y[sel]))
-        kr = float(np.median(cr[sel] / y[sel]))
-        cb -= kb * y
-        cr -= kr * y
+        kb = float(np.median(cb[sel] / ym[sel]))
+        kr = float(np.median(cr[sel] / ym[sel]))
+        cb -= kb * ym
+        cr -= kr * ym
     return cb, cr
 
 
@@ -290,8 +294,8 @@ def flow_evidence(frames: np.ndarray, max_frames: int = FLOW_MAX_FRAMES) -> Flow
         m = flow_pixels(f, region)
         union |= m
         labels, n = ndimage.label(m)
-        if n > n_blobs or best is None:
-            n_blobs, best = max(n, n_blobs), (f, m) if n else best
+        if n > n_blobs:  # the frame with most blobs names the hue
+            n_blobs, best = n, (f, m)
         if n:
             largest = max(largest, int(np.bincount(labels.ravel())[1:].max()))
     area = max(int(region.sum()), 1)
