@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 
-def read_json(path: Path) -> Any:
+def read_json_or_none(path: Path) -> Any:
     """JSON content, or None if the file is absent or unreadable."""
     try:
         return json.loads(Path(path).read_text())
@@ -100,7 +100,7 @@ def _final_status(stage: dict) -> str:
 def load_study(study_dir: Path) -> Study:
     """Read STUDY/study.json (raises FileNotFoundError with advice if it is missing)."""
     study_dir = Path(study_dir)
-    data = read_json(study_dir / "study.json")
+    data = read_json_or_none(study_dir / "study.json")
     if data is None:
         raise FileNotFoundError(f"{study_dir / 'study.json'} not found or unreadable: is {study_dir} a study "
                                 "directory written by pipelines/study.py?")
@@ -116,7 +116,7 @@ def load_study(study_dir: Path) -> Study:
 
 def metric_summary(run_dir: Path, eval_set: str, metric: str) -> tuple[float | None, float | None, int]:
     """(mean, sd, n) of a metric on an eval set from RUN/summary.json, else from the seed dirs."""
-    summary = read_json(Path(run_dir) / "summary.json") or {}
+    summary = read_json_or_none(Path(run_dir) / "summary.json") or {}
     entry = (summary.get(eval_set) or summary.get("sets", {}).get(eval_set) or {}).get(metric)
     if isinstance(entry, dict) and finite(entry.get("mean")) is not None:
         return finite(entry.get("mean")), finite(entry.get("sd")), int(entry.get("n") or 1)
@@ -137,7 +137,7 @@ def seed_metrics(run_dir: Path) -> list[dict]:
     """metrics.json of every seed (per eval set)."""
     out = []
     for d in seed_dirs(run_dir):
-        m = read_json(d / "metrics.json")
+        m = read_json_or_none(d / "metrics.json")
         if isinstance(m, dict):
             out.append(m)
     return out

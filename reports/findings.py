@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from evaluate.gate import gate_config, gate_verdict
-from reports.collect import Study, metric_summary, per_class_recall, read_json
+from reports.collect import Study, metric_summary, per_class_recall, read_json_or_none
 from reports.compare import Diff, compare_recall, compare_runs
 from reports.sections import METRIC, fid_curve, fid_metrics
 
@@ -35,7 +35,7 @@ def _run(study: Study, experiment: str, **meta):
 
 def _minority(study: Study, n: int) -> list[str]:
     """The least frequent classes (below 15% of the subset) of real subset n, rarest first."""
-    info = read_json(study.split_dir / "splits.json") or {}
+    info = read_json_or_none(study.split_dir / "splits.json") or {}
     counts = info.get("subset_counts", {}).get(str(n)) or {}
     total = sum(counts.values())
     if not total:
@@ -53,7 +53,7 @@ def set_gates(study: Study) -> dict[int, dict]:
             continue
         n = s.meta.get("subset")
         fid = study.get(f"fidelity-n{n}")
-        data = read_json(fid.run_dir / "fidelity.json") if fid is not None and fid.done else None
+        data = read_json_or_none(fid.run_dir / "fidelity.json") if fid is not None and fid.done else None
         out[n] = {"subset": n, "set": s.name, "fidelity": fid.name if fid else None, **gate_verdict(data, cfg)}
     return out
 
@@ -70,7 +70,7 @@ def findings(study: Study) -> list[Finding]:
     subsets = study.config.get("dataset", {}).get("subsets", [])
     archs = list(dict.fromkeys(s.meta.get("arch") for s in study.stages
                                if s.meta.get("arch") and s.experiment != "judge"))
-    info = read_json(study.split_dir / "splits.json") or {}
+    info = read_json_or_none(study.split_dir / "splits.json") or {}
     counts = info.get("subset_counts", {})
     # 1. Real vs synthetic per size.
     for a in archs:
@@ -117,7 +117,7 @@ def findings(study: Study) -> list[Finding]:
             if d is None:
                 continue
             priv = study.get(f"privacy-n{n}")
-            dropped = (((read_json(priv.run_dir / "privacy.json") or {}).get("filtered") or {}) if priv else {}).get("dropped")
+            dropped = (((read_json_or_none(priv.run_dir / "privacy.json") or {}).get("filtered") or {}) if priv else {}).get("dropped")
             note = (" The filter removed no image, so both sets are the same." if dropped == 0 else
                     f" The filter removed {dropped} images." if dropped else "")
             out.append(Finding(f"{a}, {n:,} real: privacy-filtered vs unfiltered synthetic set: "
@@ -153,7 +153,7 @@ def findings(study: Study) -> list[Finding]:
     fids = []
     for s in study.by_experiment("synthetic"):
         if s.name.startswith("fidelity-"):
-            m = fid_metrics(read_json(s.run_dir / "fidelity.json"))
+            m = fid_metrics(read_json_or_none(s.run_dir / "fidelity.json"))
             name = "inception" if "inception" in m else next(iter(m), None)
             if name and m[name]["fid"] is not None:
                 fids.append((s.meta.get("subset", 0), name, m[name]["fid"], m[name]["floor_fid"]))
@@ -166,7 +166,7 @@ def findings(study: Study) -> list[Finding]:
     abl = []
     for s in study.by_experiment("ablation"):
         if s.name.endswith("-fidelity") and sizes:
-            curve = dict(fid_curve(read_json(s.run_dir / "fidelity.json"), "fid_vs_samples", "n").get("inception", []))
+            curve = dict(fid_curve(read_json_or_none(s.run_dir / "fidelity.json"), "fid_vs_samples", "n").get("inception", []))
             if curve.get(float(max(sizes))) is not None:
                 abl.append((s.meta.get("variant"), curve[float(max(sizes))]))
     if abl:
@@ -178,7 +178,7 @@ def findings(study: Study) -> list[Finding]:
     for s in study.by_experiment("synthetic"):
         if not s.name.startswith("privacy-"):
             continue
-        d = read_json(s.run_dir / "privacy.json") or {}
+        d = read_json_or_none(s.run_dir / "privacy.json") or {}
         frac, cal = (d.get("flagged") or {}).get("fraction"), (d.get("calibration") or {}).get("fraction")
         if frac is not None:
             out.append(Finding(f"Privacy, DDPM on {s.meta.get('subset', 0):,} real: {frac:.1%} of synthetic images were "

@@ -20,7 +20,7 @@ from reports.collect import (
     load_real,
     load_samples,
     metric_summary,
-    read_json,
+    read_json_or_none,
     read_jsonl,
 )
 from reports.render import Table, absent, array_png, esc, fmt, img_file, img_tag, mean_sd
@@ -85,7 +85,7 @@ def _scale(size: int) -> int:
 
 def dataset(study: Study) -> tuple[str, list[Table]]:
     """Counts per view × source × split (Tables 3.1–3.4) and real sample grids per source."""
-    info = read_json(study.split_dir / "splits.json")
+    info = read_json_or_none(study.split_dir / "splits.json")
     if not info:
         return absent("Dataset", f"no splits.json in {study.split_dir} (the data stages did not run)"), []
     rows = info.get("by_view_source_split", [])
@@ -147,7 +147,7 @@ def diffusion(study: Study) -> tuple[str, list[Table]]:
                   ["subset", "features", *FID_KEYS, "floor FID", "class ratio", "ratio 95%", "judge acc synthetic",
                    "judge bacc real", "outside synthetic", "outside real", "gate"])
         for s in fids:
-            data = read_json(s.run_dir / "fidelity.json") or {}
+            data = read_json_or_none(s.run_dir / "fidelity.json") or {}
             cf, sf = data.get("class_fidelity") or {}, data.get("sector_fidelity") or {}
             ci = cf.get("ratio_ci")
             extra = [finite(cf.get("ratio")), f"{ci[0]:.2f} to {ci[1]:.2f}" if ci else None, finite(cf.get("acc_syn")),
@@ -165,7 +165,7 @@ def diffusion(study: Study) -> tuple[str, list[Table]]:
         fid = study.get(f"fidelity-n{n}")
         grid_png = fid.run_dir / "class_grid.png" if fid is not None and fid.done else None
         if grid_png is not None and grid_png.is_file():
-            cf = (read_json(fid.run_dir / "fidelity.json") or {}).get("class_fidelity") or {}
+            cf = (read_json_or_none(fid.run_dir / "fidelity.json") or {}).get("class_fidelity") or {}
             note = (f"; judge (trained on real) labels {cf['acc_syn']:.0%} of synthetic images with their conditioning "
                     f"class on average, {cf['bacc_real']:.0%} of real validation images (balanced)"
                     if finite(cf.get("acc_syn")) is not None and finite(cf.get("bacc_real")) is not None else "")
@@ -193,7 +193,7 @@ def diffusion_curves(study: Study) -> tuple[str, list[Table]]:
         t = Table("ablation_fid", "Inception FID by variance and noise schedule at two sample sizes",
                   ["variant", *[f"FID @ {k:,}" for k in sizes]])
         for s in abl:
-            curve = dict(fid_curve(read_json(s.run_dir / "fidelity.json"), "fid_vs_samples", "n").get("inception", []))
+            curve = dict(fid_curve(read_json_or_none(s.run_dir / "fidelity.json"), "fid_vs_samples", "n").get("inception", []))
             t.rows.append([s.meta.get("variant"), *[curve.get(float(k)) for k in sizes]])
         for j in range(1, len(t.columns)):
             vals = [(r[j], i) for i, r in enumerate(t.rows) if r[j] is not None]
@@ -210,7 +210,7 @@ def diffusion_curves(study: Study) -> tuple[str, list[Table]]:
              "DDPM training steps", "fid_vs_training_steps", "training_time")):
         html.append(f"<h3>{esc(title)}</h3>")
         s = study.get(stage)
-        curves = fid_curve(read_json(s.run_dir / "fidelity.json"), curve, x) if s and s.done else {}
+        curves = fid_curve(read_json_or_none(s.run_dir / "fidelity.json"), curve, x) if s and s.done else {}
         if not curves:
             html.append(absent(title, f"not run (experiments.{exp} empty; see configs/study/"
                                       f"{exp.replace('_', '-')}.yaml)"))
@@ -233,7 +233,7 @@ def privacy(study: Study) -> tuple[str, list[Table]]:
     runs = [s for s in study.by_experiment("synthetic") if s.name.startswith("privacy-")]
     if not runs:
         return absent("Privacy audit", "not run (experiments.synthetic off or not run yet)"), []
-    data = {s.name: read_json(s.run_dir / "privacy.json") or {} for s in runs}
+    data = {s.name: read_json_or_none(s.run_dir / "privacy.json") or {} for s in runs}
     spaces = sorted({k for d in data.values() for k in ((d.get("flagged") or {}).get("by") or {})})
     t = Table("privacy", "Synthetic images flagged as copies of a training image (nearest-neighbour audit; "
               "thresholds calibrated so that few held-out real images are flagged)",
