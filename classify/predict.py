@@ -63,7 +63,7 @@ def _try_load(path: Path, size: int) -> np.ndarray | str:
     try:
         return load_gray(path, size)
     except (OSError, ValueError) as e:  # truncated, not an image, a decompression bomb, ...
-        return str(e) if str(path) in str(e) else f"{path}: {e}"
+        return str(e) if str(e).startswith(str(path)) else f"{path}: {e}"
 
 
 def predict_images(model, info: dict, files: list[Path], batch: int = 256, workers: int = 4,

@@ -27,7 +27,7 @@ from gen.checkpoint import (
     set_rng_states,
     verify_checkpoint,
 )
-from gen.io import read_json, read_jsonl, temp_dir, write_json, write_text
+from gen.io import read_json, read_jsonl, share_modes, temp_dir, write_json, write_text
 
 _EPOCH_RE = re.compile(r"^epoch-(?P<phase>[a-z]+)-(?P<epoch>\d{4})$")
 FILES = ("model.safetensors", "optimizer.safetensors", "optimizer.json", "scheduler.json", "state.json")
@@ -62,6 +62,7 @@ def save_epoch_state(seed_dir: Path, phase: str, epoch: int, net: torch.nn.Modul
                                         "history": history, "rng": rng_states()})  # last: marks complete
         if final.exists():
             shutil.rmtree(final)
+        share_modes(tmp)  # safetensors creates its files 0600: give them the umask's mode
         os.replace(tmp, final)
     finally:
         if tmp.exists():

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from gen.io import read_json, temp_dir, write_json
+from gen.io import read_json, share_modes, temp_dir, write_json
 from gen.model import checkpoint_dir, list_checkpoints
 
 
@@ -88,6 +88,7 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, *, model: dict, ema: 
         write_json(tmp / "state.json", {"step": step, "rng": rng_states(), **state})  # last: marks complete
         if final.exists():
             shutil.rmtree(final)
+        share_modes(tmp)  # safetensors creates its files 0600: give them the umask's mode
         os.replace(tmp, final)
     finally:
         if tmp.exists():

@@ -23,6 +23,31 @@ from typing import Any
 import numpy as np
 
 
+def current_umask() -> int:
+    """The process umask (from /proc on Linux: setting and restoring it would race with other threads)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def share_modes(path: str | os.PathLike) -> None:
+    """Give a file, or every file and folder under a directory, the umask's mode (0644 / 0755 under 022).
+
+    For writers that create files 0600 themselves (safetensors' save_file, for one).
+    """
+    mask = current_umask()
+    path = Path(path)
+    for p in [path, *(path.rglob("*") if path.is_dir() else [])]:
+        p.chmod((0o777 if p.is_dir() else 0o666) & ~mask)
+
+
 def temp_file(parent: str | os.PathLike, prefix: str, suffix: str = ".tmp") -> Path:
     """Create an empty, uniquely named file in `parent` with the umask's mode (0644 under umask 022).
 
@@ -56,9 +81,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = temp_file(path.parent, prefix=f".{path.name}.")
+    try:
+        tmp_path = temp_file(path.parent, prefix=f".{path.name}.")
+    except OSError as e:  # name the file the user asked for, not our temporary one
+        raise type(e)(e.errno, e.strerror, str(path)) from None
     try:
         yield tmp_path
+        if tmp_path.is_file() and tmp_path.stat().st_mode & 0o777 != 0o666 & ~current_umask():
+            share_modes(tmp_path)  # the block replaced our file with one of its own mode (e.g. 0600)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
