@@ -23,8 +23,9 @@ import torch
 from gen.config import field, parse_config, to_dict
 from gen.diffusion import Diffusion
 from gen.io import write_json
-from gen.model import PRESETS, ClassUNet, LoadedRun, count_params
+from gen.model import PRESETS, ClassUNet, count_params
 from gen.rundir import package_versions
+from gen.runs import LoadedRun
 from gen.sampling import sample_images
 
 

@@ -188,7 +188,7 @@ def _class_and_sector(cfg: FidelityConfig, sets, result: dict, judge) -> bytes:
 
 def _checkpoint_curve(cfg: FidelityConfig, sets, feats, extractors, dist, progress):
     from evaluate import scoring
-    from gen.model import list_checkpoints
+    from gen.checkpoint import list_checkpoints
 
     kept = list_checkpoints(cfg.run)
     if not kept:

@@ -195,7 +195,7 @@ def _figures(out: Path, cfg: PrivacyConfig, fake, train, nb, sc: dict, tau: dict
 def _membership(cfg: PrivacyConfig, train, holdout, device: str, progress: bool, out: Path) -> dict:
     from evaluate.membership import loss_threshold_attack
     from evaluate.plots import distance_histogram
-    from gen.model import load_run
+    from gen.runs import load_run
 
     run = load_run(cfg.run, checkpoint=cfg.mia_weights, step=cfg.mia_step or None, device=device)
     res = loss_threshold_attack(run, train, holdout, timesteps=cfg.mia_timesteps, max_images=cfg.mia_max, seed=cfg.seed,

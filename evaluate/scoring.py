@@ -118,7 +118,7 @@ def score_checkpoints(run_dir: str, steps: list[int], references: dict[str, np.n
     Labels follow the reference's class proportions. Returns ({extractor: [{step, fid, kid, kid_std}]},
     a uint8 strip of the first 8 samples of every checkpoint, one row per step).
     """
-    from gen.model import load_run
+    from gen.runs import load_run
     from gen.sampling import image_seeds, plan_labels
 
     curves: dict[str, list[dict]] = {name: [] for name in extractors}

@@ -13,6 +13,7 @@ import base64
 import json
 import os
 import random
+import re
 import shutil
 import struct
 import sys
@@ -25,7 +26,22 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from gen.io import read_json, share_modes, temp_dir, write_json
-from gen.model import checkpoint_dir, list_checkpoints
+
+_STEP_RE = re.compile(r"^step-(\d{7})$")
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[int]:
+    """Steps of the complete checkpoints kept in RUN/checkpoints/ (ascending)."""
+    ck = Path(run_dir) / "checkpoints"
+    if not ck.is_dir():
+        return []
+    return sorted(int(m.group(1)) for p in ck.iterdir()
+                  if (m := _STEP_RE.match(p.name)) and (p / "state.json").is_file())
+
+
+def checkpoint_dir(run_dir: str | os.PathLike, step: int) -> Path:
+    """RUN/checkpoints/step-<NNNNNNN>."""
+    return Path(run_dir) / "checkpoints" / f"step-{step:07d}"
 
 
 def rng_states() -> dict[str, Any]:

@@ -116,7 +116,7 @@ def export(cfg: ExportConfig) -> Path:
 
     from gen.diffusion import make_scheduler
     from gen.io import check_writable_output, temp_dir, write_json, write_text
-    from gen.model import load_run
+    from gen.runs import load_run
 
     out = check_writable_output(cfg.out, cfg.overwrite)
     loaded = load_run(cfg.run, cfg.checkpoint, cfg.step or None)

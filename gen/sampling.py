@@ -202,8 +202,8 @@ def sample_to_dir(cfg: SampleConfig) -> Path:
 
     from gen.config import to_dict
     from gen.io import check_writable_output, write_json
-    from gen.model import load_run
     from gen.rundir import provenance
+    from gen.runs import load_run
 
     state = PartialState(cpu=not torch.cuda.is_available())
     device = state.device

@@ -15,7 +15,8 @@ from gen.data.dataset import to_uint8
 from gen.ema import EMA
 from gen.export import main as export_main
 from gen.io import write_json
-from gen.model import ClassUNet, ModelConfig, load_run
+from gen.model import ClassUNet, ModelConfig
+from gen.runs import load_run
 from gen.sampling import image_seeds, sample_images
 
 CLASSES = ["A2C", "A4C", "PSAX"]

@@ -15,7 +15,8 @@ from gen.config import ConfigError, to_dict
 from gen.data.manifest import load_gray, read_manifest
 from gen.ema import EMA
 from gen.io import save_npz, write_json
-from gen.model import ClassUNet, ModelConfig, load_run
+from gen.model import ClassUNet, ModelConfig
+from gen.runs import load_run
 from gen.sampling import (
     SampleConfig,
     image_seeds,
@@ -150,7 +151,7 @@ def test_one_and_two_processes_give_identical_sets(tmp_path, run_dir):
 def test_an_oracle_model_is_sampled_back_exactly(sampler):
     """A model that knows each class's x₀ (ε̂ = (x_t − √ᾱ_t x₀)/√(1−ᾱ_t)) must yield x₀ with either sampler."""
     from gen.diffusion import Diffusion
-    from gen.model import LoadedRun
+    from gen.runs import LoadedRun
 
     d, S = Diffusion(1000, "linear", True), 8
     x0s = torch.linspace(-0.8, 0.8, 2 * S * S).view(2, 1, S, S)

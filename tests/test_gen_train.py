@@ -11,10 +11,10 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import PYTHON, accelerate_cmd, run_cli
+from gen.checkpoint import list_checkpoints
 from gen.config import ConfigError, build, to_dict
 from gen.data.manifest import ManifestError
 from gen.io import read_jsonl
-from gen.model import list_checkpoints
 from gen.train import main as train_main
 from gen.training import (
     TrainConfig,

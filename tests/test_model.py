@@ -6,19 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from gen.checkpoint import load_checkpoint, prune_checkpoints, save_checkpoint
+from gen.checkpoint import list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
 from gen.config import ConfigError, to_dict
 from gen.ema import EMA, ema_decay_at
 from gen.io import write_json
-from gen.model import (
-    PRESETS,
-    ClassUNet,
-    ModelConfig,
-    count_params,
-    list_checkpoints,
-    load_run,
-    preset_table,
-)
+from gen.model import PRESETS, ClassUNet, ModelConfig, count_params, preset_table
+from gen.runs import load_run
 from gen.training import DiffusionConfig, TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
