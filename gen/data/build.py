@@ -162,6 +162,8 @@ def _claim_output(out: Path, settings: dict, overwrite: bool) -> None:
         if overwrite:
             shutil.rmtree(out)
         elif marker.is_file() and read_json(marker) == settings:
+            for tmp in out.rglob(".*.tmp"):  # half-written files of the killed run (gen.io.atomic_path)
+                tmp.unlink(missing_ok=True)
             return  # interrupted earlier with the same settings: resume
         else:
             raise FileExistsError(f"{out} already exists and is not empty; pass --overwrite to replace it")
