@@ -361,3 +361,37 @@ def test_prepare_phantom_and_split_survive_sigkill(tmp_path):
     assert outcomes.count("killed") >= 2, outcomes  # kills must land mid-run, or this tests nothing
     assert not list(k.rglob(".*.tmp")) and not (k / "data" / ".prepare.json").exists()
     print(f"kill outcomes: {outcomes}; work phases {phantom_work:.2f} s / {split_work:.2f} s", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------------------------
+# Outputs kept out of git
+
+# Every output the README's quick starts and the default settings write inside the repository.
+DEFAULT_OUTPUTS = [
+    "runs/00000-ddpm-tiny-phantom/checkpoints/step-0000050/model.safetensors",  # gen/train.py --out runs (default)
+    "runs/00003-classify-vgg16-view-real/seed-0/predictions_val.csv",  # classify/train.py --out runs (default)
+    "runs/study-quick/report.html",  # pipelines/study.py default study directory
+    "data/phantom/manifest.csv", "data/phantom/images/tmed2/A4C/000000.png", "data/phantom-split/train_1000.csv",
+    "data/tmed2/manifest.csv", "samples/ddpm-tiny/samples.npz", "samples/ddpm-tiny/images/A4C/000000.png",
+    "eval/fidelity/fidelity.json", "eval/privacy/privacy.json", "eval/embed/embed.json",
+    "surveys/pilot/answer_key.json", "surveys/pilot/responses.sqlite", "surveys/pilot/responses.sqlite-wal",
+    "surveys/pilot/images/0a1b2c.png", "reports/survey/answers.csv", "reports/survey/participants.csv",
+    "predictions.csv", "demo/report.html",
+    "somewhere/else/answer_key.json", "somewhere/else/responses.sqlite",  # private survey files anywhere
+]
+SOURCES = ["reports/build.py", "reports/render.py", "gen/data/manifest.py", "evaluate/fidelity.py",
+           "evaluate/survey/app.py", "configs/study/quick.yaml", "docs/survey.md", "benchmarks/results/x.json"]
+
+
+def test_every_default_output_is_ignored_and_no_source_is():
+    from gen.io import git_unignored
+
+    if subprocess.run(["git", "rev-parse"], cwd=REPO, capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout")
+    check = subprocess.run(["git", "check-ignore", "--no-index", "--stdin"], cwd=REPO, capture_output=True, text=True,
+                           input="\n".join(DEFAULT_OUTPUTS + SOURCES) + "\n")
+    ignored = set(check.stdout.split())
+    assert [p for p in DEFAULT_OUTPUTS if p not in ignored] == []
+    assert [p for p in SOURCES if p in ignored] == []
+    assert git_unignored(REPO / "surveys" / "pilot") is None and git_unignored(REPO / "reports" / "survey") is None
+    assert git_unignored(REPO / "reports" / "new_section.py") == REPO.resolve()
