@@ -24,7 +24,7 @@ from classify.datasets import (
 )
 from classify.datasets import __doc__ as SPEC_DOC
 from classify.metrics import summarize_seeds
-from classify.training import TrainConfig, train_seed
+from classify.training import ClassifierTrainConfig, train_seed
 from gen.config import parse_config, run_script, to_dict
 from gen.data.manifest import ManifestError, verify_manifest
 from gen.io import read_json, write_json
@@ -32,7 +32,7 @@ from gen.rundir import init_run_dir, provenance, start_run
 from gen.tracking import accelerator_kwargs, start_trackers
 
 
-def load_data(cfg: TrainConfig):
+def load_data(cfg: ClassifierTrainConfig):
     """Training set and evaluation sets (val first), checked for class coverage and patient leakage."""
     from classify.quality import check_grades
 
@@ -62,7 +62,7 @@ RESUME_MAY_DIFFER = {"verify", "resume", "overwrite", "run_dir", "out", "descrip
                      "eval_batch", "checkpoint_every", "log_with"}
 
 
-def resume_run_dir(cfg: TrainConfig, config: dict) -> Path:
+def resume_run_dir(cfg: ClassifierTrainConfig, config: dict) -> Path:
     """The run `--resume` continues, refused if its saved config differs in anything that changes the result."""
     from gen.rundir import _diff_keys
 
@@ -86,7 +86,7 @@ def resume_run_dir(cfg: TrainConfig, config: dict) -> Path:
     return run
 
 
-def make_run_dir(cfg: TrainConfig, config: dict, kind: str, inputs: dict, world: int) -> Path:
+def make_run_dir(cfg: ClassifierTrainConfig, config: dict, kind: str, inputs: dict, world: int) -> Path:
     """The run to continue (--resume), the explicit --run_dir (refused if used, unless --overwrite) or the next numbered one."""
     if cfg.resume:
         return resume_run_dir(cfg, config)
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     from accelerate import Accelerator
     from accelerate.utils import broadcast_object_list
 
-    cfg = parse_config(TrainConfig, argv, description=__doc__.split("\n")[0], epilog=SPEC_DOC)
+    cfg = parse_config(ClassifierTrainConfig, argv, description=__doc__.split("\n")[0], epilog=SPEC_DOC)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:  # before the Accelerator: bad input fails fast, in every process alike

@@ -77,7 +77,7 @@ class QualityConfig:
 
 
 @dataclasses.dataclass
-class TrainConfig:
+class ClassifierTrainConfig:
     """classify/train.py: defaults are the thesis recipe (VGG16 from scratch, SGD, StepLR, 25 epochs)."""
 
     train: str = field("", help="training-set SPEC (see --help epilog), e.g. real:split/train_1000.csv")
@@ -219,14 +219,14 @@ def is_better(metric: str, new: float | None, best: float | None) -> bool:
 # One seed
 
 
-def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+def make_optimizer(cfg: ClassifierTrainConfig, params) -> torch.optim.Optimizer:
     """SGD (momentum) or Adam over `params`."""
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, epochs: int):
+def make_scheduler(cfg: ClassifierTrainConfig, opt: torch.optim.Optimizer, epochs: int):
     """Per-epoch StepLR, cosine annealing or constant learning rate."""
     if cfg.schedule == "step":
         return torch.optim.lr_scheduler.StepLR(opt, cfg.step_size, cfg.gamma)
@@ -235,7 +235,7 @@ def make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, epochs: int):
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
 
 
-def epoch_order(cfg: TrainConfig, labels: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+def epoch_order(cfg: ClassifierTrainConfig, labels: np.ndarray, seed: int, epoch: int) -> np.ndarray:
     """Item order for one epoch (a class-balanced draw with the sampler), padded to whole global batches."""
     rng = _rng("order", seed, epoch)
     n = len(labels)
@@ -244,7 +244,7 @@ def epoch_order(cfg: TrainConfig, labels: np.ndarray, seed: int, epoch: int) -> 
     return np.resize(idx, steps * cfg.global_batch)  # wrap around: every batch full (BatchNorm needs > 1)
 
 
-def run_epochs(accelerator, cfg: TrainConfig, net: Classifier, trainable: torch.nn.Module, opt, train: ImageSet,
+def run_epochs(accelerator, cfg: ClassifierTrainConfig, net: Classifier, trainable: torch.nn.Module, opt, train: ImageSet,
                val: ImageSet, seed: int, seed_dir: Path, epochs: int, step_fn, phase: str, select: str,
                with_grade: bool) -> dict:
     """Epoch loop: `step_fn(trainable, x, idx) -> loss` steps `trainable` (the model or one head); each
@@ -315,7 +315,7 @@ def run_epochs(accelerator, cfg: TrainConfig, net: Classifier, trainable: torch.
     return {"best": best, "best_epoch": best_epoch, "history": history}
 
 
-def train_seed(accelerator, cfg: TrainConfig, train: ImageSet, evals: dict[str, ImageSet], seed: int,
+def train_seed(accelerator, cfg: ClassifierTrainConfig, train: ImageSet, evals: dict[str, ImageSet], seed: int,
                seed_dir: Path) -> dict:
     """Train one seed into `seed_dir` (model.json, checkpoints, stats) and score every evaluation set."""
     from classify import quality as q
@@ -366,7 +366,7 @@ def train_seed(accelerator, cfg: TrainConfig, train: ImageSet, evals: dict[str, 
     return {"metrics": metrics, "best_epoch": result["best_epoch"]}
 
 
-def evaluate_sets(accelerator, cfg: TrainConfig, model: Classifier, evals: dict[str, ImageSet], seed_dir: Path,
+def evaluate_sets(accelerator, cfg: ClassifierTrainConfig, model: Classifier, evals: dict[str, ImageSet], seed_dir: Path,
                   train_classes: list[int]) -> dict:
     """Score the best model on every evaluation set; write predictions, confusion PNGs (main process)."""
     out = {}

@@ -22,7 +22,7 @@ CLIS = {
     "gen/prepare.py": ("gen.prepare", "PrepareConfig", ("command", "format")),
     "gen/train.py": ("gen.training", "TrainConfig", ()),
     "gen/sample.py": ("gen.sampling", "SampleConfig", ()),
-    "classify/train.py": ("classify.training", "TrainConfig", ()),
+    "classify/train.py": ("classify.training", "ClassifierTrainConfig", ()),
     "evaluate/fidelity.py": ("evaluate.fidelity", "FidelityConfig", ()),
     "evaluate/privacy.py": ("evaluate.privacy", "PrivacyConfig", ()),
     "evaluate/embed.py": ("evaluate.embed", "EmbedConfig", ()),

@@ -91,10 +91,10 @@ def test_gradients_reach_the_head_only(frozen):
 def test_config_refusals():
     base = {"train": "real:x.csv", "val": "y.csv"}
     with pytest.raises(ConfigError, match="without --augment.enabled"):
-        build(__import__("classify.training", fromlist=["TrainConfig"]).TrainConfig,
+        build(__import__("classify.training", fromlist=["ClassifierTrainConfig"]).ClassifierTrainConfig,
               overrides={**base, "arch": "fid_inception_frozen", "augment.enabled": True})
     with pytest.raises(ConfigError, match="too small for inception_v3: use at least 75 px"):
-        build(__import__("classify.training", fromlist=["TrainConfig"]).TrainConfig,
+        build(__import__("classify.training", fromlist=["ClassifierTrainConfig"]).ClassifierTrainConfig,
               overrides={**base, "arch": "inception_v3", "image_size": 64})
 
 
