@@ -31,7 +31,7 @@ class DatasetConfig:
 
 
 @dataclass
-class DiffusionConfig:
+class DDPMStageConfig:
     preset: str = field("configs/gen/tiny.yaml", help="gen/train.py config file")
     steps: int = field(200, help="DDPM training steps per subset", min=1)
     per_class: int = field(100, help="synthetic images per class (balanced set)", min=1)
@@ -130,7 +130,7 @@ class StudyConfig:
     name: str = field("study", help="study name (report title)")
     out: str = field("", help="study directory (default runs/study-<name>)")
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    ddpm: DiffusionConfig = field(default_factory=DiffusionConfig)
+    ddpm: DDPMStageConfig = field(default_factory=DDPMStageConfig)
     classify: ClassifyConfig = field(default_factory=ClassifyConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     experiments: ExperimentsConfig = field(default_factory=ExperimentsConfig)
