@@ -362,7 +362,8 @@ class SlurmExecutor:
         kind = stage_kind(stage)
         job_cfg: SlurmJobConfig = getattr(self.cfg, kind)
         self._logs[stage.name] = Path(log_path)
-        overrides = {k: v for k, v in env.items() if os.environ.get(k) != v}  # the node has its own env
+        # The node has its own environment (CUDA_VISIBLE_DEVICES, SLURM_*): pass only what the study sets.
+        overrides = {**{k: v for k, v in env.items() if os.environ.get(k) != v}, **stage.env, "PYTHONUNBUFFERED": "1"}
         fn = StageJob(stage.name, [str(c) for c in stage.command], cmd, overrides, str(Path(log_path).resolve()),
                       str(Path(stage.run_dir).resolve()), stage.resume_args, kind, job_cfg.gpus, job_cfg.nodes,
                       self.cfg.port, grace_s=max(10.0, self.cfg.signal_s - 15.0))
