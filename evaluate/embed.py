@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gen.config import ConfigError, build, field, parse_config, to_dict
+from gen.config import ConfigError, build, field, parse_config, run_script, to_dict
 
 METHODS = ("tsne", "umap")
 
@@ -157,4 +157,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from gen.config import ConfigError, build, field, parse_config, to_dict
+from gen.config import ConfigError, build, field, parse_config, run_script, to_dict
 
 SCHEMA = "echosynth.privacy/1"
 
@@ -229,4 +229,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from gen.config import ConfigError, parse_config, to_dict
-from gen.io import write_json
+from gen.io import run_main, write_json
 from gen.rundir import provenance
 from pipelines.checks import StageConfigError, check_stages
 from pipelines.config import StudyConfig
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     try:
-        sys.exit(main())
+        sys.exit(run_main(main))  # an unwritable output: one line, exit 2
     except ConfigError as e:  # raised by checks outside parse_config (e.g. stage selection)
         print(f"study.py: error: {e}", file=sys.stderr)
         sys.exit(2)

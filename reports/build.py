@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gen.config import ConfigError, field, parse_config
+from gen.io import run_main
 
 
 @dataclass
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     try:
-        sys.exit(main())
+        sys.exit(run_main(main))  # an unwritable output: one line, exit 2
     except ConfigError as e:
         print(f"build.py: error: {e}", file=sys.stderr)
         sys.exit(2)
