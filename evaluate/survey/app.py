@@ -32,6 +32,7 @@ from evaluate.survey.design import FILTERS, Survey, load_survey, upscale_png
 from evaluate.survey.questions import AFTER, BEFORE, PAIR_CONFIDENCE, Question
 from evaluate.survey.store import SurveyStore, normalize_code
 from gen.config import ConfigError, build, field
+from gen.io import warn_if_tracked
 
 SURVEY_ENV = "ECHOSYNTH_SURVEY_DIR"
 log = logging.getLogger("echosynth.survey")
@@ -94,6 +95,7 @@ def _config() -> AppConfig:
 @st.cache_resource
 def _open(root: str) -> tuple[Survey, SurveyStore]:
     survey = load_survey(root)
+    warn_if_tracked(survey.root, "survey with its answer key and responses.sqlite", "survey app")  # server log, once
     return survey, SurveyStore(survey.db_path, survey.survey_id)
 
 
