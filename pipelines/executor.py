@@ -1,8 +1,8 @@
 """Where stages run: the executor interface, and the local executor (one process group per stage).
 
 The runner (`pipelines/stages.py`) decides what runs and when; an executor starts and stops
-commands. Another executor (a Slurm one, one job per stage) plugs in by providing the same five
-members, and the runner stays as it is:
+commands. Another executor (pipelines/slurm.py: one Slurm job per stage) plugs in by providing
+the same members, and the runner stays as it is:
 
     slots                                       how many stages may run at once
     poll_s                                      seconds between polls of the running jobs
@@ -12,7 +12,10 @@ members, and the runner stays as it is:
                                                 when they are gone
     close()                                     when it returns, nothing this executor started runs
 
-A `Job` carries `stage` (the stage's name) and `job_id` (recorded in study.json: a PID here).
+    reattach(stage, job_id, log_path) -> Job | None   optional: find a job an earlier run started
+
+A `Job` carries `stage` (the stage's name), `job_id` (recorded in study.json: a PID here) and
+`info` (more facts for study.json).
 
 Local: each stage is a subprocess in its own session, so a terminal's Ctrl-C reaches the runner
 only, and the runner stops each stage's whole process group (launcher, workers, pool processes):
