@@ -388,7 +388,10 @@ def run_script(main: Callable[[], int | None]) -> None:
     from gen.io import run_main
 
     try:
-        code = run_main(main)  # an unwritable output: one line, exit 2
+        try:
+            code = run_main(main)  # an unwritable output: one line, exit 2
+        except SystemExit as e:  # --help, --dry-run, config errors: flush here, where a closed pipe can be caught
+            code = e.code
         sys.stdout.flush()
     except BrokenPipeError:
         # the reader (e.g. `| head`) has gone: point stdout at /dev/null so the exit-time flush stays quiet

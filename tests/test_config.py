@@ -170,7 +170,11 @@ def test_torch_free_config_names_match_the_registries():
     assert SAMPLERS == ("ddpm", "ddim")  # the two branches of gen.sampling.sample_images / make_scheduler
 
 
-@pytest.mark.parametrize("script", ["gen/train.py", "gen/sample.py", "gen/export.py"])
+DRY_RUN = {"gen/train.py": ["--data", "x.csv"], "gen/sample.py": ["--run", "r", "--out", "o", "--per_class", "1"],
+           "gen/export.py": ["r", "--out", "o"]}
+
+
+@pytest.mark.parametrize("script", list(DRY_RUN))
 def test_scripts_parse_without_importing_torch_and_survive_a_closed_pipe(script):
     import subprocess
     import sys
@@ -183,10 +187,12 @@ def test_scripts_parse_without_importing_torch_and_survive_a_closed_pipe(script)
             "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.stderr.strip().endswith("NO-TORCH"), proc.stderr
-    # `--help | head -1`: the reader closes the pipe early; no BrokenPipeError traceback
-    p = subprocess.Popen([sys.executable, script, "--help"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         bufsize=0)
-    p.stdout.close()  # before the script writes (it takes a while to start): its first write meets a closed pipe
-    err = p.stderr.read().decode()
-    p.wait(timeout=120)
-    assert "BrokenPipeError" not in err and "Traceback" not in err, err
+    # `--help | head -1`, `--dry-run | head`: the reader closes the pipe early; no BrokenPipeError traceback
+    # (--help is longer than the pipe's buffer, the dry run's few lines only meet the pipe at exit)
+    for args in (["--help"], [*DRY_RUN[script], "--dry-run"]):
+        p = subprocess.Popen([sys.executable, script, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             bufsize=0)
+        p.stdout.close()  # before the script writes (it takes a while to start): its first write meets a closed pipe
+        err = p.stderr.read().decode()
+        p.wait(timeout=120)
+        assert "BrokenPipeError" not in err and "Traceback" not in err, (args, err)
