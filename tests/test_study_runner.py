@@ -347,3 +347,16 @@ def test_check_registry_matches_the_scripts():
     repo = Path(__file__).resolve().parent.parent
     for script, (_, cls_name, _) in CLIS.items():
         assert f"parse_config({cls_name}," in (repo / script).read_text(), script
+
+
+def test_every_stage_command_is_checked(tmp_path):
+    from pipelines import study
+    from pipelines.checks import check_stages, split_command
+    from pipelines.graph import build_graph
+
+    cfg = study.parse_config(study.StudyConfig, ["--experiments.ablation", "true", "--experiments.sample_size", "10,20",
+                                                 "--experiments.training_time", "5,10", "--experiments.quality", "true"])
+    stages = build_graph(cfg, tmp_path)
+    unchecked = [s.name for s in stages if split_command(s.command) is None]
+    assert unchecked == [], f"add these stages' CLIs to pipelines.checks.CLIS: {unchecked}"
+    assert check_stages(stages, study.to_dict(cfg)) == len(stages)
