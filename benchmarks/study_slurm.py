@@ -1,5 +1,7 @@
-"""Benchmark: the `tiny` study's wall time through a local Slurm cluster with 2 job slots against the
-sequential local executor (`--jobs 1`), in one run.
+"""Benchmark: the tiny study's wall time on a local 2-slot Slurm cluster vs the local executor --jobs 1.
+
+Both in one run: the sequential local executor (`--jobs 1`) and `--executor slurm` on a local
+cluster where two one-CPU jobs run at once.
 
   python benchmarks/study_slurm.py [--config configs/study/tiny.yaml] [--out benchmarks/results/study_slurm.json]
 
