@@ -37,6 +37,8 @@ class DDPMStageConfig:
     per_class: int = field(100, help="synthetic images per class (balanced set)", min=1)
     sample_steps: int = field(25, help="sampling steps (respaced)", min=1)
     num_processes: int = field(1, help="accelerate processes for training and sampling", min=1)
+    threads: int = field(0, help="OMP/MKL threads of the training and sampling stages (0 = the study's threads); "
+                                 "more than the other stages' when the DDPM is the study's critical path", min=0)
     train_args: list[str] = field(default_factory=list, help="extra gen/train.py settings as key=value items")
     sample_args: list[str] = field(default_factory=list, help="extra gen/sample.py settings as key=value items")
 

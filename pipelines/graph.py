@@ -51,9 +51,11 @@ class GraphBuilder:
         self.split_stage: list[str] = []
 
     def add(self, name: str, command: list[str], *, inputs=(), outputs=(), deps=(), experiment: str = "",
-            meta: dict | None = None, resume_args: list[str] | None = None, run_dir: Path | None = None) -> Stage:
-        """Append a stage (run dir STUDY/runs/<name> unless given)."""
-        env = {v: str(self.cfg.threads) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")} if self.cfg.threads else {}
+            meta: dict | None = None, resume_args: list[str] | None = None, run_dir: Path | None = None,
+            threads: int = 0) -> Stage:
+        """Append a stage (run dir STUDY/runs/<name> unless given) with `threads` (0 = the study's) OpenMP threads."""
+        threads = threads or self.cfg.threads
+        env = {v: str(threads) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")} if threads else {}
         s = Stage(name=name, command=command, run_dir=run_dir or self.runs / name, inputs=[Path(p) for p in inputs],
                   outputs=[Path(p) for p in outputs], deps=list(deps), experiment=experiment,
                   meta=meta or {}, resume_args=resume_args, env=env)
@@ -105,7 +107,8 @@ class GraphBuilder:
                              *_flags({**kv(c.train_args), **extra}), num_processes=c.num_processes)
         self.add(name, cmd, inputs=[preset, data],
                  outputs=[run / "config.json", run / "stats.jsonl"], deps=self.split_stage,
-                 experiment=experiment, meta={"subset": subset, "steps": steps, **meta}, resume_args=["--resume", "latest"])
+                 experiment=experiment, meta={"subset": subset, "steps": steps, **meta}, resume_args=["--resume", "latest"],
+                 threads=c.threads)
         return name
 
     def sample(self, name: str, ddpm: str, per_class: int, experiment: str, meta: dict,
@@ -117,7 +120,7 @@ class GraphBuilder:
                              num_processes=c.num_processes)
         stage = self.add(name, cmd, inputs=[self.runs / ddpm], outputs=[out / "samples.npz", out / "manifest.csv"],
                          deps=[ddpm], experiment=experiment, meta={"per_class": per_class, "ddpm": ddpm, **meta},
-                         resume_args=[])  # gen/sample.py resumes when re-run with the same arguments
+                         resume_args=[], threads=c.threads)  # gen/sample.py resumes when re-run with the same arguments
         stage.done_flag = (out / "sample.json", "complete")  # it refuses to re-run a complete dir
         return out
 
@@ -138,8 +141,9 @@ class GraphBuilder:
         judge = self.judge()
         if judge:
             args["judge"] = self.runs / judge
-            inputs.append(self.runs / judge)
-            deps.append(judge)
+            if judge not in deps:  # the judge may also be the echo-feature classifier
+                inputs.append(self.runs / judge)
+                deps.append(judge)
         self.add(name, python_cmd("evaluate/fidelity.py", "--real", real, "--holdout", holdout, "--fake", fake,
                                   "--out", out, *_flags(args)),
                  inputs=inputs, outputs=[out / "fidelity.json"], deps=deps, experiment=experiment, meta=meta)
@@ -161,8 +165,9 @@ class GraphBuilder:
         return f"clf-judge-{arch}"
 
     def echo_classifier(self) -> str:
-        """The classifier whose penultimate features serve as echo-specific features (largest real subset)."""
-        return f"clf-real-n{self.cfg.dataset.subsets[-1]}-{self.cfg.classify.archs[0]}"
+        """The classifier whose penultimate features serve as echo-specific features: the judge (trained on
+        the full real training split) when there is one, else the largest real subset's classifier."""
+        return self.judge() or f"clf-real-n{self.cfg.dataset.subsets[-1]}-{self.cfg.classify.archs[0]}"
 
     def privacy(self, n: int, real: Path, fake: Path) -> None:
         """Nearest-neighbour audit of subset n's synthetic set against its training images; the

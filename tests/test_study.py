@@ -141,11 +141,19 @@ def test_report_in_chromium(tiny_study):
 
 @pytest.mark.slow
 def test_quick_preset(tmp_path):
-    """The `make demo` study: must finish within 15 minutes on 2 CPU cores."""
+    """The `make demo` study: every synthetic set meets the demo's targets (issue 11), stricter than the
+    report's default gate: above-chance ratio ≥ 0.8, echo FID ≤ 3× the floor, outside-sector mean ≤ 5/255.
+    Its wall time is a benchmark number (benchmarks/results/study_quick_duration.json), not asserted here."""
+    from evaluate.gate import GateConfig, gate_verdict
+
     t0 = time.perf_counter()
     proc = run_cli([PYTHON, "pipelines/study.py", "--config", "configs/study/quick.yaml", "--out", str(tmp_path / "q")],
                    timeout=1800)
-    seconds = time.perf_counter() - t0
-    print(f"quick preset: {seconds:.0f} s")
+    print(f"quick preset: {time.perf_counter() - t0:.0f} s")
     assert (tmp_path / "q" / "report.html").is_file(), proc.stdout[-2000:]
-    assert seconds < 15 * 60
+    demo = GateConfig(min_class_ratio=0.8, max_fid_over_floor=3.0, outside_factor=1.0, outside_margin=5.0)
+    scored = sorted((tmp_path / "q" / "runs").glob("fidelity-n*/fidelity.json"))
+    assert scored, "the quick study scored no synthetic set"
+    for path in scored:
+        verdict = gate_verdict(json.loads(path.read_text()), demo)
+        assert verdict["status"] == "pass", f"{path.parent.name}: {verdict['summary']}"
