@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -65,8 +65,12 @@ def guided_output(model, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor,
 @torch.no_grad()
 def sample_images(loaded_run, labels, seeds, steps: int = 100, sampler: str = "ddpm", guidance: float = 1.0,
                   batch_size: int = 64, device: str | torch.device = "cpu", eta: float = 0.0,
-                  spacing: str = "linspace", progress: bool = False) -> np.ndarray:
-    """Sample one image per (label, seed) with a respaced `steps`-step chain; uint8 (N, H, W)."""
+                  spacing: str = "linspace", progress: bool = False,
+                  on_step: Callable[[float], None] | None = None) -> np.ndarray:
+    """Sample one image per (label, seed) with a respaced `steps`-step chain; uint8 (N, H, W).
+
+    `on_step(images)` is called after every denoising step with the images' share of progress
+    (the batch size / steps), so a caller's bar moves per step, not per batch."""
     labels, seeds = np.asarray(labels, dtype=np.int64), np.asarray(seeds, dtype=np.int64)
     if labels.shape != seeds.shape:
         raise ValueError(f"labels {labels.shape} and seeds {seeds.shape} must have the same length")
@@ -96,6 +100,8 @@ def sample_images(loaded_run, labels, seeds, steps: int = 100, sampler: str = "d
                 x = sched.step(mo, t, x, generator=gens).prev_sample
             else:
                 x = sched.step(mo[:, :C], t, x, eta=eta, generator=gens).prev_sample
+            if on_step is not None:
+                on_step((hi - lo) / len(sched.timesteps))
         out[lo:hi] = to_uint8(x)
         bar.update(hi - lo)
     bar.close()
@@ -243,13 +249,14 @@ def sample_to_dir(cfg: SampleConfig) -> Path:
     shards = [(lo, min(lo + cfg.batch_size, n)) for lo in range(0, n, cfg.batch_size)]
     with state.split_between_processes(shards) as mine:
         todo = [s for s in mine if not shard_path(out, *s).exists()]
-        bar = tqdm(total=sum(hi - lo for lo, hi in todo), unit="img", desc=f"sampling (rank {state.process_index})",
+        # Moves per denoising step (fractions of a batch), so a long chain does not look stalled.
+        bar = tqdm(total=sum(hi - lo for lo, hi in todo), desc=f"sampling (rank {state.process_index})",
+                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total_fmt} img [{elapsed}<{remaining}]",
                    disable=not (state.is_main_process and sys.stderr.isatty()))
         for lo, hi in todo:
             imgs = sample_images(loaded, labels[lo:hi], seeds[lo:hi], cfg.steps, cfg.sampler, cfg.guidance,
-                                 cfg.batch_size, device, eta=cfg.eta, spacing=cfg.spacing)
+                                 cfg.batch_size, device, eta=cfg.eta, spacing=cfg.spacing, on_step=bar.update)
             write_shard(out, lo, imgs, labels[lo:hi], seeds[lo:hi], loaded.classes)
-            bar.update(hi - lo)
         bar.close()
     state.wait_for_everyone()
     if state.is_main_process:

@@ -168,3 +168,14 @@ def test_an_oracle_model_is_sampled_back_exactly(sampler):
     want = ((x0s[:, 0] + 1) * 127.5).round().numpy()
     for steps in (10, 50):
         assert np.array_equal(sample_images(r, [0, 1], [1, 2], steps=steps, sampler=sampler), want)
+
+
+def test_progress_moves_every_denoising_step(run_dir):
+    """on_step is called once per step and batch, and its increments add up to the number of images."""
+    loaded = load_run(run_dir)
+    calls: list[float] = []
+    labels = np.array([0, 1, 0, 1, 0])
+    sample_images(loaded, labels, image_seeds(0, range(5)), steps=3, batch_size=2, on_step=calls.append)
+    assert len(calls) == 3 * 3  # 3 batches (2, 2, 1 images) × 3 steps
+    assert sum(calls) == pytest.approx(5)
+    assert calls[:3] == pytest.approx([2 / 3] * 3) and calls[-1] == pytest.approx(1 / 3)
