@@ -148,12 +148,15 @@ class LocalSlurm:
 
     def stop(self) -> None:
         """Cancel every job, then stop slurmd, slurmctld and munged by their PIDs."""
-        if "slurmctld" in self.procs and self.procs["slurmctld"].poll() is None:
-            subprocess.run(["scancel", "--full", "--user", pwd.getpwuid(os.getuid()).pw_name], env=self.env,
-                           capture_output=True, timeout=30)
-            deadline = time.time() + 15
-            while time.time() < deadline and self.jobs():
-                time.sleep(0.5)
+        try:
+            if "slurmctld" in self.procs and self.procs["slurmctld"].poll() is None:
+                subprocess.run(["scancel", "--full", "--user", pwd.getpwuid(os.getuid()).pw_name], env=self.env,
+                               capture_output=True, timeout=30)
+                deadline = time.time() + 15
+                while time.time() < deadline and self.jobs():
+                    time.sleep(0.5)
+        except (KeyboardInterrupt, subprocess.TimeoutExpired):
+            pass  # the daemons go below in any case
         for name in ("slurmd", "slurmctld", "munged"):
             proc = self.procs.pop(name, None)
             if proc is None:

@@ -9,6 +9,7 @@ start time to now with `scontrol update` so they don't sit idle (`BeginTimeBump`
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -42,6 +43,9 @@ TINY = REPO / "configs" / "study" / "tiny.yaml"
 # Small DDPM runs (16 px, 100 timesteps) as in tests/test_gen_train.py.
 DDPM_ARGS = ["global_batch=8", "checkpoint_every=5", "log_every=1", "sample_per_class=0", "model.image_size=16",
              "diffusion.num_timesteps=100", "lr=0.001", "warmup_steps=2", "ema_decay=0.9"]
+
+
+pytestmark = pytest.mark.timeout(1800)  # an idle machine needs 1-3 min per cluster test; a shared one far more
 
 
 @pytest.fixture(scope="module")
@@ -94,10 +98,32 @@ def wait_for(pred, timeout: float, what: str, proc: subprocess.Popen | None = No
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def popen(cmd: list[str], cluster: LocalSlurm, log: Path) -> subprocess.Popen:
+STARTED: list[subprocess.Popen] = []  # background processes of the running test
+
+
+@pytest.fixture(autouse=True)
+def stop_leftovers():
+    """A failing test must not leave its study or training running: stop its process groups."""
+    yield
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)  # a study detaches its jobs; the cluster fixture cancels them
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+
+
+def popen(cmd: list[str], cluster: LocalSlurm | None, log: Path, env: dict | None = None) -> subprocess.Popen:
     with open(log, "w") as f:
-        return subprocess.Popen(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env={**cluster.env, "PYTHONUNBUFFERED": "1"})
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env or {**cluster.env, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+    STARTED.append(proc)
+    return proc
 
 
 class BeginTimeBump(threading.Thread):
@@ -202,8 +228,8 @@ def test_tiny_study_through_slurm_matches_local(cluster, tmp_path):
     small = {"experiments": {"synthetic": False, "mixing": [], "embed": False}}
     cfg = write_config(tmp_path / "small.yaml", "tiny-slurm", **small)
     local, remote = tmp_path / "local", tmp_path / "slurm"
-    run_cli(study(cfg, local, "--jobs", "1"), env=cluster.env, timeout=600)
-    proc = run_cli(study(cfg, remote, "--executor", "slurm"), env=cluster.env, timeout=600)
+    run_cli(study(cfg, local, "--jobs", "1"), env=cluster.env, timeout=1200)
+    proc = run_cli(study(cfg, remote, "--executor", "slurm"), env=cluster.env, timeout=1200)
     a, b = stages(local), stages(remote)
     assert list(a) == list(b) == ["data-phantom", "data-split", "clf-real-n60-madani", "report"]
     assert all(a[n]["deps"] == b[n]["deps"] for n in a)
@@ -233,16 +259,16 @@ def test_scancel_is_reported_and_resumable(cluster, split_dir, tmp_path):
     proc = popen(study(cfg, out, "--executor", "slurm"), cluster, log)
     run = out / "runs" / "ddpm-n60"
     jid = wait_for(lambda: list((run / "checkpoints").glob("step-*")) and stages(out)["ddpm-n60"]["job_id"],
-                   300, "the DDPM job's first checkpoint", proc, log)
+                   900, "the DDPM job's first checkpoint", proc, log)
     cluster.run("scancel", str(jid))
-    assert proc.wait(timeout=120) == 1
+    assert proc.wait(timeout=300) == 1
     text = log.read_text()
     assert f"Slurm job {jid} was cancelled" in text and "ddpm-n60" in text and "last lines:" in text
     s = stages(out)["ddpm-n60"]
     assert s["status"] == "failed" and s["executor"]["slurm_state"] == "CANCELLED"
     assert not (run / "STAGE_DONE.json").exists()
     # Re-run: the cancelled stage continues from its checkpoint in a new job.
-    again = run_cli(study(cfg, out, "--executor", "slurm"), env=cluster.env, timeout=600)
+    again = run_cli(study(cfg, out, "--executor", "slurm"), env=cluster.env, timeout=1200)
     assert "[ddpm-n60] resuming an interrupted run (--resume latest)" in again.stdout
     s = stages(out)["ddpm-n60"]
     assert s["status"] == "done" and s["job_id"] != jid and s["runs"] == 2
@@ -261,20 +287,19 @@ def test_signalled_ddpm_requeues_and_matches_uninterrupted(cluster, split_dir, t
     ref = tmp_path / "ref"
     cmd = [str(c) for c in stage.command]
     cmd[cmd.index("--run_dir") + 1] = str(ref)
-    reference = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                                 env={**os.environ, **stage.env})  # meanwhile, on the other core
+    reference = popen(cmd, None, tmp_path / "ref.log", env={**os.environ, **stage.env})  # meanwhile, on the other core
     bump = BeginTimeBump(cluster)
     bump.start()
     try:
         proc = popen(study(cfg, out, "--executor", "slurm"), cluster, log)
         run = out / "runs" / "ddpm-n60"
         jid = wait_for(lambda: list((run / "checkpoints").glob("step-*")) and stages(out)["ddpm-n60"]["job_id"],
-                       300, "the DDPM job's first checkpoint", proc, log)
+                       900, "the DDPM job's first checkpoint", proc, log)
         cluster.run("scancel", "--signal=USR2", str(jid))
-        assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
+        assert proc.wait(timeout=1200) == 0, log.read_text()[-3000:]
     finally:
         bump.stopped.set()
-    assert reference.wait(timeout=600) == 0
+    assert reference.wait(timeout=1200) == 0
     s = stages(out)["ddpm-n60"]
     assert s["status"] == "done" and s["job_id"] == jid and s["runs"] == 1  # one job, requeued, never resubmitted
     assert int(cluster.job_info(jid)["Restarts"]) == 1
@@ -296,17 +321,17 @@ def test_rerun_while_queued_reattaches(cluster, tmp_path):
                                                                       "extra": ["--hold"]}}, only=["data"])
     out, log1, log2 = tmp_path / "s", tmp_path / "run1.log", tmp_path / "run2.log"
     first = popen(study(cfg, out, "--executor", "slurm"), cluster, log1)
-    jid = wait_for(lambda: stages(out).get("data-phantom", {}).get("job_id"), 120, "data-phantom's job", first, log1)
+    jid = wait_for(lambda: stages(out).get("data-phantom", {}).get("job_id"), 600, "data-phantom's job", first, log1)
     assert cluster.jobs()[jid] == "PENDING"  # held
     table = run_cli(study(cfg, out, "--executor", "slurm", "--status"), env=cluster.env).stdout
     assert re.search(rf"data-phantom\s+running\s+{jid}\s+PENDING \(JobHeldUser\)", table), table
     first.send_signal(signal.SIGTERM)  # as Ctrl-C; no terminal to ask on and no --cancel-on-exit: jobs stay
-    assert first.wait(timeout=60) == 130
+    assert first.wait(timeout=300) == 130
     assert f"left Slurm job(s) {jid} queued" in log1.read_text() and jid in cluster.jobs()
     second = popen(study(cfg, out, "--executor", "slurm", "--slurm.data.extra", ""), cluster, log2)
-    wait_for(lambda: f"[data-phantom] reattached to job {jid}" in log2.read_text(), 120, "the reattach", second, log2)
+    wait_for(lambda: f"[data-phantom] reattached to job {jid}" in log2.read_text(), 600, "the reattach", second, log2)
     cluster.run("scontrol", "release", jid)
-    assert second.wait(timeout=300) == 0, log2.read_text()[-3000:]
+    assert second.wait(timeout=900) == 0, log2.read_text()[-3000:]
     s = stages(out)
     assert s["data-phantom"]["job_id"] == jid and s["data-phantom"]["status"] == s["data-split"]["status"] == "done"
     ours = [i for i in cluster.run("scontrol", "show", "job", "-o").splitlines() if f"echosynth study {out}" in i]
@@ -319,8 +344,8 @@ def test_cancel_on_exit(cluster, tmp_path):
                                                                     "extra": ["--hold"]}}, only=["data-phantom"])
     out, log = tmp_path / "s", tmp_path / "run.log"
     proc = popen(study(cfg, out, "--executor", "slurm", "--cancel-on-exit"), cluster, log)
-    jid = wait_for(lambda: stages(out).get("data-phantom", {}).get("job_id"), 120, "data-phantom's job", proc, log)
+    jid = wait_for(lambda: stages(out).get("data-phantom", {}).get("job_id"), 600, "data-phantom's job", proc, log)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=90) == 130
+    assert proc.wait(timeout=300) == 130
     assert f"cancelled Slurm job(s) {jid}" in log.read_text()
     assert jid not in cluster.jobs() and cluster.job_info(jid)["JobState"] == "CANCELLED"
