@@ -80,7 +80,8 @@ def gate_verdict(fid_json: dict | None, cfg: GateConfig | None = None) -> dict:
                      f"above-chance ratio {_f(ratio)} (need ≥ {cfg.min_class_ratio:g}; judge accuracy "
                      f"{_f(cf.get('acc_syn'))} on synthetic vs {_f(cf.get('bacc_real'))} balanced on real, "
                      f"chance {_f(cf.get('chance'))})",
-                     "class fidelity n/a (no judge result: " + ("; ".join(cf.get("notes") or []) or "no --judge") + ")",
+                     "class fidelity n/a (" + (("; ".join(cf.get("notes") or []) or "no ratio") if cf else
+                                               "no judge result: the fidelity run had no --judge") + ")",
                      at_least=True)]
     name, fake, floor, n = fid_pair(fid_json, cfg.fid_features)
     limit = None if floor is None else cfg.max_fid_over_floor * floor

@@ -98,7 +98,8 @@ def gate_box(gates: dict[int, dict]) -> str:
             f"real-vs-real floor, outside-sector mean ≤ {th.get('outside_factor')} × real + "
             f"{th.get('outside_margin')}/255") if th else "the study's gate thresholds"
     items = "".join(f"<li><b>{esc(g['set'])}</b> (DDPM on {esc(g['subset'])} real): <b>{esc(g['status'].upper())}</b>"
-                    f" — {esc(g['summary'])}</li>" for g in gates.values())
+                    f" — {esc('; '.join([g['summary']] + [c['text'] for c in g['checks'] if c['ok'] is None]))}</li>"
+                    for g in gates.values())
     if bad:
         head = (f"<b>Quality gate: {len(bad)} of {len(gates)} synthetic sets are unusable.</b> Every finding below "
                 "that uses one of them is marked as resting on an unusable generator and is not evidence.")

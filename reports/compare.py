@@ -13,6 +13,7 @@ drawn, vectorised over the resamples. Reads predictions_<set>.csv and summary.js
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,7 +76,9 @@ def macro_auprc(labels: np.ndarray, probs: np.ndarray, w: np.ndarray) -> np.ndar
     """Macro AUPRC over the classes present (weight > 0) in each weight row: B values."""
     per = np.stack([weighted_ap(labels == c, probs[:, c], w) for c in range(probs.shape[1])
                     if (labels == c).any()], axis=1)
-    return np.nanmean(per, axis=1)
+    with warnings.catch_warnings():  # a resample without any class present gives NaN, dropped later
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(per, axis=1)
 
 
 def mean_recall(labels: np.ndarray, pred: np.ndarray, classes: list[int], w: np.ndarray) -> np.ndarray:
@@ -85,7 +88,9 @@ def mean_recall(labels: np.ndarray, pred: np.ndarray, classes: list[int], w: np.
         m = labels == c
         with np.errstate(invalid="ignore", divide="ignore"):
             out.append((w[:, m] * (pred[m] == c)).sum(1) / w[:, m].sum(1))
-    return np.nanmean(np.stack(out, axis=1), axis=1)
+    with warnings.catch_warnings():  # a resample without any image of these classes gives NaN, dropped later
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(np.stack(out, axis=1), axis=1)
 
 
 # ----------------------------------------------------------------------------------------------

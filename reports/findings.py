@@ -142,6 +142,8 @@ def findings(study: Study) -> list[Finding]:
         syn = _run(study, "synthetic", subset=n, arch=a, filtered=False)
         parts = []
         for label, run in _baselines(study, n, a):
+            if label == "real only":  # said in the synthetic-only finding above
+                continue
             d = compare_runs(run, syn) if syn else None
             if d is not None:
                 parts.append(f"vs {label} {d.a:.3f}: {d.text()}")
