@@ -14,7 +14,12 @@ from conftest import accelerate_cmd, run_cli
 from gen.config import ConfigError, build
 from gen.configs import TrainConfig
 from gen.io import read_jsonl
-from gen.timestep_sampler import LossSecondMomentSampler, build_timestep_sampler, inverse_cdf, sample_uniforms
+from gen.timestep_sampler import (
+    LossSecondMomentSampler,
+    build_timestep_sampler,
+    inverse_cdf,
+    sample_uniforms,
+)
 
 ENV = {"OMP_NUM_THREADS": "1"}
 
@@ -172,3 +177,14 @@ def test_tensorboard_events_mirror_stats_jsonl(run_la):
     assert all(logged[s] == pytest.approx(stats[s]["loss"], rel=1e-6) for s in logged)
     images = ea.Images("samples")
     assert [e.step for e in images] == [6, 12] and images[0].width > 0
+
+
+def test_loss_aware_history_does_not_depend_on_the_process_count(run_la, split_dir, tmp_path):
+    # 2 processes × 4 images × 2 accumulation steps = the same global batch of 16: the same per-sample
+    # draws and, gathered in batch order, the same history (up to float summation order in L_t).
+    c = tmp_path / "c"
+    run_cli(accelerate_cmd("gen/train.py", 2) + args(split_dir, c, 6, "--batch_gpu", "4", "--log_with", ""), env=ENV)
+    a6, c6 = sampler_state(run_la, 6), sampler_state(c, 6)
+    assert c6["counts"] == a6["counts"]
+    np.testing.assert_allclose(np.array(c6["losses"]), np.array(a6["losses"]), rtol=2e-3, atol=1e-6)
+    assert not (c / "tracking").exists()
