@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from classify.models import MODELS, build_model, count_parameters
+from classify.models import MODELS, build_classifier, count_parameters
 from gen.config import field, parse_config
 from gen.io import write_json
 
@@ -34,7 +34,7 @@ def time_arch(arch: str, cfg: SpeedConfig, device) -> dict:
     import torch
     import torch.nn.functional as F
 
-    model = build_model(arch, 4, cfg.image_size).to(device)
+    model = build_classifier(arch, 4, cfg.image_size).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     x = torch.rand(cfg.batch, 1, cfg.image_size, cfg.image_size, device=device) * 2 - 1
     y = torch.randint(0, 4, (cfg.batch,), device=device)

@@ -35,7 +35,7 @@ class Classifier(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.image_size: int | None = None  # set by `build_model`; checked on every call
+        self.image_size: int | None = None  # set by `build_classifier`; checked on every call
         self.grade_head: nn.Module | None = None
         self.head_dropout: nn.Module = nn.Identity()
 
@@ -556,7 +556,7 @@ def min_image_size(arch: str) -> int:
     return MIN_SIZES.get(arch, MIN_IMAGE_SIZE)
 
 
-def build_model(arch: str, num_classes: int, image_size: int, in_channels: int = 1,
+def build_classifier(arch: str, num_classes: int, image_size: int, in_channels: int = 1,
                 grade_head: bool = False) -> Classifier:
     """Build a registered architecture for `image_size`-px inputs (checked: ≥ 32, InceptionV3 ≥ 75 / 107 with aux)."""
     if arch not in MODELS:
@@ -611,7 +611,7 @@ def load_classifier(path: str | os.PathLike, which: str = "best", device: str | 
     ckpt = seed_dir / "checkpoints" / f"{which}.safetensors"
     if not ckpt.is_file():
         raise FileNotFoundError(f"{ckpt}: checkpoint not found (training not finished?)")
-    model = build_model(info["arch"], info["num_classes"], info["image_size"], info.get("in_channels", 1),
+    model = build_classifier(info["arch"], info["num_classes"], info["image_size"], info.get("in_channels", 1),
                         grade_head="grade" in info.get("heads", []))
     model.load_state_dict(load_file(str(ckpt)))
     model.to(device).eval()

@@ -9,8 +9,6 @@ Rows without a grade (empty `quality`, synthetic or SMOTE images) add nothing to
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 
@@ -43,25 +41,3 @@ def check_grades(s: ImageSet, what: str) -> None:
     if np.isnan(np.asarray(s.quality, dtype=float)).all():
         raise ValueError(f"{what} {s.name!r} has no quality grades: its manifest's `quality` column is empty; "
                          "a quality grader needs graded images (the phantom carries them)")
-
-
-def train_grade_head(accelerator, cfg, seed_dir: Path, train: ImageSet, val: ImageSet, seed: int) -> dict:
-    """Transfer scheme, phase 2: reload the best view model, freeze its encoder, train the grade head."""
-    from classify.models import load_classifier
-    from classify.training import run_epochs
-
-    net, _ = load_classifier(seed_dir, "best", device=accelerator.device)
-    for p in net.encoder_parameters():
-        p.requires_grad_(False)
-    for p in net.head.parameters():
-        p.requires_grad_(False)
-    quality = torch.tensor(train.quality, dtype=torch.float32)
-
-    def grade_step(head, x, idx):
-        with torch.no_grad():
-            f = net.features(x)
-        return grade_loss(head(f.float()).squeeze(1) * 10.0, quality[idx].to(x.device))
-
-    opt = torch.optim.Adam(net.grade_head.parameters(), lr=cfg.quality.grade_lr)
-    return run_epochs(accelerator, cfg, net, net.grade_head, opt, train, val, seed, seed_dir, cfg.quality.grade_epochs,
-                      grade_step, "grade", "grade_mse", with_grade=True)

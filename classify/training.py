@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from classify import quality as q
 from classify.augment import apply_affine, epoch_params
 from classify.datasets import ImageSet, balanced_indices, class_weights
 from classify.metrics import (
@@ -33,7 +34,7 @@ from classify.models import (
     FROZEN_BACKBONES,
     MODELS,
     Classifier,
-    build_model,
+    build_classifier,
     load_classifier,
     min_image_size,
     model_info,
@@ -315,15 +316,32 @@ def run_epochs(accelerator, cfg: ClassifierTrainConfig, net: Classifier, trainab
     return {"best": best, "best_epoch": best_epoch, "history": history}
 
 
+def train_grade_head(accelerator, cfg, seed_dir: Path, train: ImageSet, val: ImageSet, seed: int) -> dict:
+    """Transfer scheme, phase 2: reload the best view model, freeze its encoder, train the grade head."""
+    net, _ = load_classifier(seed_dir, "best", device=accelerator.device)
+    for p in net.encoder_parameters():
+        p.requires_grad_(False)
+    for p in net.head.parameters():
+        p.requires_grad_(False)
+    quality = torch.tensor(train.quality, dtype=torch.float32)
+
+    def grade_step(head, x, idx):
+        with torch.no_grad():
+            f = net.features(x)
+        return q.grade_loss(head(f.float()).squeeze(1) * 10.0, quality[idx].to(x.device))
+
+    opt = torch.optim.Adam(net.grade_head.parameters(), lr=cfg.quality.grade_lr)
+    return run_epochs(accelerator, cfg, net, net.grade_head, opt, train, val, seed, seed_dir, cfg.quality.grade_epochs,
+                      grade_step, "grade", "grade_mse", with_grade=True)
+
+
 def train_seed(accelerator, cfg: ClassifierTrainConfig, train: ImageSet, evals: dict[str, ImageSet], seed: int,
                seed_dir: Path) -> dict:
     """Train one seed into `seed_dir` (model.json, checkpoints, stats) and score every evaluation set."""
-    from classify import quality as q
-
     _seed_all(seed)
     grader = cfg.task == "quality"
     k = len(cfg.classes)
-    model = build_model(cfg.arch, k, cfg.image_size, grade_head=grader)
+    model = build_classifier(cfg.arch, k, cfg.image_size, grade_head=grader)
     if grader:
         q.init_grade_head(model, train.quality)
     if cfg.channels_last and accelerator.device.type == "cuda":
@@ -357,7 +375,7 @@ def train_seed(accelerator, cfg: ClassifierTrainConfig, train: ImageSet, evals: 
                         seed_dir, cfg.epochs, view_step, "view", view_select,
                         with_grade=grader and not transfer)
     if transfer:
-        result = q.train_grade_head(accelerator, cfg, seed_dir, train, val, seed)
+        result = train_grade_head(accelerator, cfg, seed_dir, train, val, seed)
     accelerator.wait_for_everyone()
     best, _ = load_classifier(seed_dir, "best", device=accelerator.device)
     metrics = evaluate_sets(accelerator, cfg, best, evals, seed_dir, train.present_classes())

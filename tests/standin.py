@@ -53,11 +53,11 @@ def make_standin_classifier(run_dir: str | os.PathLike, classes: list[str], imag
     """An untrained classifier in the layout `classify.models.load_classifier` reads (RUN/seed-0/)."""
     from safetensors.torch import save_file
 
-    from classify.models import build_model, model_info
+    from classify.models import build_classifier, model_info
     from gen.io import write_json
 
     torch.manual_seed(seed)
-    model = build_model(arch, len(classes), image_size)
+    model = build_classifier(arch, len(classes), image_size)
     seed_dir = Path(run_dir) / f"seed-{seed}"
     (seed_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     write_json(seed_dir / "model.json", model_info(arch, list(classes), image_size))
@@ -69,7 +69,7 @@ def make_standin_classifier(run_dir: str | os.PathLike, classes: list[str], imag
 
 def make_standin_diffusion_run(run_dir: str | os.PathLike, classes: list[str], steps: list[int] = (1, 2),
                                preset: str = "tiny", seed: int = 0) -> Path:
-    """An untrained diffusion run (config.json, classes.json, checkpoints) that `gen.model.load_run` loads."""
+    """An untrained diffusion run (config.json, classes.json, checkpoints) that `gen.runs.load_run` loads."""
     from gen.checkpoint import save_checkpoint
     from gen.config import build, to_dict
     from gen.io import write_json

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 import torch.nn.functional as F
 
 from classify.models import (
     MODELS,
-    build_model,
+    build_classifier,
     count_parameters,
     inception_grid_sizes,
     inception_min_size,
@@ -42,7 +41,7 @@ def test_reference_parameter_count(arch):
 
 def test_madani_is_about_four_million_parameters_at_60px():
     # Sectra thesis §2.5.1: "approximately 4 million parameters".
-    n = count_parameters(build_model("madani", 15, 60))
+    n = count_parameters(build_classifier("madani", 15, 60))
     assert 3_500_000 < n < 4_500_000
 
 
@@ -50,7 +49,7 @@ def test_madani_is_about_four_million_parameters_at_60px():
 def test_forward_and_features_shapes_single_channel(arch):
     torch.manual_seed(0)
     size = max(32, min_image_size(arch))  # InceptionV3: 75 px, 107 with the aux head
-    model = build_model(arch, 4, size).eval()
+    model = build_classifier(arch, 4, size).eval()
     x = torch.rand(2, 1, size, size) * 2 - 1
     with torch.no_grad():
         logits, feats = model(x), model.features(x)
@@ -60,7 +59,7 @@ def test_forward_and_features_shapes_single_channel(arch):
 
 
 def test_other_sizes_and_grade_head():
-    model = build_model("resnet18", 3, 48, grade_head=True).eval()
+    model = build_classifier("resnet18", 3, 48, grade_head=True).eval()
     with torch.no_grad():
         logits, grade = model(torch.zeros(2, 1, 48, 48), with_grade=True)
     assert logits.shape == (2, 3) and grade.shape == (2,)
@@ -70,10 +69,10 @@ def test_other_sizes_and_grade_head():
 
 def test_clear_errors():
     with pytest.raises(ValueError, match="unknown architecture 'vgg19'.*resnet18"):
-        build_model("vgg19", 4, 32)
+        build_classifier("vgg19", 4, 32)
     with pytest.raises(ValueError, match="at least 32"):
-        build_model("resnet18", 4, 16)
-    model = build_model("madani", 4, 32).eval()
+        build_classifier("resnet18", 4, 16)
+    model = build_classifier("madani", 4, 32).eval()
     with pytest.raises(ValueError, match=r"trained on 32×32 images but got 64×64"):
         model(torch.zeros(1, 1, 64, 64))
     with pytest.raises(ValueError, match="no grade head"):
@@ -85,7 +84,7 @@ def test_checkpoint_round_trip(tmp_path):
     from gen.io import write_json
 
     torch.manual_seed(0)
-    model = build_model("mobilenet_v2", 4, 32).eval()
+    model = build_classifier("mobilenet_v2", 4, 32).eval()
     seed_dir = tmp_path / "run" / "seed-3"
     write_json(seed_dir / "model.json", model_info("mobilenet_v2", ["A2C", "A4C", "PLAX", "PSAX"], 32))
     save_state(model, seed_dir / "checkpoints" / "best.safetensors")
@@ -108,7 +107,7 @@ def test_inception_grids_and_minimum_input_size():
     # The reference layout: 35×35, 17×17, 8×8 grids at 299 px; an echo frame of 112 px gives 11, 5, 2.
     assert inception_grid_sizes(299) == (35, 17, 8) and inception_grid_sizes(112) == (11, 5, 2)
     assert inception_min_size(False) == 75 and inception_min_size(True) == 107
-    m = build_model("inception_v3", 3, 75).eval()
+    m = build_classifier("inception_v3", 3, 75).eval()
     with torch.no_grad():
         assert m(torch.zeros(1, 1, 75, 75)).shape == (1, 3)
         # One pixel less and the layers themselves no longer fit: the bound is tight.
@@ -119,14 +118,14 @@ def test_inception_grids_and_minimum_input_size():
         with pytest.raises(ValueError, match=r"at least 75×75 px, got 74×74"):
             raw(torch.zeros(1, 1, 74, 74))
     with pytest.raises(ValueError, match="too small for inception_v3: use at least 75 px"):
-        build_model("inception_v3", 3, 74)
+        build_classifier("inception_v3", 3, 74)
     with pytest.raises(ValueError, match="too small for inception_v3_aux: use at least 107 px"):
-        build_model("inception_v3_aux", 3, 106)
+        build_classifier("inception_v3_aux", 3, 106)
 
 
 def test_inception_aux_head_in_training_and_its_loss():
     torch.manual_seed(0)
-    m = build_model("inception_v3_aux", 3, 112)
+    m = build_classifier("inception_v3_aux", 3, 112)
     x, y = torch.rand(2, 1, 112, 112) * 2 - 1, torch.tensor([0, 2])
     m.train()
     logits, aux = m(x)

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from classify.models import build_model, count_parameters, load_classifier
+from classify.models import build_classifier, count_parameters, load_classifier
 from conftest import PYTHON, run_cli
 from gen.config import ConfigError, build
 
@@ -36,7 +36,7 @@ def tiny_split(split_dir, phantom_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def frozen(one_torch_thread):
     torch.manual_seed(0)
-    return build_model("fid_inception_frozen", 4, 32)
+    return build_classifier("fid_inception_frozen", 4, 32)
 
 
 def test_only_the_head_is_trained_and_saved(frozen):
@@ -44,7 +44,7 @@ def test_only_the_head_is_trained_and_saved(frozen):
     assert count_parameters(frozen) == 2048 * 4 + 4
     assert set(frozen.state_dict()) == {"norm.running_mean", "norm.running_var", "norm.num_batches_tracked",
                                         "head.weight", "head.bias"}
-    mlp = build_model("fid_inception_frozen_mlp", 4, 32)
+    mlp = build_classifier("fid_inception_frozen_mlp", 4, 32)
     assert count_parameters(mlp) == 2048 * 512 + 512 + 512 * 4 + 4 and mlp.feature_dim == 512
     assert mlp.cache is frozen.cache  # one cache per backbone in the process
 

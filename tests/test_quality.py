@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from classify.models import build_model, load_classifier
+from classify.models import build_classifier, load_classifier
 from classify.quality import grade_loss
 from tests.conftest import PYTHON, run_cli
 
@@ -32,7 +32,7 @@ def test_grade_loss_masks_unknown_grades():
 def test_grade_head_on_frozen_features_learns():
     # The transfer scheme's second phase in miniature: a linear grade head on fixed features.
     torch.manual_seed(0)
-    model = build_model("madani", 4, 32, grade_head=True).eval()
+    model = build_classifier("madani", 4, 32, grade_head=True).eval()
     x = torch.rand(64, 1, 32, 32) * 2 - 1
     target = (x.mean((1, 2, 3)) + 1) * 5  # a grade the features can explain
     with torch.no_grad():
