@@ -282,16 +282,41 @@ def test_precision_resolution(monkeypatch, tmp_path):
     assert mp == "no" and "overrides accelerate config" in where
 
 
-def test_accelerate_launch_bf16_is_used_and_logged(split_dir, tmp_path):
+def test_accelerate_launch_bf16_is_used_and_logged_with_a_terminal(split_dir, tmp_path):
+    import fcntl
+    import pty
+    import struct
+    import termios
+    import threading
+
     run = tmp_path / "bf16"
     cmd = accelerate_cmd("gen/train.py", 1)
     cmd[cmd.index("--mixed_precision") + 1] = "bf16"
-    run_cli(cmd + train_args(split_dir, run, 2), env={**ENV, "HF_HOME": str(tmp_path / "hf")})
+    master, slave = pty.openpty()  # stderr is a terminal: the progress bar is drawn there
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))  # 80 columns, or tqdm draws nothing
+    screen = []
+    reader = threading.Thread(target=lambda: screen.extend(iter(lambda: _read(master), b"")), daemon=True)
+    reader.start()
+    proc = subprocess.run(cmd + train_args(split_dir, run, 2), cwd=REPO, stdout=subprocess.PIPE, stderr=slave,
+                          env={**os.environ, **ENV, "HF_HOME": str(tmp_path / "hf")}, timeout=600)
+    os.close(slave)
+    reader.join(timeout=10)
+    os.close(master)
+    assert proc.returncode == 0, b"".join(screen)[-3000:]
+    assert b"train:" in b"".join(screen)  # tqdm's bar went to the terminal
     log = (run / "log.txt").read_text()
     assert "precision bf16 (accelerate launch --mixed_precision)" in log
     assert json.loads((run / "config.json").read_text())["mixed_precision"] == "auto"
-    assert [r["step"] for r in read_jsonl(run / "stats.jsonl")] == [1, 2]  # step lines reach the file
-    assert "step 2: loss" in log
+    assert [r["step"] for r in read_jsonl(run / "stats.jsonl")] == [1, 2]
+    assert "step 1: loss" in log and "step 2: loss" in log  # loss lines reach log.txt also on a terminal
+    assert "step 2: loss" not in proc.stdout.decode()  # … and the screen shows the bar instead
+
+
+def _read(fd):
+    try:
+        return os.read(fd, 4096)
+    except OSError:  # the other end closed
+        return b""
 
 
 @pytest.mark.parametrize("content", [b"\x89PNG garbage", b"", b'"just a string"'])
