@@ -10,6 +10,7 @@ to the commands named, so that a documented 200-step training runs 4 steps.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -139,3 +140,30 @@ def test_doc_commands_run(doc: Path, tmp_path: Path):
                                   capture_output=True, text=True, timeout=BLOCK_TIMEOUT_S)
             tail = (proc.stdout + proc.stderr)[-3000:]
             assert proc.returncode == 0, f"{rel}, block {n}: `{run}` exited {proc.returncode}:\n{tail}"
+
+
+def _anchors(path: Path) -> set[str]:
+    """GitHub's heading anchors of a Markdown file (lower case, punctuation dropped, spaces to dashes)."""
+    out, fence = set(), False
+    for line in path.read_text().splitlines():
+        if line.startswith("```"):
+            fence = not fence
+        elif not fence and line.startswith("#"):
+            out.add(re.sub(r"[^\w\- ]", "", line.lstrip("#").strip().lower()).replace(" ", "-"))
+    return out
+
+
+def test_links_and_anchors_resolve():
+    """Every relative link of the README, docs/ and benchmarks/README.md names a file (and heading) that exists."""
+    bad = []
+    for doc in [*DOCS, REPO / "benchmarks" / "README.md"]:
+        for target in re.findall(r"\]\(([^)\s]+)\)", doc.read_text()):
+            if re.match(r"[a-z]+:", target):
+                continue
+            path, _, anchor = target.partition("#")
+            dest = (doc.parent / path).resolve() if path else doc
+            if not dest.exists():
+                bad.append(f"{doc.relative_to(REPO)}: {target} (no such file)")
+            elif anchor and dest.suffix == ".md" and anchor not in _anchors(dest):
+                bad.append(f"{doc.relative_to(REPO)}: {target} (no such heading)")
+    assert not bad, "broken links:\n" + "\n".join(bad)
