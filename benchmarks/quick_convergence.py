@@ -129,9 +129,9 @@ def score_run(cfg: ConvergenceConfig, run_dir: Path, split: Path, judge_dir: Pat
 
     from evaluate.class_fidelity import Judge, class_fidelity
     from evaluate.features import build_extractor, run_extractor
+    from evaluate.image_sets import load_set
     from evaluate.metrics import fid, subsample
     from evaluate.sector import sector_fidelity
-    from evaluate.sets import load_set
     from gen.checkpoint import list_checkpoints
     from gen.runs import load_run
     from gen.sampling import image_seeds, plan_labels, sample_images, save_grid

@@ -91,9 +91,9 @@ def embed(cfg: EmbedConfig | None = None, **overrides) -> dict:
 
     from evaluate.distributed import resolve_device
     from evaluate.features import build_extractor, features_for
+    from evaluate.image_sets import check_same_size, load_set
     from evaluate.metrics import subsample
     from evaluate.plots import density_panels, scatter
-    from evaluate.sets import check_same_size, load_set
     from gen.io import atomic_path, write_json
     from gen.rundir import init_run_dir
 

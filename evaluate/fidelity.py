@@ -103,7 +103,7 @@ def compute_fidelity(cfg: FidelityConfig | None = None, **overrides) -> dict:
     from evaluate import scoring
     from evaluate.distributed import Dist
     from evaluate.features import build_extractor
-    from evaluate.sets import check_same_size, load_set
+    from evaluate.image_sets import check_same_size, load_set
     from gen.rundir import init_run_dir
 
     cfg = build(FidelityConfig, overrides=overrides) if cfg is None else cfg

@@ -70,7 +70,7 @@ def audit(cfg: PrivacyConfig | None = None, **overrides) -> dict:
     from evaluate import copy_detection
     from evaluate.distributed import resolve_device
     from evaluate.fidelity import default_holdout
-    from evaluate.sets import check_same_size, load_set, write_sample_dir
+    from evaluate.image_sets import check_same_size, load_set, write_sample_dir
     from gen.rundir import init_run_dir
 
     cfg = build(PrivacyConfig, overrides=overrides) if cfg is None else cfg

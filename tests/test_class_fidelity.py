@@ -16,8 +16,8 @@ from evaluate.class_fidelity import above_chance_ratio, class_fidelity, class_gr
 from evaluate.fidelity import compute_fidelity
 from evaluate.fidelity import main as fidelity_main
 from evaluate.gate import GateConfig, gate_config, gate_verdict
+from evaluate.image_sets import ImageSet, write_sample_dir
 from evaluate.sector import outside_means, sector_fidelity, sector_mask
-from evaluate.sets import ImageSet, write_sample_dir
 from tests.standin import make_standin_classifier
 
 CLASSES = ["A2C", "A4C", "PLAX", "PSAX"]
@@ -186,7 +186,7 @@ def phantom_sets(tmp_path_factory):
 
 
 def _score(sets, fake, tmp_path, features):
-    from evaluate.sets import load_set
+    from evaluate.image_sets import load_set
 
     r = compute_fidelity(real=str(sets["real"]), holdout=str(sets["holdout"]), fake=str(sets[fake]),
                          features=["echo"], classifier=features, out=str(tmp_path / fake), cache_dir="",

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from evaluate.embed import embed, reduce, tsne_2d, umap_2d
-from evaluate.sets import load_set, write_sample_dir
+from evaluate.image_sets import load_set, write_sample_dir
 from gen.config import ConfigError
 from tests.standin import make_standin_classifier
 

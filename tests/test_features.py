@@ -17,8 +17,8 @@ from evaluate.features import (
     run_extractor,
     tf1_bilinear_resize,
 )
+from evaluate.image_sets import ImageSet
 from evaluate.metrics import fid
-from evaluate.sets import ImageSet
 from tests.standin import make_standin_classifier, make_standin_inception
 
 

@@ -10,7 +10,7 @@ import pytest
 from conftest import PYTHON, accelerate_cmd, run_cli
 from evaluate.fidelity import compute_fidelity, default_holdout
 from evaluate.fidelity import main as fidelity_main
-from evaluate.sets import load_set, write_sample_dir
+from evaluate.image_sets import load_set, write_sample_dir
 from tests.standin import make_standin_diffusion_run, make_standin_inception
 
 METRIC_KEYS = {"n_real", "n_fake", "fid", "kid", "kid_std", "kid_subset_size", "precision", "recall", "density",

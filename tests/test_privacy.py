@@ -11,10 +11,10 @@ import torch
 from scipy.ndimage import shift as nd_shift
 
 from evaluate.copy_detection import calibrate, carlini_ratio, flag, nndr, tolerant_distance
+from evaluate.image_sets import ImageSet, load_set, write_sample_dir
 from evaluate.membership import loss_threshold_attack, roc_summary
 from evaluate.privacy import audit
 from evaluate.privacy import main as privacy_main
-from evaluate.sets import ImageSet, load_set, write_sample_dir
 from gen.data.manifest import read_manifest
 from tests.standin import make_standin_classifier, make_standin_diffusion_run
 
