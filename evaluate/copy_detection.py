@@ -12,7 +12,7 @@ Spaces (all against the training set):
   be missed; the planted-copy test measures that;
 - echo features, cosine distance (`dcr_feature`), when a classifier is given.
 
-The flag rule (documented in the README, "Evaluating synthetic sets"): an image is flagged when, in any space
+The flag rule (documented in docs/evaluation.md, "Privacy"): an image is flagged when, in any space
 used, its distance to the closest record is below that space's τ, or when it meets the Carlini
 criterion d₁ < α · mean(d₁…d₅₀) (α = 0.5). The τ's are calibrated on held-out real images
 (which are not copies): each τ is the same percentile q of its space's held-out→train distances,

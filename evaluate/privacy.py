@@ -7,7 +7,7 @@
 Every synthetic image gets its nearest training images in pixel space (L2 on [0, 1], and a
 shift- and brightness-tolerant distance) and, with --classifier, in echo-feature space (cosine);
 thresholds are calibrated on held-out real images, which are not copies (see evaluate/copy_detection.py
-and the README, "Evaluating synthetic sets" for the rule). Writes OUT/privacy.json, OUT/nearest.csv,
+and docs/evaluation.md, "Privacy", for the rule). Writes OUT/privacy.json, OUT/nearest.csv,
 OUT/hist_*.png, OUT/closest_pairs*.png, and with --filter the kept images as a sample directory.
 """
 

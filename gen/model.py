@@ -66,7 +66,7 @@ def count_params(model: nn.Module) -> int:
 
 
 def preset_table(num_classes: int = 4) -> str:
-    """One line per preset with its parameter count (σ learned, 4 classes), for --help and the README."""
+    """One line per preset with its parameter count (σ learned, 4 classes), for --help and docs/ddpm.md."""
     lines = []
     for name, p in PRESETS.items():
         with torch.device("meta"):
