@@ -18,9 +18,10 @@ from classify.resume import epoch_dirs, load_epoch_state, save_epoch_state
 from conftest import PYTHON, REPO, run_cli
 
 ENV = {"OMP_NUM_THREADS": "1"}
-EPOCHS = 6
-# Madani (dropout, so the RNG must be restored) with augmentation, SGD + StepLR (momentum and LR state).
-TINY = ["--config", "configs/classify/quick.yaml", "--arch", "madani", "--epochs", str(EPOCHS), "--threads", "1",
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # main() in-process sets one thread; restored after
+EPOCHS = 4
+# MobileNetV2 (dropout, so the RNG must be restored) with augmentation, SGD + StepLR (momentum and LR state).
+TINY = ["--config", "configs/classify/quick.yaml", "--arch", "mobilenet_v2", "--epochs", str(EPOCHS), "--threads", "1",
         "--progress", "false", "--optimizer", "sgd", "--lr", "0.01", "--schedule", "step", "--step_size", "2",
         "--gamma", "0.5", "--augment.enabled", "true", "--global_batch", "8"]
 
@@ -46,7 +47,7 @@ def test_sigint_then_resume_gives_the_uninterrupted_weights(full_run, split_dir,
     proc = subprocess.Popen([PYTHON, "classify/train.py", *args(split_dir, run)], cwd=REPO, env={**os.environ, **ENV},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     t0 = time.time()
-    while not ((run / "seed-0" / "stats.jsonl").is_file() and len(stats(run)) >= 2):
+    while not ((run / "seed-0" / "stats.jsonl").is_file() and len(stats(run)) >= 1):
         assert proc.poll() is None, proc.communicate()
         assert time.time() - t0 < 300
         time.sleep(0.1)
@@ -58,7 +59,7 @@ def test_sigint_then_resume_gives_the_uninterrupted_weights(full_run, split_dir,
     assert len(lines) == 1 and "SIGINT: stopped in seed 0 view epoch" in lines[0], err
     assert not (run / "seed-0" / "metrics.json").exists()
     done = [e for e, _ in epoch_dirs(run / "seed-0", "view")]
-    assert len(done) == 1 and 2 <= done[0] < EPOCHS  # one rolling resume checkpoint
+    assert len(done) == 1 and 1 <= done[0] < EPOCHS  # one rolling resume checkpoint
     cmd = shlex.split(lines[0].split("continue with: ")[1])
     assert cmd[:2] == ["python", "classify/train.py"] and cmd[-2:] == ["--resume", "latest"]
     proc2 = run_cli([PYTHON, *cmd[1:]], env=ENV)
@@ -73,15 +74,16 @@ def test_sigint_then_resume_gives_the_uninterrupted_weights(full_run, split_dir,
     assert json.loads((run / "summary.json").read_text()) == json.loads((full_run / "summary.json").read_text())
 
 
-def test_resuming_a_finished_run_keeps_its_seeds_and_bad_resumes_are_refused(full_run, split_dir):
+def test_resuming_a_finished_run_keeps_its_seeds_and_bad_resumes_are_refused(full_run, split_dir, capsys):
+    from classify.train import main
+
     before = (full_run / "summary.json").read_text()
-    proc = run_cli([PYTHON, "classify/train.py", *args(split_dir, full_run, "--resume", "latest")], env=ENV)
-    assert "seed 0: finished earlier" in proc.stdout and (full_run / "summary.json").read_text() == before
-    proc = run_cli([PYTHON, "classify/train.py", *args(split_dir, full_run)], env=ENV, check=False)
-    assert proc.returncode != 0 and "pass --resume latest to continue it or --overwrite" in proc.stderr
-    proc = run_cli([PYTHON, "classify/train.py", *args(split_dir, full_run, "--resume", "latest", "--lr", "0.5")],
-                   env=ENV, check=False)
-    assert proc.returncode != 0 and "cannot resume" in proc.stderr and "lr" in proc.stderr
+    main(args(split_dir, full_run, "--resume", "latest"))  # in-process: a finished seed trains nothing
+    assert "seed 0: finished earlier" in capsys.readouterr().out and (full_run / "summary.json").read_text() == before
+    with pytest.raises(SystemExit, match="pass --resume latest to continue it or --overwrite"):
+        main(args(split_dir, full_run))
+    with pytest.raises(SystemExit, match=r"cannot resume, the config differs .* in: lr"):
+        main(args(split_dir, full_run, "--resume", "latest", "--lr", "0.5"))
     assert (full_run / "summary.json").read_text() == before
 
 
