@@ -311,7 +311,7 @@ def _kill_and_resume(args: list[str], out: Path, reference: dict[str, bytes], ki
             kids = _children(proc.pid)
             proc.send_signal(signal.SIGKILL)
             proc.wait(30)
-            outcomes.append("finished" if proc.returncode == 0 else "killed")
+            outcomes.append({0: "finished", -signal.SIGKILL: "killed"}.get(proc.returncode, f"exit {proc.returncode}"))
             deadline = time.monotonic() + 15
             while any(_alive(k) for k in kids) and time.monotonic() < deadline:
                 time.sleep(0.05)
