@@ -95,7 +95,9 @@ def _upsampling(study: Study, subsets, archs, tables) -> list[str]:
             cands = [("real", _clf_runs(study, "real", subset=n, arch=a))]
             for s in _clf_runs(study, "upsampling", subset=n, arch=a):
                 tgt = s.meta.get("target")
-                label = "SMOTE" if tgt == "smote" else f"upsampled to {tgt}"
+                total = s.meta.get("target_total")
+                label = ("SMOTE" if tgt == "smote" else f"upsampled to {tgt}/class ({total:,} images)"
+                         if isinstance(tgt, int) and isinstance(total, int) else f"upsampled to {tgt}")
                 cands.append((label, [s]))
             cands.append(("synthetic", _clf_runs(study, "synthetic", subset=n, arch=a, filtered=False)))
             for label, rs in cands:

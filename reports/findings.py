@@ -208,9 +208,10 @@ def _baselines(study: Study, n, arch) -> list[tuple[str, object]]:
     if real:
         out.append(("real only", real))
     for s in _runs(study, "upsampling", subset=n, arch=arch):
-        t = s.meta.get("target")
+        t, total = s.meta.get("target"), s.meta.get("target_total")
         label = ("SMOTE" if t == "smote" else "upsampled to the majority class" if t == "majority" else
-                 f"upsampled to {t:,}" if isinstance(t, int) else f"upsampled to {t}")
+                 f"upsampled to {t:,}/class ({total:,} images)" if isinstance(t, int) and isinstance(total, int) else
+                 f"upsampled to {t:,}/class" if isinstance(t, int) else f"upsampled to {t}")
         out.append((label, s.run_dir))
     return out
 
