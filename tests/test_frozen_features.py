@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from classify.models import build_classifier, count_parameters, load_classifier
+from classify.training import ClassifierTrainConfig
 from conftest import PYTHON, run_cli
 from gen.config import ConfigError, build
 
@@ -91,11 +92,9 @@ def test_gradients_reach_the_head_only(frozen):
 def test_config_refusals():
     base = {"train": "real:x.csv", "val": "y.csv"}
     with pytest.raises(ConfigError, match="without --augment.enabled"):
-        build(__import__("classify.training", fromlist=["ClassifierTrainConfig"]).ClassifierTrainConfig,
-              overrides={**base, "arch": "fid_inception_frozen", "augment.enabled": True})
+        build(ClassifierTrainConfig, overrides={**base, "arch": "fid_inception_frozen", "augment.enabled": True})
     with pytest.raises(ConfigError, match="too small for inception_v3: use at least 75 px"):
-        build(__import__("classify.training", fromlist=["ClassifierTrainConfig"]).ClassifierTrainConfig,
-              overrides={**base, "arch": "inception_v3", "image_size": 64})
+        build(ClassifierTrainConfig, overrides={**base, "arch": "inception_v3", "image_size": 64})
 
 
 def _classify(tiny_split, out, *extra):
