@@ -20,7 +20,14 @@ from classify.datasets import (
     parse_eval_arg,
     parse_spec,
 )
-from gen.data.manifest import VIEWS, read_manifest, rebase, write_manifest
+from gen.data.manifest import (
+    VIEWS,
+    data_roots,
+    read_manifest,
+    rebase,
+    write_data_roots,
+    write_manifest,
+)
 
 CLASSES = list(VIEWS)
 PER_CLASS_SYNTH = 12
@@ -35,6 +42,7 @@ def make_synthetic_manifest(phantom_dir, out_dir, per_class: int = PER_CLASS_SYN
     df["patient_id"] = [f"synthetic-{i}" for i in range(len(df))]
     df["split"] = ""
     df["seed"] = range(len(df))
+    write_data_roots(out_dir, [m.root])  # its rows point back into the phantom's folder
     return write_manifest(df, out_dir / "synthetic.csv")
 
 
@@ -124,6 +132,7 @@ def test_smote_balances_with_new_images(split_dir):
 def test_empty_class_is_a_clear_error(split_dir, tmp_path):
     df = pd.read_csv(split_dir / "train.csv", dtype=str, keep_default_na=False)
     df = rebase(df[df["view"] != "PSAX"], split_dir, tmp_path)
+    write_data_roots(tmp_path, [split_dir, *data_roots(split_dir)[0]])  # the split points into the phantom
     write_manifest(df, tmp_path / "no_psax.csv")
     with pytest.raises(ValueError, match=r"no images of class\(es\) \['PSAX'\].*allow_empty_classes"):
         build_training_set(str(tmp_path / "no_psax.csv"), CLASSES, 32)
