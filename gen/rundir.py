@@ -131,7 +131,8 @@ def init_run_dir(
             old = read_json(cfg_path)
             return run if old == config else _resume_mismatch(run, old, config)
         if not overwrite:
-            raise FileExistsError(f"{run} already holds a run; pass --overwrite to replace it or --resume to continue it")
+            # Scripts that can continue a run (gen/train.py, classify/train.py) say so before calling this.
+            raise FileExistsError(f"{run} already holds a run; pass --overwrite to replace it or choose another output")
         import shutil
 
         shutil.rmtree(run)
