@@ -58,7 +58,8 @@ class GraphBuilder:
         env = {v: str(threads) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")} if threads else {}
         s = Stage(name=name, command=command, run_dir=run_dir or self.runs / name, inputs=[Path(p) for p in inputs],
                   outputs=[Path(p) for p in outputs], deps=list(deps), experiment=experiment,
-                  meta=meta or {}, resume_args=resume_args, env=env)
+                  meta=meta or {}, resume_args=resume_args, env=env,
+                  slots=max(1, threads // max(self.cfg.threads, 1)) if threads else 1)
         self.stages.append(s)
         return s
 

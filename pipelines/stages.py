@@ -75,6 +75,10 @@ class Stage:
     # (JSON file, key) that the CLI sets true as its last act: an interrupted stage whose CLI had
     # finished (killed before the marker was written) is marked done instead of re-run.
     done_flag: tuple[Path, str] | None = None
+    # Job slots the stage occupies (a stage on more threads than the others takes more), capped at
+    # the executor's slots. A multi-threaded stage beside other stages is slowed far more than its
+    # share: every parallel region waits for the thread that lost its core.
+    slots: int = 1
 
     def shell(self) -> str:
         """The command as one copy-pasteable shell line."""
@@ -180,7 +184,7 @@ class StudyLock:
                 if pid is not None and _pid_alive(pid):
                     os.close(fd)
                     raise StudyLocked(f"{self.path.parent} is in use by another pipelines/study.py (PID {pid}); "
-                                      f"wait for it to finish, or stop it with `kill {pid}` (its stages stop with it)")
+                                      f"wait for it to finish, or stop it with `kill {pid}` (its stages stop with it)") from None
                 now = time.monotonic()
                 if deadline is None:
                     deadline = now + self.wait_s
@@ -189,7 +193,7 @@ class StudyLock:
                     os.close(fd)
                     raise StudyLocked(f"{self.path} is still locked {self.wait_s:.0f} s after its runner (PID {pid}) "
                                       f"exited: a process of its stages holds it; find it with `fuser -v {self.path}` "
-                                      "and stop it")
+                                      "and stop it") from None
                 time.sleep(0.2)
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
@@ -392,8 +396,8 @@ class Runner:
                             self.save()
                             self._end(name, f"[{name}] cached")
                             continue
-                    if len(running) >= ex.slots:
-                        continue
+                    if sum(min(self.by_name[r].slots, ex.slots) for r in running) + min(stage.slots, ex.slots) > ex.slots:
+                        continue  # a later, smaller ready stage may still fit
                     pending.remove(name)
                     job = self._reattach(ex, stage, keys[name])
                     if job is not None:  # still queued or running from an earlier run: don't submit twice

@@ -194,6 +194,30 @@ def test_seed_spread_welch_interval_and_findings_wording(tmp_path):
     assert d.verdict == "no clear difference" and "Welch t over 3 and 3 seeds" in d.text()
 
 
+def test_from_scratch_vs_frozen_imagenet_features_finding(tmp_path):
+    """Thesis Table 5.3: the direction is stated from the two runs' numbers and their interval."""
+    import numpy as np
+
+    from reports.collect import load_study
+    from reports.findings import findings
+
+    rng = np.random.default_rng(3)
+    labels = np.repeat(np.arange(4), 30)
+    _pred_run(tmp_path / "runs" / "scratch", 0.1 * rng.random((120, 4)) + np.eye(4)[labels], labels)  # near perfect
+    _pred_run(tmp_path / "runs" / "frozen", rng.random((120, 4)) + 0.3 * np.eye(4)[labels], labels)
+    stage = {"status": "done", "command": "", "experiment": "real"}
+    _study(tmp_path, [
+        {**stage, "name": "clf-real-n60-resnet18", "run_dir": str(tmp_path / "runs" / "scratch"),
+         "meta": {"subset": 60, "arch": "resnet18"}},
+        {**stage, "name": "clf-real-n60-fid_inception_frozen", "run_dir": str(tmp_path / "runs" / "frozen"),
+         "meta": {"subset": 60, "arch": "fid_inception_frozen"}},
+    ])
+    texts = [f.text for f in findings(load_study(tmp_path)) if "frozen ImageNet" in f.text]
+    assert len(texts) == 1, texts
+    assert "60 real images" in texts[0] and "resnet18 from scratch" in texts[0]
+    assert texts[0].endswith("training from scratch did better.")  # the frozen run is clearly worse here
+
+
 # ----------------------------------------------------------------------------------------------
 # The quality gate in the report
 

@@ -360,3 +360,15 @@ def test_every_stage_command_is_checked(tmp_path):
     unchecked = [s.name for s in stages if split_command(s.command) is None]
     assert unchecked == [], f"add these stages' CLIs to pipelines.checks.CLIS: {unchecked}"
     assert check_stages(stages, study.to_dict(cfg)) == len(stages)
+
+
+def test_a_multi_slot_stage_runs_alone(tmp_path):
+    """A stage that takes both slots (e.g. a two-thread DDPM) never overlaps another; smaller ready stages
+    fill the slots before it instead of waiting."""
+    big = _timed(tmp_path, "big", 1.0)
+    big.slots = 2
+    stages = [_timed(tmp_path, "a", 1.0), big, _timed(tmp_path, "b", 1.0)]
+    assert Runner(tmp_path, stages, {}, echo=lambda s: None, jobs=2).run(["a", "big", "b"]) == 3
+    (a0, a1), (g0, g1), (b0, b1) = (json.loads((tmp_path / "runs" / n / "times.json").read_text()) for n in ("a", "big", "b"))
+    assert a0 < b1 and b0 < a1, "a and b (one slot each) should share the two slots"
+    assert g0 >= max(a1, b1) or g1 <= min(a0, b0), "the two-slot stage overlapped another stage"
