@@ -93,8 +93,9 @@ def test_classify_verify_names_a_changed_image(small_data, tmp_path):
     from classify.training import ClassifierTrainConfig
     from gen.data.manifest import ManifestError
 
-    split = tmp_path / "split"
-    build_splits(small_data / "manifest.csv", split, subsets=[20], seed=0)
+    data, split = tmp_path / "data", tmp_path / "split"
+    shutil.copytree(small_data, data)  # the split's rows point into it: change a copy, not the shared fixture
+    build_splits(data / "manifest.csv", split, subsets=[20], seed=0)
     val = pd.read_csv(split / "val.csv", dtype=str, keep_default_na=False)
     save_png(split / val["path"][1], np.zeros((32, 32), np.uint8))
     cfg = ClassifierTrainConfig(train=f"real:{split / 'train.csv'}", val=str(split / "val.csv"), image_size=32, verify=True,
