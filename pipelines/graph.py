@@ -52,14 +52,17 @@ class GraphBuilder:
 
     def add(self, name: str, command: list[str], *, inputs=(), outputs=(), deps=(), experiment: str = "",
             meta: dict | None = None, resume_args: list[str] | None = None, run_dir: Path | None = None,
-            threads: int = 0) -> Stage:
-        """Append a stage (run dir STUDY/runs/<name> unless given) with `threads` (0 = the study's) OpenMP threads."""
+            threads: int = 0, processes: int = 1) -> Stage:
+        """Append a stage (run dir STUDY/runs/<name> unless given) of `processes` processes with `threads`
+        (0 = the study's) OpenMP threads each."""
         threads = threads or self.cfg.threads
         env = {v: str(threads) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")} if threads else {}
+        # A stage on more cores than the others (threads × processes) takes as many job slots.
+        slots = max(1, (threads or 1) * processes // max(self.cfg.threads, 1))
         s = Stage(name=name, command=command, run_dir=run_dir or self.runs / name, inputs=[Path(p) for p in inputs],
                   outputs=[Path(p) for p in outputs], deps=list(deps), experiment=experiment,
                   meta=meta or {}, resume_args=resume_args, env=env,
-                  slots=max(1, threads // max(self.cfg.threads, 1)) if threads else 1)
+                  slots=slots)
         self.stages.append(s)
         return s
 
@@ -109,7 +112,7 @@ class GraphBuilder:
         self.add(name, cmd, inputs=[preset, data],
                  outputs=[run / "config.json", run / "stats.jsonl"], deps=self.split_stage,
                  experiment=experiment, meta={"subset": subset, "steps": steps, **meta}, resume_args=["--resume", "latest"],
-                 threads=c.threads)
+                 threads=c.threads, processes=c.num_processes)
         return name
 
     def sample(self, name: str, ddpm: str, per_class: int, experiment: str, meta: dict,
@@ -121,7 +124,7 @@ class GraphBuilder:
                              num_processes=c.num_processes)
         stage = self.add(name, cmd, inputs=[self.runs / ddpm], outputs=[out / "samples.npz", out / "manifest.csv"],
                          deps=[ddpm], experiment=experiment, meta={"per_class": per_class, "ddpm": ddpm, **meta},
-                         resume_args=[], threads=c.threads)  # gen/sample.py resumes when re-run with the same arguments
+                         resume_args=[], threads=c.threads, processes=c.num_processes)  # resumes when re-run as it was
         stage.done_flag = (out / "sample.json", "complete")  # it refuses to re-run a complete dir
         return out
 
