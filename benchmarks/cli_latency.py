@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from gen.io import write_json
+from gen.rundir import cpu_name
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = {
@@ -28,16 +29,6 @@ SCRIPTS = {
     "gen/export.py": ["r", "--out", "o", "--step", "-1"],
     "classify/train.py": ["--train", "real:x.csv", "--val", "v.csv", "--lr", "nan"],
 }
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _time(cmd: list[str], want_rc: int) -> float:
@@ -68,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = {
         "benchmark": "CLI latency: --help and a config error, fresh interpreter",
         "repeats": a.repeats, "results": results,
-        "device": f"cpu: {_cpu_name()} ({os.cpu_count()} logical cores)",
+        "device": f"cpu: {cpu_name()} ({os.cpu_count()} logical cores)",
         "load_avg_1min_before": round(load, 2) if load is not None else None,
         "python": platform.python_version(),
         "command": "python benchmarks/cli_latency.py " + " ".join(argv if argv is not None else sys.argv[1:]),

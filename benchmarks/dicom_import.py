@@ -49,27 +49,11 @@ from pydicom.uid import (
 from gen.data import phantom
 from gen.data import phantom_overlay as ovl
 from gen.io import write_json
+from gen.rundir import cpu_name, load_average
 
 REPO = Path(__file__).resolve().parent.parent
 KINDS = ("mono", "rgb", "rle", "jpeg")
 TEMPLATES = 8  # distinct loops per kind; the N files are copies with their own PatientID
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _load() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return None
 
 
 def screen_loop(index: int, n_frames: int, h: int, w: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
@@ -190,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
         n_bytes = write_dataset(src, args.n, args.frames, args.height, args.width)
         write_s = time.perf_counter() - t0
 
-        load_before = _load()
+        load_before = load_average()
         clean = work / "clean"
         shutil.rmtree(clean, ignore_errors=True)
         t0, c0 = time.perf_counter(), os.times()
@@ -239,8 +223,8 @@ def main(argv: list[str] | None = None) -> dict:
         "cpu_s": round(cpu_s, 1), "files_per_cpu_s": round(args.n / cpu_s, 2) if cpu_s else None,
         "write_dataset_s": round(write_s, 1),
         "resume": resume,
-        "device": f"cpu: {_cpu_name()} ({os.cpu_count()} logical cores)",
-        "load_avg_1min_before": load_before, "load_avg_1min_after": _load(),
+        "device": f"cpu: {cpu_name()} ({os.cpu_count()} logical cores)",
+        "load_avg_1min_before": load_before, "load_avg_1min_after": load_average(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "numpy": np.__version__, "pydicom": pydicom.__version__, "python": platform.python_version(),
         "command": "python benchmarks/dicom_import.py " + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -25,6 +25,7 @@ import scipy
 
 from gen.data import phantom
 from gen.io import write_json
+from gen.rundir import cpu_name, load_average
 
 
 def _render_chunk(args: tuple[list, int, int]) -> int:
@@ -32,23 +33,6 @@ def _render_chunk(args: tuple[list, int, int]) -> int:
     for item in items:
         phantom.render(item, seed, size)
     return len(items)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _load() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return None
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -66,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
     plan_s = time.perf_counter() - t0
     _render_chunk((items[:20], args.seed, args.size))  # warm the geometry caches
 
-    load_before = _load()
+    load_before = load_average()
     t0, c0 = time.perf_counter(), time.process_time()
     _render_chunk((items, args.seed, args.size))
     one = args.n / (time.perf_counter() - t0)
@@ -86,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
         "img_per_s_1proc": round(one, 1),
         "img_per_cpu_s": round(per_cpu_s, 1),
         "plan_s": round(plan_s, 3),
-        "device": f"cpu: {_cpu_name()} ({os.cpu_count()} logical cores)",
+        "device": f"cpu: {cpu_name()} ({os.cpu_count()} logical cores)",
         "load_avg_1min_before": load_before,
         "numpy": np.__version__, "scipy": scipy.__version__, "python": platform.python_version(),
         "command": "python benchmarks/phantom_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),

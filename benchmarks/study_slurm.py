@@ -27,6 +27,7 @@ from pathlib import Path
 import yaml
 
 from gen.io import write_json
+from gen.rundir import cpu_name
 from pipelines.config import SLURM_KINDS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,13 +39,6 @@ def _cluster_module():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
-
-
-def _cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def _run(cmd: list[str], env: dict[str, str]) -> tuple[float, dict]:
@@ -83,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
                      "on a local 2-CPU Slurm cluster (one-CPU jobs: 2 at once)",
         "command": "python benchmarks/study_slurm.py",
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": f"{_cpu_name()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
         "load_avg_1min": {"before": round(load0, 2), "after": round(load1, 2)},
         "stages": len(local_stages),
         "local_jobs1_s": local_s,
