@@ -14,7 +14,6 @@ load affects both sides alike. Writes benchmarks/results/ddpm_throughput.json.
 from __future__ import annotations
 
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ from gen.data.dataset import ManifestDataset
 from gen.diffusion import Diffusion
 from gen.io import read_jsonl, write_json
 from gen.model import PRESETS, ClassUNet, ModelConfig
-from gen.rundir import package_versions
+from gen.rundir import cpu_name, package_versions
 from gen.runs import LoadedRun
 from gen.sampling import sample_images
 from gen.training import TrainConfig, train
@@ -139,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                "median_images_per_s": med, "rounds": arms}
     write_json(cfg.out, {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": sys.argv, "config": to_dict(cfg),
-        "device": f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "device": f"cpu: {cpu_name()}, {os.cpu_count()} cores",
         "load_average_1min": os.getloadavg()[0],
         "versions": {k: v for k, v in package_versions().items() if k in ("torch", "diffusers", "accelerate", "numpy")},
         "results": results})

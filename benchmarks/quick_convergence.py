@@ -23,7 +23,6 @@ finished runs and scores (delete --work to start over).
 from __future__ import annotations
 
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ import numpy as np
 
 from gen.config import field, parse_config, to_dict
 from gen.io import read_json, read_jsonl, write_json
+from gen.rundir import cpu_name
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         results["variants"][v] = {"flags": VARIANTS[v], "rows": score_run(cfg, work / "runs" / v, split, judge, cache)}
     gate = {"ratio": 0.8, "fid_over_floor": 3.0, "outside_mean": 5.0}  # issue targets for the demo
     record = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": sys.argv, "config": to_dict(cfg),
-              "device": f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+              "device": f"cpu: {cpu_name()}, {os.cpu_count()} cores",
               "load_average_1min": os.getloadavg()[0], "demo_targets": gate,
               "judge_val_balanced_accuracy": read_json(judge / "summary.json").get("val", {}).get("balanced_accuracy", {}).get("mean"),
               **results}
