@@ -48,6 +48,8 @@ KIND_BY_SCRIPT = {"gen/train.py": "ddpm_train", "gen/sample.py": "sample", "gen/
 REQUEUES = ("ddpm_train", "sample")  # kinds that checkpoint and requeue at the time limit
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
           "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD"}
+REQUEUE_GRACE_S = 15.0  # an ended state is final only once the job stayed out of squeue this long
+
 WHY = {"CANCELLED": "was cancelled (scancel or an administrator)", "TIMEOUT": "reached its time limit",
        "FAILED": "failed", "NODE_FAIL": "lost its node", "OUT_OF_MEMORY": "ran out of memory",
        "PREEMPTED": "was preempted", "BOOT_FAIL": "could not boot its node", "DEADLINE": "passed its deadline"}
@@ -444,6 +446,8 @@ class SlurmExecutor:
         state = final_state(jid)
         if state in ACTIVE:  # between squeue's view and scontrol's: look again next time
             return None
+        if state not in ("COMPLETED", "UNKNOWN") and time.monotonic() - first_gone < REQUEUE_GRACE_S:
+            return None  # a job requeueing itself can leave squeue for a moment with a transient end state
         if state in ("COMPLETED", "UNKNOWN") and not result.exists():
             # The result may lag on a shared filesystem; give it a minute before calling it lost.
             if time.monotonic() - first_gone < 60:

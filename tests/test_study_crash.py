@@ -84,9 +84,14 @@ def _write_graph(root: Path, jobs: int, pause: float = 0.12) -> Path:
     return spec
 
 
+def _default_sigint() -> None:
+    # As in a terminal: a shell's background job (`… &`, e.g. a CI step) inherits SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _driver(spec: Path, **kw) -> subprocess.Popen:
     return subprocess.Popen([PYTHON, "-c", DRIVER, str(spec)], cwd=REPO, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+                            preexec_fn=_default_sigint, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
 def _outputs(root: Path) -> dict[str, str]:
