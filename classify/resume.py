@@ -10,7 +10,6 @@ resumed seed retraces the uninterrupted one.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from pathlib import Path
@@ -27,7 +26,7 @@ from gen.checkpoint import (
     set_rng_states,
     verify_checkpoint,
 )
-from gen.io import read_json, read_jsonl, share_modes, temp_dir, write_json, write_text
+from gen.io import atomic_dir, read_json, read_jsonl, write_json, write_text
 
 _EPOCH_RE = re.compile(r"^epoch-(?P<phase>[a-z]+)-(?P<epoch>\d{4})$")
 FILES = ("model.safetensors", "optimizer.safetensors", "optimizer.json", "scheduler.json", "state.json")
@@ -46,13 +45,10 @@ def epoch_dirs(seed_dir: Path, phase: str) -> list[tuple[int, Path]]:
 def save_epoch_state(seed_dir: Path, phase: str, epoch: int, net: torch.nn.Module, opt, sched, best, best_epoch: int,
                      history: list[dict]) -> Path:
     """Write the state after `epoch` of `phase` atomically, then drop older ones of the phase."""
-    ck = Path(seed_dir) / "checkpoints"
-    ck.mkdir(parents=True, exist_ok=True)
-    final = ck / f"epoch-{phase}-{epoch:04d}"
-    tmp = temp_dir(ck, prefix=f".{final.name}.")
+    final = Path(seed_dir) / "checkpoints" / f"epoch-{phase}-{epoch:04d}"
     from safetensors.torch import save_file
 
-    try:
+    with atomic_dir(final) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp / "model.safetensors"))
         tensors, meta = optimizer_to_files(opt.state_dict())
         save_file(tensors, str(tmp / "optimizer.safetensors"))
@@ -60,13 +56,6 @@ def save_epoch_state(seed_dir: Path, phase: str, epoch: int, net: torch.nn.Modul
         write_json(tmp / "scheduler.json", sched.state_dict())
         write_json(tmp / "state.json", {"phase": phase, "epoch": epoch, "best": best, "best_epoch": best_epoch,
                                         "history": history, "rng": rng_states()})  # last: marks complete
-        if final.exists():
-            shutil.rmtree(final)
-        share_modes(tmp)  # safetensors creates its files 0600: give them the umask's mode
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     for e, p in epoch_dirs(seed_dir, phase):
         if e < epoch:
             shutil.rmtree(p, ignore_errors=True)

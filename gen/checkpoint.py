@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from gen.io import read_json, share_modes, temp_dir, write_json
+from gen.io import atomic_dir, read_json, write_json
 
 _STEP_RE = re.compile(r"^step-(\d{7})$")
 
@@ -92,9 +92,7 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, *, model: dict, ema: 
                     scheduler: dict, state: dict) -> Path:
     """Write checkpoint `step` atomically (temp dir + rename) and return its directory."""
     final = checkpoint_dir(run_dir, step)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_dir(final.parent, prefix=f".{final.name}.")  # umask mode, not mkdtemp's 0700
-    try:
+    with atomic_dir(final) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in model.items()}, str(tmp / "model.safetensors"))
         save_file({k: v.detach().cpu().contiguous() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
         tensors, meta = optimizer_to_files(optimizer)
@@ -102,13 +100,6 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, *, model: dict, ema: 
         write_json(tmp / "optimizer.json", meta)
         write_json(tmp / "scheduler.json", scheduler)
         write_json(tmp / "state.json", {"step": step, "rng": rng_states(), **state})  # last: marks complete
-        if final.exists():
-            shutil.rmtree(final)
-        share_modes(tmp)  # safetensors creates its files 0600: give them the umask's mode
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 

@@ -14,6 +14,7 @@ import io
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -93,6 +94,28 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a new temporary directory next to `final`; on success rename it onto `final`, else remove it.
+
+    Every file and folder in it gets the umask's mode first (writers such as safetensors create
+    theirs 0600). An existing `final` is replaced: it is removed just before the rename, because
+    rename cannot replace a non-empty directory.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_dir(final.parent, prefix=f".{final.name}.")  # hidden: never mistaken for a complete one
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        share_modes(tmp)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
