@@ -21,8 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MIN_IMAGE_SIZE = 32
-
+from classify.configs import (  # noqa: F401  (re-exported: the registry's names and sizes)
+    FROZEN_BACKBONES,
+    MIN_IMAGE_SIZE,
+    MIN_SIZES,
+    inception_grid_sizes,
+    inception_min_size,
+    min_image_size,
+)
 
 # ----------------------------------------------------------------------------------------------
 # Shared base
@@ -443,26 +449,6 @@ class InceptionAux(nn.Module):
         return self.fc(torch.flatten(x, 1))
 
 
-def inception_grid_sizes(size: int) -> tuple[int, int, int]:
-    """Side of the 35×35, 17×17 and 8×8 grids (their sizes at 299 px) for a size-px input."""
-    def valid(n: int, k: int = 3, s: int = 1) -> int:  # an unpadded conv or pool
-        return (n - k) // s + 1
-
-    n = valid(valid(size, 3, 2))   # Conv2d_1a (stride 2), Conv2d_2a; Conv2d_2b is padded
-    n = valid(valid(n, 3, 2))      # max pool, Conv2d_4a (Conv2d_3b is 1×1)
-    g35 = valid(n, 3, 2)           # max pool
-    g17 = valid(g35, 3, 2)         # Mixed_6a
-    return g35, g17, valid(g17, 3, 2)  # Mixed_7a
-
-
-def inception_min_size(aux: bool) -> int:
-    """Smallest input side that every layer fits: 75 px (8×8 grid ≥ 1), 107 px with the aux head (17×17 grid ≥ 5)."""
-    size = 1
-    while not (inception_grid_sizes(size)[2] >= 1 and (not aux or inception_grid_sizes(size)[1] >= 5)):
-        size += 1
-    return size
-
-
 class InceptionV3(Classifier):
     """InceptionV3: stem, 3× InceptionA, B, 4× C, D, 2× E, global pool, dropout 0.5; optional aux head.
 
@@ -540,20 +526,12 @@ MODELS: dict[str, Callable[..., Classifier]] = {
     "fid_inception_frozen": lambda num_classes, in_channels=1: _frozen(num_classes, in_channels, "linear"),
     "fid_inception_frozen_mlp": lambda num_classes, in_channels=1: _frozen(num_classes, in_channels, "mlp"),
 }
-FROZEN_BACKBONES = ("fid_inception_frozen", "fid_inception_frozen_mlp")
-# Architectures that need more than MIN_IMAGE_SIZE px (every unpadded layer must fit).
-MIN_SIZES = {"inception_v3": inception_min_size(False), "inception_v3_aux": inception_min_size(True)}
 
 
 def _frozen(num_classes: int, in_channels: int, head: str) -> Classifier:
     from classify.frozen_features import FrozenInception  # imports this module: built on demand
 
     return FrozenInception(num_classes, in_channels, head=head)
-
-
-def min_image_size(arch: str) -> int:
-    """Smallest image_size an architecture accepts."""
-    return MIN_SIZES.get(arch, MIN_IMAGE_SIZE)
 
 
 def build_classifier(arch: str, num_classes: int, image_size: int, in_channels: int = 1,

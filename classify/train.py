@@ -13,28 +13,26 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from classify.datasets import (
-    ManifestRef,
-    SpecError,
-    build_training_set,
-    check_no_leakage,
-    load_image_set,
-    parse_eval_arg,
-    parse_spec,
-)
-from classify.datasets import __doc__ as SPEC_DOC
-from classify.metrics import summarize_seeds
-from classify.training import ClassifierTrainConfig, train_seed
+from classify.configs import SPEC_DOC, ClassifierTrainConfig
 from gen.config import parse_config, run_script, to_dict
-from gen.data.manifest import ManifestError, verify_manifest
 from gen.io import read_json, write_json
-from gen.rundir import init_run_dir, provenance, start_run
-from gen.tracking import accelerator_kwargs, start_trackers
+from gen.rundir import _diff_keys, init_run_dir, provenance, start_run
+
+# torch, the image sets and the models are imported after parsing, so --help and config errors answer fast
 
 
 def load_data(cfg: ClassifierTrainConfig):
     """Training set and evaluation sets (val first), checked for class coverage and patient leakage."""
+    from classify.datasets import (
+        ManifestRef,
+        build_training_set,
+        check_no_leakage,
+        load_image_set,
+        parse_eval_arg,
+        parse_spec,
+    )
     from classify.quality import check_grades
+    from gen.data.manifest import verify_manifest
 
     spec = parse_spec(cfg.train)
     if cfg.verify:  # before anything is decoded: a changed file is named by its manifest line
@@ -64,8 +62,6 @@ RESUME_MAY_DIFFER = {"verify", "resume", "overwrite", "run_dir", "out", "descrip
 
 def resume_run_dir(cfg: ClassifierTrainConfig, config: dict) -> Path:
     """The run `--resume` continues, refused if its saved config differs in anything that changes the result."""
-    from gen.rundir import _diff_keys
-
     if cfg.resume == "latest":
         if cfg.run_dir:
             run = Path(cfg.run_dir)
@@ -102,11 +98,16 @@ def make_run_dir(cfg: ClassifierTrainConfig, config: dict, kind: str, inputs: di
 
 def main(argv: list[str] | None = None) -> None:
     """Parse the config, build the sets, train every seed, write the summary."""
+    cfg = parse_config(ClassifierTrainConfig, argv, description=__doc__.split("\n")[0], epilog=SPEC_DOC)
     import torch
     from accelerate import Accelerator
     from accelerate.utils import broadcast_object_list
 
-    cfg = parse_config(ClassifierTrainConfig, argv, description=__doc__.split("\n")[0], epilog=SPEC_DOC)
+    from classify.datasets import SpecError
+    from classify.metrics import summarize_seeds
+    from gen.data.manifest import ManifestError
+    from gen.tracking import accelerator_kwargs, start_trackers
+
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:  # before the Accelerator: bad input fails fast, in every process alike
@@ -164,6 +165,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def _train_seed_or_stop(run: Path, *args):
     """train_seed; on Ctrl-C/SIGTERM, Interrupted carrying the command that continues this run."""
+    from classify.training import train_seed
     from gen.launcher import Interrupted, resume_command
 
     try:

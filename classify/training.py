@@ -9,7 +9,6 @@ probabilities; the main process scores, selects and saves.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 import zlib
@@ -22,7 +21,8 @@ from tqdm.auto import tqdm
 
 from classify import quality as q
 from classify.augment import apply_affine, epoch_params
-from classify.datasets import ImageSet, balanced_indices, class_weights
+from classify.configs import AugmentConfig, ClassifierTrainConfig, QualityConfig  # noqa: F401  (re-exported)
+from classify.datasets import balanced_indices, class_weights
 from classify.metrics import (
     classification_metrics,
     grade_metrics,
@@ -31,22 +31,15 @@ from classify.metrics import (
     write_predictions,
 )
 from classify.models import (
-    FROZEN_BACKBONES,
-    MODELS,
     Classifier,
     build_classifier,
     load_classifier,
-    min_image_size,
     model_info,
     view_loss,
 )
-from gen.config import ConfigError, field
-from gen.data.manifest import VIEWS
+from gen.data.image_sets import ImageSet
 from gen.io import append_jsonl, atomic_path, write_json
 from gen.tracking import (
-    LOG_WITH_HELP,
-    TRACKERS,
-    check_tracker,
     confusion_markdown,
     log_image_file,
     log_metrics,
@@ -54,93 +47,6 @@ from gen.tracking import (
 )
 
 LOWER_IS_BETTER = {"grade_mse", "grade_mae", "val_loss"}
-
-
-@dataclasses.dataclass
-class AugmentConfig:
-    """Random affine augmentation (no flips: they turn one view into another)."""
-
-    enabled: bool = field(False, help="augment training images (off in the thesis recipe)")
-    rotate_deg: float = field(10.0, min=0, max=180, help="rotation range ± degrees")
-    shift: float = field(0.1, min=0, max=0.5, help="shift range ± fraction of the size")
-    zoom: float = field(0.08, min=0, max=0.5, help="zoom range ± fraction")
-
-
-@dataclasses.dataclass
-class QualityConfig:
-    """Image-quality grading (CACTUS): a 0–10 grade head beside the view head."""
-
-    scheme: str = field("transfer", choices=("transfer", "multitask"),
-                        help="transfer: view head, then freeze encoder and train the grade head; multitask: joint loss")
-    grade_epochs: int = field(10, min=1, help="transfer: epochs of grade-head training on the frozen encoder")
-    grade_lr: float = field(1e-3, min=0, help="transfer: learning rate of the grade head (Adam)")
-    grade_weight: float = field(1.0, min=0, help="multitask: weight of the grade MSE (on grade/10) beside cross-entropy")
-
-
-@dataclasses.dataclass
-class ClassifierTrainConfig:
-    """classify/train.py: defaults are the thesis recipe (VGG16 from scratch, SGD, StepLR, 25 epochs)."""
-
-    train: str = field("", help="training-set SPEC (see --help epilog), e.g. real:split/train_1000.csv")
-    val: str = field("", help="validation manifest (model selection), [name=]PATH")
-    test: list[str] = field(default_factory=list, help="evaluation manifests, comma-separated [name=]PATH")
-    task: str = field("view", choices=("view", "quality"), help="view classifier or view + grade (CACTUS)")
-    classes: list[str] = field(default_factory=lambda: list(VIEWS), help="class list, fixed across sets")
-    allow_empty_classes: bool = field(False, help="train although a class has no training images")
-    arch: str = field("vgg16", choices=tuple(MODELS), help="architecture")
-    image_size: int = field(112, min=32, help="images are resized to image_size × image_size")
-    epochs: int = field(25, min=1, help="training epochs")
-    global_batch: int = field(32, min=1, help="images per optimiser step, over all processes")
-    optimizer: str = field("sgd", choices=("sgd", "adam"), help="optimiser")
-    lr: float = field(1e-3, min=0, help="learning rate")
-    momentum: float = field(0.9, min=0, max=1, help="SGD momentum")
-    weight_decay: float = field(0.0, min=0, help="weight decay")
-    schedule: str = field("step", choices=("step", "cosine", "none"), help="learning-rate schedule (per epoch)")
-    step_size: int = field(5, min=1, help="StepLR: epochs between decays")
-    gamma: float = field(0.1, min=0, max=1, help="StepLR: decay factor")
-    balance: str = field("none", choices=("none", "weighted_loss", "sampler"),
-                         help="class balance: inverse-frequency loss weights or a class-balanced sampler")
-    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
-    quality: QualityConfig = dataclasses.field(default_factory=QualityConfig)
-    select_metric: str = field("macro_auprc", choices=("macro_auprc", "macro_f1", "balanced_accuracy", "grade_mse"),
-                               help="validation metric that picks the best checkpoint")
-    seeds: list[int] = field(default_factory=lambda: [0], help="training seeds (repeats), e.g. 0,1,2")
-    data_seed: int = field(0, help="seed of mixed/upsampled/SMOTE draws (fixed across training seeds)")
-    out: str = field("runs", help="run root: a numbered run directory is made under it")
-    run_dir: str | None = field(None, help="explicit run directory (instead of a numbered one under --out)")
-    overwrite: bool = field(False, help="replace an existing --run_dir")
-    resume: str = field("", help="'latest' (the --run_dir, else the newest classify run under --out) or a run directory: "
-                                 "finished seeds are kept, the others continue from their last epoch checkpoint")
-    checkpoint_every: int = field(1, min=0, help="resume checkpoint (model, optimiser, RNG) every N epochs (0 = none)")
-    description: str = field("", help="run directory description (default: arch and training kind)")
-    mixed_precision: str = field("no", choices=("no", "fp16", "bf16"), help="CUDA mixed precision")
-    channels_last: bool = field(True, help="channels_last memory format on CUDA")
-    eval_batch: int = field(256, min=1, help="images per evaluation batch per process")
-    workers: int = field(4, min=1, help="image-decoding threads")
-    threads: int = field(0, min=0, help="torch CPU threads per process (0: torch's default); 1 is fastest on a busy machine")
-    progress: bool = field(True, help="progress bars")
-    verify: bool = field(False, help="check every image's SHA-1 against its manifest first (names changed files by CSV line)")
-    log_with: str = field("", choices=TRACKERS, help=LOG_WITH_HELP)
-
-    def validate(self) -> None:
-        """Cross-field checks with actionable messages."""
-        if not self.train:
-            raise ConfigError("--train is required: a training-set SPEC such as real:split/train.csv")
-        if not self.val:
-            raise ConfigError("--val is required: the validation manifest used for model selection")
-        if len(set(self.classes)) != len(self.classes) or len(self.classes) < 2:
-            raise ConfigError(f"classes must be at least 2 distinct names, got {self.classes}")
-        if self.select_metric == "grade_mse" and self.task != "quality":
-            raise ConfigError("select_metric grade_mse needs --task quality")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ConfigError(f"seeds must be distinct, got {self.seeds}")
-        if self.image_size < min_image_size(self.arch):
-            raise ConfigError(f"image_size {self.image_size} is too small for {self.arch}: use at least "
-                              f"{min_image_size(self.arch)} px (e.g. --image_size 112)")
-        check_tracker(self.log_with)
-        if self.arch in FROZEN_BACKBONES and self.augment.enabled:
-            raise ConfigError(f"arch {self.arch}: frozen features are cached per image, and augmentation makes every "
-                              "epoch's images new; train it without --augment.enabled")
 
 
 def _seed_all(seed: int) -> None:

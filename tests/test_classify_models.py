@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -151,3 +154,23 @@ def test_inception_aux_pool_is_the_reference_one_at_299px():
     with torch.no_grad():
         h = F.adaptive_avg_pool2d(m.aux.conv1(m.aux.conv0(ref)), 1)
         torch.testing.assert_close(m.aux(g), m.aux.fc(torch.flatten(h, 1)))
+
+
+def test_torch_free_config_names_match_the_registry():
+    # classify/configs.py keeps the architecture names without torch, for a fast --help.
+    from classify.configs import ARCHS
+    from classify.models import FROZEN_BACKBONES, MODELS
+
+    assert ARCHS == tuple(MODELS)
+    assert set(FROZEN_BACKBONES) <= set(MODELS)
+
+
+def test_classifier_help_and_config_errors_do_not_import_torch():
+    code = ("import sys\nfrom classify.configs import ClassifierTrainConfig\nfrom gen.config import parse_config\n"
+            "try:\n    parse_config(ClassifierTrainConfig, ['--train', 'a.csv', '--val', 'b.csv', '--arch', 'inception_v3',"
+            " '--image_size', '64'])\nexcept SystemExit as e:\n    assert e.code == 2\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\nimport classify.train\n"
+            "assert 'torch' not in sys.modules, 'classify/train.py imports torch before parsing'\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "image_size 64 is too small for inception_v3: use at least 75 px" in r.stderr
