@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from gen.config import ConfigError, field
-from gen.data.manifest import VIEWS
+from gen.data import VIEWS
 from gen.tracking import LOG_WITH_HELP, TRACKERS, check_tracker
 
 SPEC_DOC = """\

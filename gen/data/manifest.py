@@ -34,10 +34,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from gen.data import VIEWS
 from gen.io import atomic_path, read_json, sha1_file, write_json
 
 REQUIRED_COLUMNS = ("path", "view", "source", "patient_id", "split", "frame", "quality", "sha1")
-VIEWS = ("A2C", "A4C", "PLAX", "PSAX")
 # CACTUS keeps its parasternal short-axis variants and extra classes under their own names.
 KNOWN_VIEWS = VIEWS + ("PSAV", "PSMV", "SC", "Random")
 SPLITS = ("train", "val", "test", "shift", "")

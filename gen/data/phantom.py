@@ -29,11 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
+from gen.data import VIEWS
 from gen.data import phantom_anatomy as anat
 from gen.data import phantom_overlay as ovl
 from gen.data import phantom_scan as scan
 
-VIEWS: tuple[str, ...] = ("A2C", "A4C", "PLAX", "PSAX")
 DOMAIN_SHIFT_SOURCES = ("camus", "unity")
 TRAINING_SOURCES = ("lvh", "dynamic", "tmed2")
 
