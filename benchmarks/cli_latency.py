@@ -28,6 +28,7 @@ SCRIPTS = {
     "gen/sample.py": ["--run", "r", "--out", "o", "--per_class", "1", "--guidance", "nan"],
     "gen/export.py": ["r", "--out", "o", "--step", "-1"],
     "classify/train.py": ["--train", "real:x.csv", "--val", "v.csv", "--lr", "nan"],
+    "classify/predict.py": ["--model", "r", "--images", "x", "--batch", "0"],
 }
 
 

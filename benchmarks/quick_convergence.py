@@ -129,10 +129,10 @@ def score_run(cfg: ConvergenceConfig, run_dir: Path, split: Path, judge_dir: Pat
 
     from evaluate.class_fidelity import Judge, class_fidelity
     from evaluate.features import build_extractor, run_extractor
-    from evaluate.image_sets import load_set
     from evaluate.metrics import fid, subsample
     from evaluate.sector import sector_fidelity
     from gen.checkpoint import list_checkpoints
+    from gen.data.image_sets import load_image_set
     from gen.runs import load_run
     from gen.sampling import image_seeds, plan_labels, sample_images, save_grid
 
@@ -141,7 +141,7 @@ def score_run(cfg: ConvergenceConfig, run_dir: Path, split: Path, judge_dir: Pat
     path = run_dir / "convergence.json"
     done = {r["step"]: r for r in (read_json(path)["rows"] if path.is_file() and read_json(path)["key"] == key else [])}
     if "judge" not in cache:
-        real, val, train = (load_set(split / f) for f in (f"train_{cfg.subset}.csv", "val.csv", "train.csv"))
+        real, val, train = (load_image_set(split / f) for f in (f"train_{cfg.subset}.csv", "val.csv", "train.csv"))
         echo = build_extractor("echo", classifier=str(judge_dir))
         feats = {n: run_extractor(echo, s.images).astype(np.float64) for n, s in (("real", real), ("val", val))}
         m = min(len(real), len(val))

@@ -108,12 +108,12 @@ def predict_images(model, info: dict, files: list[Path], batch: int = 256, worke
 
 def main(argv: list[str] | None = None) -> None:
     """Load the model, classify the images, write or print the table."""
-    import torch
+    cfg = parse_config(PredictConfig, argv, description=__doc__.split("\n")[0])
+    import torch  # after parsing: --help and config errors answer without it
 
     from classify.models import load_classifier
     from gen.io import atomic_path
 
-    cfg = parse_config(PredictConfig, argv, description=__doc__.split("\n")[0])
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     try:
         model, info = load_classifier(cfg.model, cfg.which, device=device)

@@ -11,7 +11,8 @@
 Writes OUT/fidelity.json (keys in docs/evaluation.md), OUT/fid_vs_samples.{json,png}, OUT/class_grid.png
 (synthetic beside real images, per class) and, with --run, OUT/fid_vs_checkpoint.{json,png} and
 OUT/checkpoint_samples.png. Class fidelity (--judge) and sector fidelity (on by default) go into
-fidelity.json's `class_fidelity` and `sector_fidelity`.
+fidelity.json's `class_fidelity` and `sector_fidelity`, and the quality gate's verdict on the synthetic
+set under the --gate.* thresholds (evaluate/gate.py) into its `gate`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from evaluate.gate import GateConfig, gate_verdict
 from gen.config import ConfigError, build, field, parse_config, run_script, to_dict
 
 SCHEMA = "echosynth.fidelity/1"
@@ -71,6 +73,7 @@ class FidelityConfig:
     grid_per_class: int = field(8, help="class grid: synthetic and real images shown per class", min=1, max=64)
     seed: int = field(0, help="seed of every subsample and of checkpoint sampling")
     progress: bool = field(True, help="progress bars (only on a terminal)")
+    gate: GateConfig = field(default_factory=GateConfig)  # the verdict written into fidelity.json's `gate`
 
     def validate(self) -> None:
         if not self.out:
@@ -159,6 +162,7 @@ def compute_fidelity(cfg: FidelityConfig | None = None, **overrides) -> dict:
     grid = None
     if "fake" in sets and dist.is_main:
         grid = _class_and_sector(cfg, sets, result, judge)
+        result["gate"] = gate_verdict(result, cfg.gate)  # beside the numbers it rests on, under this run's thresholds
     if cfg.run:
         result["curves"]["fid_vs_checkpoint"], strip = _checkpoint_curve(cfg, sets, feats, extractors, dist, progress)
     if dist.is_main:
@@ -268,11 +272,9 @@ def summary(result: dict) -> str:
     if sf and sf.get("outside_mean_fake") is not None:
         lines.append(f"[sector] mean outside the scan sector: synthetic {sf['outside_mean_fake']:.2f}/255, "
                      f"real ({sf['real_reference']}) {sf['outside_mean_real']:.2f}/255")
-    if "fake" in result["sets"]:
-        from evaluate.gate import gate_verdict
-
-        g = gate_verdict(result)
-        lines.append(f"[gate, default thresholds] {g['status'].upper()}: {g['summary']}")
+    g = result.get("gate")
+    if g:
+        lines.append(f"[gate] {g['status'].upper()}: {g['summary']}")
     return "\n".join(lines)
 
 

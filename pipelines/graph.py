@@ -7,6 +7,7 @@ what the report needs to place a run in a table (subset size, architecture, frac
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 from gen.io import read_json
@@ -131,11 +132,14 @@ class GraphBuilder:
     def fidelity(self, name: str, sample_stage: str, experiment: str, meta: dict, subset: int,
                  extra: dict | None = None) -> None:
         """FID, KID, precision/recall, coverage of a sample dir against the subset's real images, with
-        the validation split as the real-vs-real floor; class fidelity by the judge, sector fidelity."""
+        the validation split as the real-vs-real floor; class fidelity by the judge, sector fidelity, and
+        the quality gate's verdict under the study's `gate:` thresholds (in the command: changing them
+        re-runs these stages)."""
         ev = self.cfg.evaluate
         out, fake = self.runs / name, self.runs / sample_stage
         real, holdout = self.train_manifest(subset), self.split_dir / "val.csv"
-        args = {"features": ",".join(ev.fidelity_features), "curve": "false", **kv(ev.fidelity_args), **(extra or {})}
+        args = {"features": ",".join(ev.fidelity_features), "curve": "false", **kv(ev.fidelity_args), **(extra or {}),
+                **{f"gate.{k}": v for k, v in asdict(self.cfg.gate).items()}}
         inputs, deps = [real, holdout, fake / "samples.npz"], [sample_stage]
         if "echo" in ev.fidelity_features:
             clf = self.echo_classifier()

@@ -93,7 +93,7 @@ def gate_box(gates: dict[int, dict]) -> str:
     if not gates:
         return ""
     bad = [g for g in gates.values() if g["status"] != "pass"]
-    th = next(iter(gates.values())).get("thresholds") or {}
+    th = next((g["thresholds"] for g in gates.values() if g.get("thresholds")), {})  # as the fidelity runs applied them
     rule = (f"above-chance class ratio ≥ {th.get('min_class_ratio')}, FID ≤ {th.get('max_fid_over_floor')} × the "
             f"real-vs-real floor, outside-sector mean ≤ {th.get('outside_factor')} × real + "
             f"{th.get('outside_margin')}/255") if th else "the study's gate thresholds"

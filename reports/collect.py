@@ -47,6 +47,22 @@ def finite(x: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
+def gate_of(fid_json: dict | None) -> dict:
+    """The quality-gate verdict evaluate/fidelity.py wrote into fidelity.json's `gate` ("unverified" without one).
+
+    {"status": pass|fail|unverified, "checks": [{name, value, limit, ok, text}], "failed": [...], "summary",
+    "thresholds"}: the verdict is made where the numbers are, under the thresholds that run was given.
+    """
+    if not fid_json:
+        return {"status": "unverified", "checks": [], "failed": [], "summary": "no fidelity result: the set was never scored"}
+    g = fid_json.get("gate")
+    if not isinstance(g, dict) or g.get("status") not in ("pass", "fail", "unverified"):
+        return {"status": "unverified", "checks": [], "failed": [],
+                "summary": "its fidelity.json holds no quality-gate verdict (written by an older evaluate/fidelity.py): "
+                           "re-run the fidelity stage to apply the gate"}
+    return {"checks": [], "failed": [], "summary": "", **g}
+
+
 @dataclass
 class StageInfo:
     """One stage of study.json plus its run directory."""

@@ -3,15 +3,15 @@
 Every comparison carries its 95% interval (reports/compare.py) and is called a gain or a loss
 only when the interval excludes zero. Every finding that uses a synthetic set names it
 (`rests_on`: the subset whose DDPM made it); the report marks those whose set failed the quality
-gate (evaluate/gate.py) as resting on an unusable generator.
+gate, or was not verified by it, as resting on an unusable generator. The verdict is the one
+evaluate/fidelity.py wrote into the set's fidelity.json (reports/collect.py:gate_of).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from evaluate.gate import gate_config, gate_verdict
-from reports.collect import Study, metric_summary, per_class_recall, read_json_or_none
+from reports.collect import Study, gate_of, metric_summary, per_class_recall, read_json_or_none
 from reports.compare import Diff, compare_recall, compare_runs
 from reports.sections import METRIC, fid_curve, fid_metrics
 
@@ -45,8 +45,7 @@ def _minority(study: Study, n: int) -> list[str]:
 
 
 def set_gates(study: Study) -> dict[int, dict]:
-    """Quality-gate verdict (evaluate.gate.gate_verdict) of each subset's synthetic set, keyed by subset."""
-    cfg = gate_config(study.config.get("gate"))
+    """Quality-gate verdict of each subset's synthetic set (from its fidelity.json), keyed by subset."""
     out = {}
     for s in study.by_experiment("synthetic", done=False):
         if not s.name.startswith("sample-"):
@@ -54,7 +53,7 @@ def set_gates(study: Study) -> dict[int, dict]:
         n = s.meta.get("subset")
         fid = study.get(f"fidelity-n{n}")
         data = read_json_or_none(fid.run_dir / "fidelity.json") if fid is not None and fid.done else None
-        out[n] = {"subset": n, "set": s.name, "fidelity": fid.name if fid else None, **gate_verdict(data, cfg)}
+        out[n] = {"subset": n, "set": s.name, "fidelity": fid.name if fid else None, **gate_of(data)}
     return out
 
 

@@ -16,6 +16,7 @@ from reports.collect import (
     Study,
     eval_sets,
     finite,
+    gate_of,
     grid,
     load_real,
     load_samples,
@@ -137,9 +138,6 @@ def diffusion(study: Study) -> tuple[str, list[Table]]:
         if grids:
             html.append(img_file(grids[-1], f"{s.name}: training sample grid {grids[-1].name}", width=320))
     if fids:
-        from evaluate.gate import gate_config, gate_verdict
-
-        gcfg = gate_config(study.config.get("gate"))
         t = Table("fidelity", "Fidelity of each balanced synthetic set against its real training subset "
                   "(floor: real training vs real validation images; class ratio: (judge accuracy on synthetic − 1/K) "
                   "/ (judge balanced accuracy on real validation − 1/K), 95% bootstrap interval; outside: mean "
@@ -152,7 +150,7 @@ def diffusion(study: Study) -> tuple[str, list[Table]]:
             ci = cf.get("ratio_ci")
             extra = [finite(cf.get("ratio")), f"{ci[0]:.2f} to {ci[1]:.2f}" if ci else None, finite(cf.get("acc_syn")),
                      finite(cf.get("bacc_real")), finite(sf.get("outside_mean_fake")), finite(sf.get("outside_mean_real")),
-                     gate_verdict(data, gcfg)["status"]]
+                     gate_of(data)["status"]]
             for name, m in fid_metrics(data).items():
                 t.rows.append([s.meta.get("subset"), name, *[m[k] for k in FID_KEYS], m["floor_fid"], *extra])
         tables.append(t)

@@ -230,7 +230,31 @@ def test_fidelity_cli_writes_class_and_sector_fidelity_with_a_judge_run(phantom_
     assert cf["k"] == 4 and cf["n_syn"] == 120 and cf["n_real"] == 100 and set(cf["per_class"]) == set(CLASSES)
     assert cf["judge"]["arch"] == "madani" and sf["outside_mean_fake"] > 100 and sf["outside_mean_real"] == 0.0
     assert (out / "class_grid.png").read_bytes()[:4] == b"\x89PNG"
-    assert "[class] judge accuracy" in stdout and "[gate, default thresholds] FAIL" in stdout
+    assert "[class] judge accuracy" in stdout and "[gate] FAIL: FID 3" in stdout
+    assert r["gate"]["status"] == "fail" and r["gate"]["thresholds"] == {  # the defaults
+        "min_class_ratio": 0.5, "max_fid_over_floor": 10.0, "fid_features": "auto", "outside_factor": 3.0,
+        "outside_margin": 5.0}
+
+
+def test_fidelity_json_carries_the_gate_verdict_under_the_command_line_thresholds(phantom_sets, standin, tmp_path,
+                                                                                  capsys):
+    """Thresholds lax enough for noise to pass: the verdict written is the one under the flags, not the defaults."""
+    out = tmp_path / "fid"
+    lax = {"min_class_ratio": -1.0, "max_fid_over_floor": 1e6, "fid_features": "echo", "outside_factor": 1.0,
+           "outside_margin": 255.0}
+    assert fidelity_main(["--real", str(phantom_sets["real"]), "--holdout", str(phantom_sets["holdout"]),
+                          "--fake", str(phantom_sets["noise"]), "--judge", standin, "--features", "echo",
+                          "--classifier", standin, "--out", str(out), "--cache_dir", "", "--kid_subsets", "5",
+                          "--curve", "false", "--per_class", "false",
+                          *[a for k, v in lax.items() for a in (f"--gate.{k}", str(v))]]) == 0
+    assert "[gate] PASS: passes FID, sector fidelity" in capsys.readouterr().out  # the untrained judge: n/a
+    r = json.loads((out / "fidelity.json").read_text())
+    g = r.pop("gate")
+    assert g["status"] == "pass" and g["thresholds"] == lax and [c["ok"] for c in g["checks"]] == [None, True, True]
+    assert g["checks"][2]["limit"] == pytest.approx(1.0 * r["sector_fidelity"]["outside_mean_real"] + 255.0)
+    assert g == gate_verdict(r, GateConfig(**lax))  # the same verdict as applying the gate to the numbers beside it
+    assert gate_verdict(r)["status"] == "fail"  # which the default thresholds fail
+    assert json.loads((out / "config.json").read_text())["gate"] == lax
 
 
 def test_class_grid_png():

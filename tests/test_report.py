@@ -8,6 +8,7 @@ import re
 import pytest
 
 from conftest import PYTHON, run_cli
+from evaluate.gate import GateConfig, gate_verdict
 from reports.build import build_report
 from reports.render import Table, mean_sd
 
@@ -248,7 +249,7 @@ def _gated_study(tmp_path, fidelity: dict, report_status: str = "running"):
          "command": ""}]
     _study(tmp_path, stages)
     data = json.loads((tmp_path / "study.json").read_text())
-    data["config"] = {"dataset": {"subsets": [60]}, "gate": {"min_class_ratio": 0.5}}
+    data["config"] = {"dataset": {"subsets": [60]}}
     (tmp_path / "study.json").write_text(json.dumps(data))
     return tmp_path
 
@@ -263,8 +264,13 @@ GOOD = {"metrics": {"echo": {"overall": {"fake": {"fid": 150.0}, "floor": {"fid"
         "sector_fidelity": {"outside_mean_fake": 1.0, "outside_mean_real": 0.0}}
 
 
+def _scored(fid: dict, **thresholds) -> dict:
+    """A fidelity.json as evaluate/fidelity.py writes it: the numbers and the gate's verdict on them."""
+    return {**fid, "gate": gate_verdict(fid, GateConfig(**thresholds))}
+
+
 def test_report_gate_box_marks_every_finding_on_a_failed_set(tmp_path):
-    html = build_report(_gated_study(tmp_path, NOISE)).read_text()
+    html = build_report(_gated_study(tmp_path, _scored(NOISE))).read_text()
     box = re.search(r"<div class=gate-fail role=alert>(.*?)</div>", html, re.S)
     assert box and "1 of 1 synthetic sets are unusable" in box.group(1) and "sample-n60" in box.group(1)
     assert "above-chance ratio 0.087 (need ≥ 0.5" in box.group(1) and "3100.0 with echo features" in box.group(1)
@@ -282,7 +288,7 @@ def test_report_gate_box_marks_every_finding_on_a_failed_set(tmp_path):
 
 
 def test_report_gate_passes_a_good_set_and_findings_carry_uncertainty(tmp_path):
-    html = build_report(_gated_study(tmp_path, GOOD)).read_text()
+    html = build_report(_gated_study(tmp_path, _scored(GOOD))).read_text()
     assert "<div class=gate-pass>" in html and "<div class=gate-fail" not in html
     assert "Rests on an unusable generator" not in html
     findings_html = re.search(r"<ul class=findings>(.*?)</ul>", html, re.S).group(1)
@@ -291,13 +297,37 @@ def test_report_gate_passes_a_good_set_and_findings_carry_uncertainty(tmp_path):
     assert "not reproduced" in html
 
 
+def test_report_shows_the_verdict_fidelity_json_carries_under_its_thresholds(tmp_path):
+    """The report re-judges nothing: the noise set passes under the thresholds its fidelity run was given."""
+    lax = {"min_class_ratio": 0.05, "max_fid_over_floor": 100.0, "outside_factor": 1.0, "outside_margin": 60.0}
+    html = build_report(_gated_study(tmp_path, _scored(NOISE, **lax))).read_text()
+    box = re.search(r"<div class=gate-pass>(.*?)</div>", html, re.S)
+    assert box and "above-chance class ratio ≥ 0.05, FID ≤ 100.0 × the real-vs-real floor" in box.group(1)
+    assert "outside-sector mean ≤ 1.0 × real + 60.0/255" in box.group(1)
+    assert "<div class=gate-fail" not in html and "Rests on an unusable generator" not in html
+    assert (tmp_path / "tables" / "fidelity.csv").read_text().splitlines()[1].endswith(",pass")
+
+
+def test_report_marks_a_fidelity_json_without_a_verdict_unverified(tmp_path):
+    """A fidelity run from before the gate moved into fidelity.py: unverified, with what to do."""
+    html = build_report(_gated_study(tmp_path, GOOD)).read_text()  # good numbers, but no `gate` key
+    box = re.search(r"<div class=gate-fail role=alert>(.*?)</div>", html, re.S)
+    assert box and "1 of 1 synthetic sets are unusable" in box.group(1) and "UNVERIFIED" in box.group(1)
+    assert "no quality-gate verdict" in box.group(1) and "re-run the fidelity stage" in box.group(1)
+    assert "Gate: the study&#x27;s gate thresholds." in box.group(1)  # no verdict, so no thresholds to show
+    assert "sample-n60 was not verified by the quality gate" in html
+    assert (tmp_path / "tables" / "fidelity.csv").read_text().splitlines()[1].endswith(",unverified")
+    summary = (tmp_path / "summary.md").read_text()
+    assert "**sample-n60 UNVERIFIED** the quality gate: its fidelity.json holds no quality-gate verdict" in summary
+
+
 def test_report_gate_box_renders_in_chromium(tmp_path):
     import numpy as np
     from PIL import Image
 
     from conftest import ARTIFACTS, chromium_screenshot
 
-    out = build_report(_gated_study(tmp_path, NOISE))
+    out = build_report(_gated_study(tmp_path, _scored(NOISE)))
     png = ARTIFACTS / "report_gate.png"
     chromium_screenshot(out.resolve().as_uri(), png, width=1200, height=900)
     with Image.open(png) as im:

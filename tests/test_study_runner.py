@@ -132,6 +132,27 @@ def test_graph_and_dry_run(tmp_path, capsys):
         study.parse_config(study.StudyConfig, ["--dataset.subsets", "400,200"])
 
 
+def test_fidelity_stages_get_the_gate_thresholds(tmp_path):
+    """The study's `gate:` section goes to every stage that scores a synthetic set, so changing it re-runs them."""
+    from pipelines import study
+    from pipelines.graph import build_graph
+
+    flags = ["--experiments.ablation", "true", "--experiments.sample_size", "10,20"]
+    default = {s.name: s for s in build_graph(study.parse_config(study.StudyConfig, flags), tmp_path)}
+    cfg = study.parse_config(study.StudyConfig, [*flags, "--gate.min_class_ratio", "0.8", "--gate.fid_features", "echo"])
+    strict = {s.name: s for s in build_graph(cfg, tmp_path)}
+    scored = [n for n, s in strict.items() if "--fake" in s.command and "evaluate/fidelity.py" in map(str, s.command)]
+    assert {"fidelity-n200", "samplesize-fidelity", "ablation-fixed-cosine-fidelity"} <= set(scored)
+    for name in scored:
+        cmd = [str(c) for c in strict[name].command]
+        got = {cmd[i][len("--gate."):]: cmd[i + 1] for i in range(len(cmd) - 1) if cmd[i].startswith("--gate.")}
+        assert got == {"min_class_ratio": "0.8", "max_fid_over_floor": "10.0", "fid_features": "echo",
+                       "outside_factor": "3.0", "outside_margin": "5.0"}, name
+        assert default[name].command != strict[name].command  # the command is part of the stage's cache key
+    others = [n for n in strict if n not in scored]
+    assert others and all(default[n].command == strict[n].command for n in others)  # nothing else re-runs
+
+
 # ----------------------------------------------------------------------------------------------
 # Concurrency, failure isolation, idempotent resume, progress, the final state, settings checks
 
