@@ -1,34 +1,19 @@
-"""Classifier training and evaluation sets, built from manifests by a SPEC string.
+"""Classifier training sets, built by a SPEC string from the data layer's image sets (gen/data/image_sets.py).
 
-SPEC grammar (`classify/train.py --train SPEC`; the study pipeline builds these strings):
-
-    SPEC     := [KIND ":"] SOURCE ["@" ARG]
-    SOURCE   := MANIFEST | MANIFEST "+" MANIFEST          (the second only for `mixed`)
-    MANIFEST := path/to/file.csv ["#" key=value ("," key=value)*]   keys: split, subset
-
-    real:M                 a real split or nested subset as is (a bare `M` means the same)
-    synthetic:M[@N]        a synthetic manifest (source `synthetic`); @N keeps N per class
-    mixed:R+S@F            real R plus round(F·|R|) synthetic images from S, drawn class-balanced
-    upsampled:M[@majority|@N]  random oversampling of every class to the majority count / N
-    smote:M[@majority|@N]  SMOTE on flattened pixels (imbalanced-learn) to the majority count / N
-
-Examples: `real:split/train_1000.csv`, `real:split/manifest.csv#split=train,subset=1000`,
-`mixed:split/train_1000.csv+samples/manifest.csv@0.3`, `upsampled:split/train_1000.csv@8000`.
-Oversampling never drops images: a class already above N keeps all of its images.
+The SPEC grammar is `classify.configs.SPEC_DOC` (shown by `classify/train.py --help`).
 """
 
 from __future__ import annotations
 
-import os
 import zlib
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from gen.data.dataset import ManifestDataset
-from gen.data.manifest import ManifestError, parse_manifest_ref, read_manifest
+# ImageSet, ManifestRef and load_image_set are the data layer's; imported here for the builders and
+# re-exported for `classify/train.py`
+from gen.data.image_sets import ImageSet, ManifestRef, load_image_set  # noqa: F401
 
 KINDS = ("real", "synthetic", "mixed", "upsampled", "smote")
 
@@ -45,22 +30,12 @@ SPEC_HELP = ("SPEC is [KIND:]MANIFEST[#split=..,subset=..][@ARG] with KIND one o
 # Parsing
 
 
-@dataclass(frozen=True)
-class ManifestRef:
-    """A manifest file plus optional split / nested-subset filters."""
-
-    path: Path
-    split: str | None = None
-    subset: str | None = None
-
-    @classmethod
-    def parse(cls, text: str, spec: str) -> ManifestRef:
-        """`path.csv[#split=train,subset=1000]` → ManifestRef."""
-        try:
-            path, kw = parse_manifest_ref(text)
-        except ValueError as e:
-            raise SpecError(f"{spec!r}: {e}. {SPEC_HELP}") from None
-        return cls(path, kw.get("split"), kw.get("subset"))
+def _source(text: str, spec: str) -> ManifestRef:
+    """`path.csv[#split=train,subset=1000]` of a SPEC → ManifestRef (SpecError with the grammar)."""
+    try:
+        return ManifestRef.parse(text)
+    except ValueError as e:
+        raise SpecError(f"{spec!r}: {e}. {SPEC_HELP}") from None
 
 
 @dataclass(frozen=True)
@@ -99,84 +74,11 @@ def parse_spec(spec: str) -> Spec:
         raise SpecError(f"{spec!r}: {kind} takes @majority or @N (images per class), got @{arg}")
     if kind == "synthetic" and arg is not None and not positive:
         raise SpecError(f"{spec!r}: synthetic takes @N (images kept per class), got @{arg}")
-    return Spec(kind, tuple(ManifestRef.parse(p, spec) for p in parts), arg)
-
-
-# ----------------------------------------------------------------------------------------------
-# In-memory image sets
-
-
-@dataclass
-class ImageSet:
-    """Images (uint8 N×S×S) with labels indexing `classes`, and per-row metadata."""
-
-    name: str
-    images: np.ndarray
-    labels: np.ndarray
-    classes: list[str]
-    paths: list[str]
-    patient_ids: np.ndarray
-    sources: np.ndarray
-    quality: np.ndarray  # float, NaN where unknown
-    video_ids: np.ndarray | None = None
-    info: dict = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def class_counts(self) -> dict[str, int]:
-        """Images per class (every class in `classes`, zeros included)."""
-        n = np.bincount(self.labels, minlength=len(self.classes))
-        return {c: int(k) for c, k in zip(self.classes, n)}
-
-    def present_classes(self) -> list[int]:
-        """Indices of classes with at least one image."""
-        return sorted(int(c) for c in np.unique(self.labels))
-
-    def take(self, idx: np.ndarray, name: str | None = None) -> ImageSet:
-        """Rows `idx` (repeats allowed) as a new set."""
-        idx = np.asarray(idx, dtype=np.int64)
-        return ImageSet(name or self.name, self.images[idx], self.labels[idx], self.classes,
-                        [self.paths[i] for i in idx], self.patient_ids[idx], self.sources[idx],
-                        self.quality[idx], None if self.video_ids is None else self.video_ids[idx], dict(self.info))
-
-    @staticmethod
-    def concat(name: str, parts: list[ImageSet]) -> ImageSet:
-        """Concatenate sets that share classes and image size."""
-        vids = None
-        if any(p.video_ids is not None for p in parts):
-            vids = np.concatenate([p.video_ids if p.video_ids is not None else np.full(len(p), "", dtype=object)
-                                   for p in parts])
-        return ImageSet(name, np.concatenate([p.images for p in parts]), np.concatenate([p.labels for p in parts]),
-                        parts[0].classes, [q for p in parts for q in p.paths],
-                        np.concatenate([p.patient_ids for p in parts]), np.concatenate([p.sources for p in parts]),
-                        np.concatenate([p.quality for p in parts]), vids)
+    return Spec(kind, tuple(_source(p, spec) for p in parts), arg)
 
 
 def _rng(seed: int, *keys: str) -> np.random.Generator:
     return np.random.default_rng([seed, *(zlib.crc32(k.encode()) for k in keys)])
-
-
-def load_image_set(ref: ManifestRef | str | os.PathLike, classes: list[str], size: int, name: str | None = None,
-                   workers: int = 4) -> ImageSet:
-    """Decode a manifest (optionally one split / subset) at size×size, labels indexing `classes`."""
-    if not isinstance(ref, ManifestRef):
-        ref = ManifestRef(Path(ref))
-    try:
-        m = read_manifest(ref.path)
-        ds = ManifestDataset(m, size=size, split=ref.split, subset=ref.subset, classes=classes)
-    except ManifestError as e:
-        raise ManifestError(f"{e}\n(while reading {ref.path} for the classifier; classes {classes})") from None
-    with ThreadPoolExecutor(max(1, workers)) as pool:  # PIL decoding releases the GIL
-        images = np.stack(list(pool.map(ds.uint8, range(len(ds)))))
-    df = ds.manifest.df
-    vids = None
-    if "video_id" in df.columns and (df["video_id"].astype(str).str.strip() != "").any():
-        vids = df["video_id"].astype(str).to_numpy(dtype=object)
-    quality = df["quality"].to_numpy(dtype=float)
-    return ImageSet(name or ref.path.stem, images, ds.labels.copy(), list(classes), ds.paths,
-                    df["patient_id"].astype(str).to_numpy(dtype=object), df["source"].astype(str).to_numpy(dtype=object),
-                    quality, vids)
 
 
 def parse_eval_arg(text: str) -> tuple[str, Path]:
@@ -240,9 +142,9 @@ def smote(s: ImageSet, arg: str | None, seed: int, k_neighbors: int = 5) -> Imag
     x, y = sampler.fit_resample(s.images.reshape(n, -1).astype(np.float32), s.labels)
     new = slice(n, len(y))  # imbalanced-learn appends the new samples after the originals
     made = ImageSet(f"smote-{s.name}", np.clip(np.rint(x[new]), 0, 255).astype(np.uint8).reshape(-1, h, w),
-                    y[new].astype(np.int64), s.classes, [f"smote:{i}" for i in range(len(y) - n)],
-                    np.full(len(y) - n, "smote", dtype=object), np.full(len(y) - n, "smote", dtype=object),
-                    np.full(len(y) - n, np.nan), None)
+                    y[new].astype(np.int64), s.classes, paths=np.array([f"smote:{i}" for i in range(len(y) - n)], dtype=object),
+                    sources=np.full(len(y) - n, "smote", dtype=object),
+                    patient_ids=np.full(len(y) - n, "smote", dtype=object), quality=np.full(len(y) - n, np.nan))
     if s.video_ids is not None:
         made.video_ids = np.full(len(made), "", dtype=object)
     out = ImageSet.concat(f"smote-{s.name}", [s, made])

@@ -91,9 +91,10 @@ def embed(cfg: EmbedConfig | None = None, **overrides) -> dict:
 
     from evaluate.distributed import resolve_device
     from evaluate.features import build_extractor, features_for
-    from evaluate.image_sets import check_same_size, load_set
+    from evaluate.image_sets import check_same_size
     from evaluate.metrics import subsample
     from evaluate.plots import density_panels, scatter
+    from gen.data.image_sets import load_image_set
     from gen.io import atomic_path, write_json
     from gen.rundir import init_run_dir
 
@@ -101,9 +102,9 @@ def embed(cfg: EmbedConfig | None = None, **overrides) -> dict:
     device = resolve_device(cfg.device)
     progress = cfg.progress and sys.stderr.isatty()
     size = cfg.size or None
-    sets = {"real": load_set(cfg.real, size=size, name="real")}
+    sets = {"real": load_image_set(cfg.real, size=size, name="real")}
     if cfg.fake:
-        sets["synthetic"] = load_set(cfg.fake, size=size, name="synthetic")
+        sets["synthetic"] = load_image_set(cfg.fake, size=size, name="synthetic")
     check_same_size(**sets)
     out = Path(cfg.out)
     init_run_dir(out, to_dict(cfg), overwrite=cfg.overwrite, seed=cfg.seed,

@@ -106,7 +106,8 @@ def compute_fidelity(cfg: FidelityConfig | None = None, **overrides) -> dict:
     from evaluate import scoring
     from evaluate.distributed import Dist
     from evaluate.features import build_extractor
-    from evaluate.image_sets import check_same_size, load_set
+    from evaluate.image_sets import check_same_size
+    from gen.data.image_sets import load_image_set
     from gen.rundir import init_run_dir
 
     cfg = build(FidelityConfig, overrides=overrides) if cfg is None else cfg
@@ -115,11 +116,11 @@ def compute_fidelity(cfg: FidelityConfig | None = None, **overrides) -> dict:
     cache = str(Path(cfg.cache_dir).expanduser()) if cfg.cache_dir else None
     holdout_ref = cfg.holdout or default_holdout(cfg.real)
     size = cfg.size or None
-    sets = {"real": load_set(cfg.real, size=size, name="real")}
+    sets = {"real": load_image_set(cfg.real, size=size, name="real")}
     if cfg.fake:
-        sets["fake"] = load_set(cfg.fake, size=size, name="fake")
+        sets["fake"] = load_image_set(cfg.fake, size=size, name="fake")
     if holdout_ref:
-        sets["holdout"] = load_set(holdout_ref, size=size, name="holdout")
+        sets["holdout"] = load_image_set(holdout_ref, size=size, name="holdout")
     check_same_size(**sets)
     out = Path(cfg.out)
     if dist.is_main:

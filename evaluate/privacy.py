@@ -70,7 +70,8 @@ def audit(cfg: PrivacyConfig | None = None, **overrides) -> dict:
     from evaluate import copy_detection
     from evaluate.distributed import resolve_device
     from evaluate.fidelity import default_holdout
-    from evaluate.image_sets import check_same_size, load_set, write_sample_dir
+    from evaluate.image_sets import check_same_size
+    from gen.data.image_sets import load_image_set, write_sample_dir
     from gen.rundir import init_run_dir
 
     cfg = build(PrivacyConfig, overrides=overrides) if cfg is None else cfg
@@ -80,8 +81,9 @@ def audit(cfg: PrivacyConfig | None = None, **overrides) -> dict:
     if not holdout_ref:
         raise ValueError("--holdout is required: held-out real images (never trained on) calibrate the thresholds")
     size = cfg.size or None
-    sets = {"train": load_set(cfg.train, size=size, name="train"), "holdout": load_set(holdout_ref, size=size, name="holdout"),
-            "fake": load_set(cfg.fake, size=size, name="fake")}
+    sets = {"train": load_image_set(cfg.train, size=size, name="train"),
+            "holdout": load_image_set(holdout_ref, size=size, name="holdout"),
+            "fake": load_image_set(cfg.fake, size=size, name="fake")}
     check_same_size(**sets)
     out = Path(cfg.out)
     init_run_dir(out, to_dict(cfg), overwrite=cfg.overwrite, seed=cfg.seed,

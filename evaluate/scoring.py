@@ -15,8 +15,8 @@ import numpy as np
 
 from evaluate.distributed import Dist
 from evaluate.features import Extractor, check_size, load_cached, run_extractor, save_cached
-from evaluate.image_sets import ImageSet
 from evaluate.metrics import FeatureStats, all_metrics, fid, fid_from_stats, kid, subsample
+from gen.data.image_sets import ImageSet
 
 THESIS_CURVE_SIZES = (1000, 2000, 4000, 6000, 8000, 10000, 15000, 20000, 30000, 40000, 50000)  # Fig 5.1
 

@@ -16,8 +16,8 @@ from evaluate.class_fidelity import above_chance_ratio, class_fidelity, class_gr
 from evaluate.fidelity import compute_fidelity
 from evaluate.fidelity import main as fidelity_main
 from evaluate.gate import GateConfig, gate_config, gate_verdict
-from evaluate.image_sets import ImageSet, write_sample_dir
 from evaluate.sector import outside_means, sector_fidelity, sector_mask
+from gen.data.image_sets import ImageSet, load_image_set, write_sample_dir
 from tests.standin import make_standin_classifier
 
 CLASSES = ["A2C", "A4C", "PLAX", "PSAX"]
@@ -164,8 +164,8 @@ def phantom_sets(tmp_path_factory):
     root = tmp_path_factory.mktemp("phantom_sets")
 
     def save(name, idx, images=None, v=None):
-        s = ImageSet(name, ims[idx] if images is None else images, views[idx] if v is None else v,
-                     np.full(len(idx), "phantom", dtype=object), np.array([f"{name}:{i}" for i in range(len(idx))]))
+        s = ImageSet.from_views(name, ims[idx] if images is None else images, views[idx] if v is None else v,
+                                sources=np.full(len(idx), "phantom", dtype=object))
         return write_sample_dir(root / name, s)
 
     lr = LogisticRegression(max_iter=300, class_weight="balanced", C=0.1)
@@ -186,12 +186,10 @@ def phantom_sets(tmp_path_factory):
 
 
 def _score(sets, fake, tmp_path, features):
-    from evaluate.image_sets import load_set
-
     r = compute_fidelity(real=str(sets["real"]), holdout=str(sets["holdout"]), fake=str(sets[fake]),
                          features=["echo"], classifier=features, out=str(tmp_path / fake), cache_dir="",
                          kid_subsets=5, curve=False, per_class=False, progress=False)
-    f, h = load_set(sets[fake]), load_set(sets["holdout"])
+    f, h = load_image_set(sets[fake]), load_image_set(sets["holdout"])
     r["class_fidelity"] = class_fidelity(sets["judge"], f.images, f.views, h.images, h.views)
     return r
 

@@ -9,17 +9,15 @@ import torch
 
 from classify.augment import apply_affine, epoch_params
 from classify.datasets import (
-    ImageSet,
-    ManifestRef,
     SpecError,
     balanced_indices,
     build_training_set,
     check_no_leakage,
     class_weights,
-    load_image_set,
     parse_eval_arg,
     parse_spec,
 )
+from gen.data.image_sets import ImageSet, ManifestRef, load_image_set
 from gen.data.manifest import (
     VIEWS,
     data_roots,

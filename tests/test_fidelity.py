@@ -10,7 +10,7 @@ import pytest
 from conftest import PYTHON, accelerate_cmd, run_cli
 from evaluate.fidelity import compute_fidelity, default_holdout
 from evaluate.fidelity import main as fidelity_main
-from evaluate.image_sets import load_set, write_sample_dir
+from gen.data.image_sets import load_image_set, write_sample_dir
 from tests.standin import make_standin_diffusion_run, make_standin_inception
 
 METRIC_KEYS = {"n_real", "n_fake", "fid", "kid", "kid_std", "kid_subset_size", "precision", "recall", "density",
@@ -25,7 +25,7 @@ def standin(tmp_path_factory):
 @pytest.fixture(scope="module")
 def samples(split_dir, tmp_path_factory):
     """A sample directory (gen/sample.py layout) holding the test split's images, darkened: a 'worse' generator."""
-    s = load_set(split_dir / "test.csv")
+    s = load_image_set(split_dir / "test.csv")
     s.images = (s.images * 0.7).astype(np.uint8)
     return write_sample_dir(tmp_path_factory.mktemp("samples") / "samples", s)
 
@@ -97,7 +97,7 @@ def test_fid_vs_checkpoint_curve_samples_every_kept_checkpoint(split_dir, standi
 
 
 def test_clear_errors_for_sizes_empty_sets_and_missing_inputs(split_dir, standin, tmp_path, capsys):
-    big = load_set(split_dir / "test.csv", size=40)
+    big = load_image_set(split_dir / "test.csv", size=40)
     write_sample_dir(tmp_path / "big", big)
     with pytest.raises(ValueError, match=r"image sizes differ \(real 32×32, fake 40×40.*--size"):
         compute_fidelity(real=str(split_dir / "train.csv"), fake=str(tmp_path / "big"), **_opts(standin, tmp_path))

@@ -11,10 +11,10 @@ import torch
 from scipy.ndimage import shift as nd_shift
 
 from evaluate.copy_detection import calibrate, carlini_ratio, flag, nndr, tolerant_distance
-from evaluate.image_sets import ImageSet, load_set, write_sample_dir
 from evaluate.membership import loss_threshold_attack, roc_summary
 from evaluate.privacy import audit
 from evaluate.privacy import main as privacy_main
+from gen.data.image_sets import ImageSet, load_image_set, write_sample_dir
 from gen.data.manifest import read_manifest
 from tests.standin import make_standin_classifier, make_standin_diffusion_run
 
@@ -58,7 +58,7 @@ def _npz(path, images, views):
 
 
 def test_planted_copies_are_flagged_and_held_out_images_are_not(data, tmp_path):
-    train, val, test = (load_set(data / f"{s}.csv") for s in ("train", "val", "test"))
+    train, val, test = (load_image_set(data / f"{s}.csv") for s in ("train", "val", "test"))
     copies, src, kinds = plant_copies(train, 60)
     # the "synthetic" set: planted copies, the calibration images themselves (val) and unseen held-out images (test)
     images = np.concatenate([copies, val.images, test.images])
@@ -78,7 +78,7 @@ def test_planted_copies_are_flagged_and_held_out_images_are_not(data, tmp_path):
     assert r["flagged"]["count"] == int(flagged.sum())
     assert set(r["flagged"]["per_class"]) <= set(CLASSES)
     # the filtered set is a sample directory any stage can read, holding exactly the unflagged images
-    kept = load_set(tmp_path / "kept")
+    kept = load_image_set(tmp_path / "kept")
     assert len(kept) == r["filtered"]["kept"] == int((~flagged).sum())
     assert len(read_manifest(tmp_path / "kept" / "manifest.csv", check_sha1=True)) == len(kept)
     with np.load(tmp_path / "kept" / "samples.npz") as z:
@@ -128,7 +128,7 @@ def test_loss_threshold_attack_catches_a_memorising_model(data):
     """An oracle that denoises by snapping to the nearest member image: members have zero loss, so AUC ≈ 1."""
     from gen.diffusion import Diffusion
 
-    members, others = load_set(data / "train.csv"), load_set(data / "val.csv")
+    members, others = load_image_set(data / "train.csv"), load_image_set(data / "val.csv")
     diffusion = Diffusion(1000, "linear", learn_sigma=False)
     bank = torch.from_numpy(members.images).float().div(127.5).sub(1).flatten(1)
 
@@ -146,7 +146,7 @@ def test_loss_threshold_attack_catches_a_memorising_model(data):
 def test_privacy_cli_with_echo_features_and_membership(data, tmp_path, capsys):
     cls = make_standin_classifier(tmp_path / "cls", CLASSES, 32)
     gen = make_standin_diffusion_run(tmp_path / "gen", CLASSES, steps=[3])
-    test = load_set(data / "test.csv")
+    test = load_image_set(data / "test.csv")
     write_sample_dir(tmp_path / "samples", test)
     out = tmp_path / "audit"
     code = privacy_main(["--train", str(data / "train.csv"), "--fake", str(tmp_path / "samples"), "--classifier", str(cls),
@@ -165,7 +165,7 @@ def test_privacy_cli_with_echo_features_and_membership(data, tmp_path, capsys):
 
 
 def test_privacy_errors_are_clear(data, tmp_path, capsys):
-    big = load_set(data / "test.csv", size=40)
+    big = load_image_set(data / "test.csv", size=40)
     write_sample_dir(tmp_path / "big", big)
     with pytest.raises(ValueError, match="--size"):
         audit(train=str(data / "train.csv"), fake=str(tmp_path / "big"), out=str(tmp_path / "a"))
