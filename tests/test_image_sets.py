@@ -167,6 +167,11 @@ def test_unreadable_and_odd_sized_images_are_named_by_row(tmp_path):
     (tmp_path / "im1.png").write_bytes(b"garbage")
     with pytest.raises(ManifestError, match=r"m\.csv: row 3: cannot read image .*im1\.png"):
         load_image_set(csv, size=16)
+    from test_manifest import bomb_png
+
+    bomb_png(tmp_path / "im0.png")
+    with pytest.raises(ManifestError, match=r"m\.csv: row 2: .*im0\.png: refused as a possible decompression bomb"):
+        load_image_set(csv, size=16)
 
 
 def test_the_image_set_layer_imports_no_torch():
