@@ -11,9 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-# ImageSet, ManifestRef and load_image_set are the data layer's; imported here for the builders and
-# re-exported for `classify/train.py`
-from gen.data.image_sets import ImageSet, ManifestRef, load_image_set  # noqa: F401
+from gen.data.image_sets import ImageSet, ManifestRef, load_image_set
 
 KINDS = ("real", "synthetic", "mixed", "upsampled", "smote")
 

@@ -23,15 +23,9 @@ from gen.rundir import _diff_keys, init_run_dir, provenance, start_run
 
 def load_data(cfg: ClassifierTrainConfig):
     """Training set and evaluation sets (val first), checked for class coverage and patient leakage."""
-    from classify.datasets import (
-        ManifestRef,
-        build_training_set,
-        check_no_leakage,
-        load_image_set,
-        parse_eval_arg,
-        parse_spec,
-    )
+    from classify.datasets import build_training_set, check_no_leakage, parse_eval_arg, parse_spec
     from classify.quality import check_grades
+    from gen.data.image_sets import ManifestRef, load_image_set
     from gen.data.manifest import verify_manifest
 
     spec = parse_spec(cfg.train)
