@@ -31,6 +31,7 @@ from classify.configs import (  # noqa: F401  (re-exported: the registry's names
     min_image_size,
 )
 from classify.frozen_features import FrozenInception
+from gen.io import read_json
 
 # ----------------------------------------------------------------------------------------------
 # Shared initialisation (the base class, Classifier, is in classify/classifier.py)
@@ -526,8 +527,6 @@ def load_classifier(path: str | os.PathLike, which: str = "best", device: str | 
                     ) -> tuple[Classifier, dict]:
     """Load a trained classifier (eval mode) and its model.json info from RUN or RUN/seed-<s>."""
     from safetensors.torch import load_file
-
-    from gen.io import read_json
 
     if which not in ("best", "last"):
         raise ValueError(f"which must be 'best' or 'last', got {which!r}")

@@ -27,6 +27,7 @@ from gen.checkpoint import (
     verify_checkpoint,
 )
 from gen.io import atomic_dir, read_json, read_jsonl, write_json, write_text
+from gen.launcher import Interrupted, active_stop
 
 _EPOCH_RE = re.compile(r"^epoch-(?P<phase>[a-z]+)-(?P<epoch>\d{4})$")
 FILES = ("model.safetensors", "optimizer.safetensors", "optimizer.json", "scheduler.json", "state.json")
@@ -96,8 +97,6 @@ def load_epoch_state(seed_dir: Path, phase: str, net: torch.nn.Module, opt, sche
 
 def check_stop(accelerator, where: str) -> None:
     """Raise gen.launcher.Interrupted on every process once any of them got SIGINT/SIGTERM (call between steps)."""
-    from gen.launcher import Interrupted, active_stop
-
     stop = active_stop()
     if stop is None:
         return

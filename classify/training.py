@@ -37,6 +37,7 @@ from classify.models import (
     model_info,
     view_loss,
 )
+from classify.resume import check_stop, load_epoch_state, save_epoch_state
 from gen.data.image_sets import ImageSet
 from gen.io import append_jsonl, atomic_path, write_json
 from gen.tracking import (
@@ -156,8 +157,6 @@ def run_epochs(accelerator, cfg: ClassifierTrainConfig, net: Classifier, trainab
                with_grade: bool) -> dict:
     """Epoch loop: `step_fn(trainable, x, idx) -> loss` steps `trainable` (the model or one head); each
     epoch scores `net` on val and keeps the best (by `select`) and last checkpoints."""
-    from classify.resume import check_stop, load_epoch_state, save_epoch_state
-
     sched = make_scheduler(cfg, opt, epochs)
     # after a kill: continue from the last epoch checkpoint (weights, moments, LR, RNG, selection state)
     resumed = load_epoch_state(seed_dir, phase, net, opt, sched, accelerator.is_main_process, tqdm.write) if cfg.resume else None

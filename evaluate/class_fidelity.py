@@ -18,11 +18,14 @@ Binomial(n_c, p̂_c)/n_c, which is drawn directly.
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 
 import numpy as np
 
+from classify.models import load_classifier
+from evaluate.features import Extractor, run_extractor
 from gen.sampling import make_grid
 
 CI_LEVEL = 0.95
@@ -32,8 +35,6 @@ class Judge:
     """A trained view classifier as a judge: `classes` and `predict_proba(uint8 N×S×S) -> N×len(classes)`."""
 
     def __init__(self, model, info: dict, device: str = "cpu", batch_size: int = 256) -> None:
-        from evaluate.features import Extractor
-
         class _Logits(Extractor):  # the classifier's logits through run_extractor's batching and scaling
             name = "judge"
 
@@ -53,8 +54,6 @@ class Judge:
     @classmethod
     def load(cls, run: str | os.PathLike, which: str = "best", device: str = "cpu") -> Judge:
         """The classifier of a classify/train.py run (its first seed) or RUN/seed-<s>; ValueError naming the run if unusable."""
-        from classify.models import load_classifier
-
         try:
             model, info = load_classifier(run, which=which, device=device)
         except (FileNotFoundError, KeyError, ValueError, OSError) as e:
@@ -65,8 +64,6 @@ class Judge:
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
         """Softmax probabilities (float64 N×len(classes)) of uint8 images at the judge's size."""
-        from evaluate.features import run_extractor
-
         logits = run_extractor(self._net, images, self.batch_size, self.device).astype(np.float64)
         e = np.exp(logits - logits.max(1, keepdims=True))
         return e / e.sum(1, keepdims=True)
@@ -184,8 +181,6 @@ def class_grid(syn_images: np.ndarray, syn_views: Sequence[str], real_images: np
     import matplotlib
 
     matplotlib.use("Agg")
-    import io
-
     import matplotlib.pyplot as plt
 
     syn_views, real_views = np.asarray(syn_views).astype(str), np.asarray(real_views).astype(str)

@@ -32,6 +32,7 @@ from classify.fid_inception import (  # noqa: F401  (re-exported: evaluate's cal
     find_inception_weights,
     tf1_bilinear_resize,
 )
+from classify.models import load_classifier
 from gen.io import sha1_file, write_bytes
 
 # ----------------------------------------------------------------------------------------------
@@ -60,7 +61,6 @@ class EchoExtractor(Extractor):
         if not classifier:
             raise FeatureError("the echo features need --classifier RUN (a classify/train.py run trained on the "
                                "real training split, or one of its seed-<s> directories)")
-        from classify.models import load_classifier
 
         try:
             self.model, self.info = load_classifier(classifier, which=which)

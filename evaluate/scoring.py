@@ -17,6 +17,8 @@ from evaluate.distributed import Dist
 from evaluate.features import Extractor, check_size, load_cached, run_extractor, save_cached
 from evaluate.metrics import FeatureStats, all_metrics, fid, fid_from_stats, kid, subsample
 from gen.data.image_sets import ImageSet
+from gen.runs import load_run
+from gen.sampling import image_seeds, plan_labels, sample_images
 
 THESIS_CURVE_SIZES = (1000, 2000, 4000, 6000, 8000, 10000, 15000, 20000, 30000, 40000, 50000)  # Fig 5.1
 
@@ -118,9 +120,6 @@ def score_checkpoints(run_dir: str, steps: list[int], references: dict[str, np.n
     Labels follow the reference's class proportions. Returns ({extractor: [{step, fid, kid, kid_std}]},
     a uint8 strip of the first 8 samples of every checkpoint, one row per step).
     """
-    from gen.runs import load_run
-    from gen.sampling import image_seeds, plan_labels
-
     curves: dict[str, list[dict]] = {name: [] for name in extractors}
     ref_stats = {name: FeatureStats.of(f) for name, f in references.items()}
     rows = []
@@ -151,8 +150,6 @@ def score_checkpoints(run_dir: str, steps: list[int], references: dict[str, np.n
 
 
 def _sample(run, labels, seeds, sampler, steps, guidance, batch_size, dist: Dist, progress: bool) -> np.ndarray:
-    from gen.sampling import sample_images
-
     if len(labels) == 0:
         return np.zeros((0, run.image_size, run.image_size), np.uint8)
     return sample_images(run, labels, seeds, steps=steps, sampler=sampler, guidance=guidance,

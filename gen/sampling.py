@@ -8,7 +8,9 @@ or on how many processes share the work.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -16,12 +18,25 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
+from gen.config import to_dict
 from gen.configs import SAMPLERS, SampleConfig, parse_counts  # noqa: F401
 from gen.data.dataset import to_uint8
+from gen.data.manifest import write_manifest
 from gen.diffusion import make_scheduler
-from gen.io import read_json, save_npz, save_png, sha1_bytes, write_bytes
+from gen.io import (
+    check_writable_output,
+    read_json,
+    save_npz,
+    save_png,
+    sha1_bytes,
+    write_bytes,
+    write_json,
+)
+from gen.rundir import provenance
+from gen.runs import load_run
 
 
 def image_seeds(global_seed: int, indices: Sequence[int]) -> np.ndarray:
@@ -135,10 +150,6 @@ def png_relpath(cls: str, index: int) -> str:
 
 def write_shard(out: Path, lo: int, images: np.ndarray, labels: np.ndarray, seeds: np.ndarray, classes: Sequence[str]) -> None:
     """PNGs of images lo… plus the shard .npz (written last, so it marks the shard complete)."""
-    import io
-
-    from PIL import Image
-
     sha1s = []
     for k, im in enumerate(images):
         buf = io.BytesIO()
@@ -150,8 +161,6 @@ def write_shard(out: Path, lo: int, images: np.ndarray, labels: np.ndarray, seed
 
 def merge_shards(out: Path, n: int, classes: Sequence[str]) -> dict[str, np.ndarray]:
     """Concatenate DIR/shards/*.npz into samples.npz and manifest.csv (data-layer format, source 'synthetic')."""
-    from gen.data.manifest import write_manifest
-
     parts = sorted((out / "shards").glob("*.npz"))
     arrays: dict[str, list] = {"images": [], "labels": [], "seeds": [], "sha1": []}
     for p in parts:
@@ -202,14 +211,7 @@ def save_grid(path: str | os.PathLike, images: np.ndarray, ncol: int) -> None:
 
 def sample_to_dir(cfg: SampleConfig) -> Path:
     """Sample as configured into cfg.out, split over the accelerate processes; resumable by shard."""
-    import shutil
-
     from accelerate import PartialState
-
-    from gen.config import to_dict
-    from gen.io import check_writable_output, write_json
-    from gen.rundir import provenance
-    from gen.runs import load_run
 
     state = PartialState(cpu=not torch.cuda.is_available())
     device = state.device

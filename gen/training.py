@@ -9,15 +9,50 @@ batch (and its gradient) is the same whatever the number of processes or accumul
 
 from __future__ import annotations
 
+import contextlib
 import math
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
-from gen.config import ConfigError
+from gen.checkpoint import (
+    CheckpointError,
+    NonFiniteError,
+    checkpoint_dir,
+    clean_stale_temp,
+    latest_intact,
+    list_checkpoints,
+    load_checkpoint,
+    nonfinite_keys,
+    prune_checkpoints,
+    save_checkpoint,
+    set_rng_states,
+)
+from gen.config import ConfigError, to_dict
 from gen.configs import RESUME_MAY_DIFFER, DiffusionConfig, TrainConfig  # noqa: F401
+from gen.data.dataset import ManifestDataset
+from gen.data.manifest import ManifestError, read_manifest
+from gen.diffusion import Diffusion
+from gen.ema import EMA
+from gen.io import append_jsonl, read_json, read_jsonl, write_json, write_text
+from gen.launcher import Interrupted, resolve_precision, resume_command
+from gen.model import build_model, count_params, preset_image_size
+from gen.rundir import _diff_keys, init_run_dir, start_run
+from gen.runs import LoadedRun
+from gen.sampling import image_seeds, plan_labels, sample_images, save_grid
+from gen.timestep_sampler import build_timestep_sampler, update_from_global_batch
+from gen.tracking import (
+    accelerator_kwargs,
+    finish_trackers,
+    log_image_file,
+    log_metrics,
+    start_trackers,
+)
 
 # DiffusionConfig, TrainConfig and RESUME_MAY_DIFFER live in gen.configs (torch-free); re-exported here.
 
@@ -97,16 +132,12 @@ class IntervalStats:
 
 
 def _latest_run(root: Path) -> Path | None:
-    from gen.checkpoint import list_checkpoints
-
     runs = sorted(p for p in root.glob("[0-9][0-9][0-9][0-9][0-9]-ddpm*") if list_checkpoints(p)) if root.is_dir() else []
     return runs[-1] if runs else None
 
 
 def resolve_resume(cfg: TrainConfig) -> tuple[Path | None, Path | None]:
     """(run directory to continue, checkpoint directory to load) for `--resume`; (None, None) = fresh run."""
-    from gen.checkpoint import list_checkpoints
-
     if not cfg.resume:
         if cfg.run_dir and (Path(cfg.run_dir) / "config.json").exists() and not cfg.overwrite:
             raise FileExistsError(f"{cfg.run_dir} already holds a run; pass --resume latest to continue it or --overwrite to replace it")
@@ -130,8 +161,6 @@ def resolve_resume(cfg: TrainConfig) -> tuple[Path | None, Path | None]:
 
 def _newest_intact(run: Path) -> Path:
     """The newest checkpoint of `run` whose files verify (a warning names each newer damaged file)."""
-    from gen.checkpoint import CheckpointError, checkpoint_dir, latest_intact
-
     step = latest_intact(run)
     if step is None:
         raise CheckpointError(f"{run}: every checkpoint under checkpoints/ is damaged (see the warnings above); "
@@ -141,9 +170,6 @@ def _newest_intact(run: Path) -> Path:
 
 def check_resume_compatible(run: Path, config: dict, classes: list[str]) -> None:
     """Refuse to continue a run whose saved config or classes differ in anything that changes the maths."""
-    from gen.io import read_json
-    from gen.rundir import _diff_keys
-
     old = read_json(run / "config.json")
     if not isinstance(old, dict):
         raise ValueError(f"{run / 'config.json'}: not a saved config (a JSON mapping of config keys); "
@@ -164,10 +190,6 @@ def _get(d: dict, dotted: str):
 
 def load_training_data(cfg: TrainConfig):
     """The training ManifestDataset, with every requested class present."""
-    from gen.data.dataset import ManifestDataset
-    from gen.data.manifest import ManifestError, read_manifest
-    from gen.model import preset_image_size
-
     m = read_manifest(cfg.data).filter(split=cfg.split or None, subset=cfg.subset or None)
     if len(m) == 0:
         raise ManifestError(f"{cfg.data}: no rows for split={cfg.split!r} subset={cfg.subset!r}")
@@ -212,40 +234,8 @@ def train(cfg: TrainConfig, stop=None) -> Path:
     `stop` (a gen.launcher.GracefulStop) is polled after every step: on a signal the step is finished,
     checkpointed, and gen.launcher.Interrupted is raised with the command that continues the run.
     """
-    import contextlib
-    import sys
-
     from accelerate import Accelerator
     from accelerate.utils import broadcast_object_list
-    from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
-
-    from gen.checkpoint import (
-        NonFiniteError,
-        clean_stale_temp,
-        load_checkpoint,
-        nonfinite_keys,
-        prune_checkpoints,
-        save_checkpoint,
-        set_rng_states,
-    )
-    from gen.config import to_dict
-    from gen.diffusion import Diffusion
-    from gen.ema import EMA
-    from gen.io import append_jsonl, read_jsonl, write_json, write_text
-    from gen.launcher import Interrupted, resolve_precision, resume_command
-    from gen.model import build_model, count_params, preset_image_size
-    from gen.rundir import init_run_dir, start_run
-    from gen.runs import LoadedRun
-    from gen.sampling import image_seeds, plan_labels, sample_images, save_grid
-    from gen.timestep_sampler import build_timestep_sampler, update_from_global_batch
-    from gen.tracking import (
-        accelerator_kwargs,
-        finish_trackers,
-        log_image_file,
-        log_metrics,
-        start_trackers,
-    )
 
     ds = load_training_data(cfg)  # checks first: bad input fails before any process group starts
     classes, config = ds.classes, to_dict(cfg)
@@ -284,8 +274,6 @@ def train(cfg: TrainConfig, stop=None) -> Path:
                 tqdm.write(msg, file=sys.stdout)
 
     def last_good() -> str:
-        from gen.checkpoint import list_checkpoints
-
         kept = list_checkpoints(run)
         return f"the last checkpoint is step {kept[-1]}" if kept else "no checkpoint was written yet"
 
