@@ -11,7 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from gen.io import write_bytes  # noqa: E402
+from gen.data.manifest import sort_views  # noqa: E402
+from gen.io import save_png, write_bytes  # noqa: E402
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> None:
@@ -61,8 +62,6 @@ def pair_grid(path, left: np.ndarray, right: np.ndarray, captions: list[str], ti
     """Pairs of uint8 images side by side (left | right) with a caption under each pair, as one PNG (PIL: fast)."""
     from PIL import Image, ImageDraw
 
-    from gen.io import save_png
-
     n = len(left)
     size = left.shape[-1] if n else 32
     zoom = max(1, -(-96 // size))  # show small images at ≥ 96 px
@@ -101,8 +100,6 @@ def scatter(path, xy: np.ndarray, groups: np.ndarray, title: str, max_legend: in
 def density_panels(path, xy: np.ndarray, views: np.ndarray, kinds: np.ndarray, title: str, grid: int = 120) -> None:
     """Per-view 2-D densities (Gaussian KDE, Scott's bandwidth), real beside synthetic, on shared axes."""
     from scipy.stats import gaussian_kde
-
-    from gen.data.manifest import sort_views
 
     view_names = sort_views(set(views.tolist()))
     fig, axes = plt.subplots(len(view_names), 2, figsize=(6, 2.8 * len(view_names)), squeeze=False, layout="constrained")

@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import json
 import math
+import os
 import re
 import sys
 import types
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+
+from gen.io import run_main
 
 T = TypeVar("T")
 
@@ -383,10 +386,6 @@ def parse_config(
 
 def run_script(main: Callable[[], int | None]) -> None:
     """Run a script's `main()` and exit with its status; output piped into `head` ends quietly, Ctrl-C exits 130."""
-    import os
-
-    from gen.io import run_main
-
     try:
         try:
             code = run_main(main)  # an unwritable output: one line, exit 2

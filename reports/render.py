@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from gen.io import write_text  # atomic write helper (no training code)
+
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d2430;background:#fafbfc}
 main{max-width:1180px;margin:0 auto;padding:24px 32px 64px}
@@ -93,7 +95,6 @@ class Table:
         w.writerow(self.columns)
         for row in self.rows:
             w.writerow(["" if x is None else x for x in row])
-        from gen.io import write_text  # atomic write helper (no training code)
 
         write_text(path, buf.getvalue())
 

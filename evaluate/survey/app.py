@@ -30,6 +30,7 @@ import streamlit as st
 from evaluate.survey.auth import PASSWORD_ENV, PASSWORD_FILE_ENV, admin_password, check_password
 from evaluate.survey.design import FILTERS, Survey, load_survey, upscale_png
 from evaluate.survey.questions import AFTER, BEFORE, PAIR_CONFIDENCE, Question
+from evaluate.survey.results import figures, survey_results
 from evaluate.survey.store import SurveyStore, normalize_code
 from gen.config import ConfigError, build, field
 from gen.io import warn_if_tracked
@@ -262,7 +263,6 @@ def results_page(cfg: AppConfig, survey: Survey, store: SurveyStore) -> None:
             else:
                 st.error("Wrong password.")
         return
-    from evaluate.survey.results import figures, survey_results
 
     unfinished = st.toggle("Include participants who have not finished", key="unfinished")
     res = survey_results(survey.root, include_unfinished=unfinished)

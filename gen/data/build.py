@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from gen.data import phantom
 from gen.data.manifest import (
     Manifest,
     ManifestError,
@@ -90,8 +91,6 @@ def _die_with_parent(parent: int) -> None:
 
 def _render_chunk(args: tuple) -> list[str]:
     """Render and write one chunk of phantom items (in a worker process); return their sha1s."""
-    from gen.data import phantom
-
     items, seed, size, out = args
     sha1s = []
     for item in items:
@@ -116,8 +115,6 @@ def build_phantom(out: str | os.PathLike, n: int, size: int = 112, seed: int = 0
     Resumable: an interrupted run (no manifest yet, same settings in OUT/.prepare.json) keeps
     the images already written; the manifest is written last and atomically.
     """
-    from gen.data import phantom
-
     out = Path(out)
     settings = {"kind": "phantom", "n": n, "size": size, "seed": seed}
     _claim_output(out, settings, overwrite)

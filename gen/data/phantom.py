@@ -33,6 +33,8 @@ from gen.data import VIEWS
 from gen.data import phantom_anatomy as anat
 from gen.data import phantom_overlay as ovl
 from gen.data import phantom_scan as scan
+from gen.data.video import write_video
+from gen.io import save_png
 
 DOMAIN_SHIFT_SOURCES = ("camus", "unity")
 TRAINING_SOURCES = ("lvh", "dynamic", "tmed2")
@@ -679,8 +681,6 @@ def is_doppler(item: PhantomItem, seed: int, fraction: float = 0.1) -> bool:
 def write_clips(out: str | Path, items: list[PhantomItem], seed: int, n_frames: int = 16,
                 doppler_fraction: float = 0.1, ext: str = ".avi", raw: bool = True, size: int = 112) -> list[Path]:
     """Write one clip per item as OUT/<source>/<view>/<index>.avi (Doppler for `doppler_fraction`); return paths."""
-    from gen.data.video import write_video
-
     paths = []
     for item in items:
         path = Path(out) / item.source / item.view / f"{item.index:06d}{ext}"
@@ -721,11 +721,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--compare-out", help="PNG path for the real-vs-phantom figure (needs --real)")
     ap.add_argument("--raw-out", help="PNG path for native frames of every source plus a colour-Doppler frame")
     args = ap.parse_args(argv)
-    from gen.io import save_png
 
     save_png(args.out, sample_grid(args.seed, args.size, args.per_cell))
     if args.real and args.compare_out:
-        from gen.data.manifest import load_gray
+        from gen.data.manifest import load_gray  # here: only --real needs pandas
 
         reals = [load_gray(p, args.size) for p in sorted(Path(args.real).glob("*.png"))][:6]
         if not reals:

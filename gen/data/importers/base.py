@@ -31,6 +31,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from gen.data import preprocess as pp
+from gen.data.build import print_summary, summary_dict
 from gen.data.importers.readers import (
     NoPixelDataError,
     UnreadableError,
@@ -386,8 +387,6 @@ def settings_of(cfg: Any, importer: Importer, source: str, cone: bool) -> dict:
 
 def import_dataset(importer: Importer, cfg: Any, progress: bool | None = None) -> dict:
     """Run one import end to end (see the module docstring); return the summary dict."""
-    from gen.data.build import summary_dict
-
     src, out = Path(cfg.src), Path(cfg.out)
     if not src.is_dir():
         raise FileNotFoundError(f"--src {src}: dataset folder not found")
@@ -462,8 +461,6 @@ def import_dataset(importer: Importer, cfg: Any, progress: bool | None = None) -
 
 def print_report(summary: dict, out: Path) -> None:
     """Counts per view × source, exclusions by reason, colour groups, and where the files are."""
-    from gen.data.build import print_summary
-
     m = Path(out) / "manifest.csv"
     df = pd.read_csv(m, dtype=str, keep_default_na=False)
     if len(df):
