@@ -21,6 +21,7 @@ import pandas as pd
 
 from gen.config import ConfigError, field, parse_config, run_script
 from gen.data.manifest import ManifestError, load_gray, read_manifest
+from gen.io import atomic_path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -112,7 +113,6 @@ def main(argv: list[str] | None = None) -> None:
     import torch  # after parsing: --help and config errors answer without it
 
     from classify.models import load_classifier
-    from gen.io import atomic_path
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     try:

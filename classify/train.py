@@ -10,13 +10,16 @@ metrics.json, predictions_<set>.csv, confusion_<set>.png, stats.jsonl) and RUN/s
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 from classify.configs import SPEC_DOC, ClassifierTrainConfig
 from gen.config import parse_config, run_script, to_dict
 from gen.io import read_json, write_json
+from gen.launcher import GracefulStop, Interrupted, resume_command
 from gen.rundir import _diff_keys, init_run_dir, provenance, start_run
+from gen.tracking import accelerator_kwargs, start_trackers
 
 # torch, the image sets and the models are imported after parsing, so --help and config errors answer fast
 
@@ -100,7 +103,6 @@ def main(argv: list[str] | None = None) -> None:
     from classify.datasets import SpecError
     from classify.metrics import summarize_seeds
     from gen.data.manifest import ManifestError
-    from gen.tracking import accelerator_kwargs, start_trackers
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -160,7 +162,6 @@ def main(argv: list[str] | None = None) -> None:
 def _train_seed_or_stop(run: Path, *args):
     """train_seed; on Ctrl-C/SIGTERM, Interrupted carrying the command that continues this run."""
     from classify.training import train_seed
-    from gen.launcher import Interrupted, resume_command
 
     try:
         return train_seed(*args)
@@ -173,10 +174,6 @@ def _train_seed_or_stop(run: Path, *args):
 
 def run_with_signals(argv: list[str] | None = None) -> int:
     """main() with Ctrl-C/SIGTERM stopping after the current step: one line saying how to continue, exit 130/143."""
-    import os
-
-    from gen.launcher import GracefulStop, Interrupted
-
     with GracefulStop():
         try:
             main(argv)

@@ -18,6 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from gen.config import ConfigError, build, field, parse_config, run_script, to_dict
+from gen.io import atomic_path, write_json
+from gen.rundir import init_run_dir
+
+# torch, pandas, sklearn and matplotlib modules are imported in the functions that use them, so
+# --help and config errors answer without them
 
 METHODS = ("tsne", "umap")
 
@@ -95,8 +100,6 @@ def embed(cfg: EmbedConfig | None = None, **overrides) -> dict:
     from evaluate.metrics import subsample
     from evaluate.plots import density_panels, scatter
     from gen.data.image_sets import load_image_set
-    from gen.io import atomic_path, write_json
-    from gen.rundir import init_run_dir
 
     cfg = build(EmbedConfig, overrides=overrides) if cfg is None else cfg
     device = resolve_device(cfg.device)

@@ -23,7 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from evaluate.gate import GateConfig, gate_verdict
+from evaluate.sector import sector_fidelity
 from gen.config import ConfigError, build, field, parse_config, run_script, to_dict
+from gen.io import save_png, write_bytes, write_json
+from gen.rundir import init_run_dir
+
+# torch, pandas and matplotlib modules are imported in the functions that use them, so --help and
+# config errors answer without them
 
 SCHEMA = "echosynth.fidelity/1"
 
@@ -108,7 +114,6 @@ def compute_fidelity(cfg: FidelityConfig | None = None, **overrides) -> dict:
     from evaluate.features import build_extractor
     from evaluate.image_sets import check_same_size
     from gen.data.image_sets import load_image_set
-    from gen.rundir import init_run_dir
 
     cfg = build(FidelityConfig, overrides=overrides) if cfg is None else cfg
     dist = Dist(cfg.device)
@@ -175,7 +180,6 @@ def compute_fidelity(cfg: FidelityConfig | None = None, **overrides) -> dict:
 def _class_and_sector(cfg: FidelityConfig, sets, result: dict, judge) -> bytes:
     """Class fidelity (with a judge) and sector fidelity into `result`; the per-class grid PNG."""
     from evaluate.class_fidelity import class_fidelity, class_grid
-    from evaluate.sector import sector_fidelity
 
     fake, real, holdout = sets["fake"], sets["real"], sets.get("holdout")
     if cfg.sector:
@@ -231,7 +235,6 @@ def _torch_fidelity(extractors, sets, cfg: FidelityConfig, ours: dict) -> dict:
 
 def _write_outputs(out: Path, result: dict, strip, grid: bytes | None = None) -> None:
     from evaluate.plots import line_plot
-    from gen.io import save_png, write_bytes, write_json
     from gen.sampling import make_grid
 
     curves = result["curves"]

@@ -17,7 +17,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from evaluate.fidelity import default_holdout
 from gen.config import ConfigError, build, field, parse_config, run_script, to_dict
+from gen.io import atomic_path, write_json
+from gen.rundir import init_run_dir
+
+# torch, pandas and matplotlib modules are imported in the functions that use them, so --help and
+# config errors answer without them
 
 SCHEMA = "echosynth.privacy/1"
 
@@ -69,10 +75,8 @@ def audit(cfg: PrivacyConfig | None = None, **overrides) -> dict:
 
     from evaluate import copy_detection
     from evaluate.distributed import resolve_device
-    from evaluate.fidelity import default_holdout
     from evaluate.image_sets import check_same_size
     from gen.data.image_sets import load_image_set, write_sample_dir
-    from gen.rundir import init_run_dir
 
     cfg = build(PrivacyConfig, overrides=overrides) if cfg is None else cfg
     device = resolve_device(cfg.device)
@@ -126,7 +130,6 @@ def audit(cfg: PrivacyConfig | None = None, **overrides) -> dict:
         result["filtered"] = {"path": str(cfg.filter), "kept": int(len(keep)), "dropped": int(len(fake) - len(keep))}
     if cfg.run:
         result["membership"] = _membership(cfg, train, holdout, device, progress, out)
-    from gen.io import write_json
 
     write_json(out / "privacy.json", result)
     return result
@@ -155,8 +158,6 @@ def _per_class(flagged, views) -> dict:
 
 def _write_nearest_csv(path: Path, fake, train, nb, sc: dict, flags: dict) -> None:
     import pandas as pd
-
-    from gen.io import atomic_path
 
     df = pd.DataFrame({
         "index": range(len(fake)), "view": fake.views, "path": fake.paths,

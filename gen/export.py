@@ -12,12 +12,15 @@ the unconditional class used for classifier-free guidance.
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from gen.config import ConfigError, parse_config, run_script
 from gen.config import field as cfg_field
+from gen.io import check_writable_output, temp_dir, write_json, write_text
 
 
 @dataclass
@@ -41,7 +44,7 @@ def training_data(cfg) -> dict:
     """Manifest, split, subset and per-class image counts of a run's training data (counts None if it is gone)."""
     info = {"manifest": cfg.data, "split": cfg.split or "all", "subset": cfg.subset or "all", "class_counts": None}
     try:
-        from gen.data.manifest import read_manifest
+        from gen.data.manifest import read_manifest  # here: --help answers without pandas
 
         m = read_manifest(cfg.data).filter(split=cfg.split or None, subset=cfg.subset or None)
         info["class_counts"] = {str(k): int(v) for k, v in m.df["view"].value_counts().sort_index().items()}
@@ -111,11 +114,8 @@ this reproduces `gen/sample.py`'s images. The scheduler clips x̂₀ to [−1, 1
 
 def export(cfg: ExportConfig) -> Path:
     """Write the diffusers folder for cfg.run into cfg.out (assembled in a temporary directory, then renamed)."""
-    import os
-    import shutil
-
+    # here, not at the top: --help and config errors answer without torch
     from gen.diffusion import make_scheduler
-    from gen.io import check_writable_output, temp_dir, write_json, write_text
     from gen.runs import load_run
 
     out = check_writable_output(cfg.out, cfg.overwrite)

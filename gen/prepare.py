@@ -64,6 +64,7 @@ class PrepareConfig:
         if self.command == "import" and not (self.format and self.src):
             raise ConfigError("import needs a FORMAT and --src PATH, e.g. `prepare.py import tmed2 --src /data/TMED2 --out DIR`")
         if self.command == "import":
+            # here: only `import` pays for pandas and the readers
             from gen.data.importers import FORMATS
 
             if self.format not in FORMATS:
@@ -72,7 +73,10 @@ class PrepareConfig:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(PrepareConfig, argv, description=__doc__, positional=("command", "format"))
+    # after parsing: --help and config errors answer without pandas and scipy
     from gen.data.build import build_phantom, build_splits, print_summary
+    from gen.data.importers import run_import
+    from gen.data.manifest import read_manifest
 
     try:
         if cfg.command == "phantom":
@@ -83,14 +87,10 @@ def main(argv: list[str] | None = None) -> int:
             info = build_splits(cfg.manifest, cfg.out, cfg.subsets, seed=cfg.seed, fractions=cfg.fractions,
                                 holdout_sources=cfg.holdout_sources, overwrite=cfg.overwrite,
                                 allow_outside=cfg.allow_outside_paths)
-            from gen.data.manifest import read_manifest
-
             print_summary(read_manifest(Path(cfg.out) / "manifest.csv", check_files=False).df, f"splits in {cfg.out}")
             print(f"nested training subsets: {info['subsets']}" +
                   (f" (dropped, larger than the training split: {info['dropped_subsets']})" if info["dropped_subsets"] else ""))
         else:
-            from gen.data.importers import run_import
-
             run_import(cfg)  # prints its own report (counts, exclusions, colour groups)
     except (FileExistsError, FileNotFoundError, ValueError) as e:
         print(f"prepare.py: error: {e}", file=sys.stderr)

@@ -20,6 +20,7 @@ from gen.configs import SampleConfig
 def main(argv: list[str] | None = None) -> int:
     """Parse (without torch), then sample."""
     cfg = parse_config(SampleConfig, argv, description=__doc__)
+    # after parsing: --help and config errors answer without torch
     from accelerate import PartialState
 
     from gen.sampling import sample_to_dir

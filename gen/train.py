@@ -16,6 +16,7 @@ import sys
 
 from gen.config import ConfigError, parse_config, run_script
 from gen.configs import TrainConfig
+from gen.launcher import GracefulStop, Interrupted
 from gen.presets import preset_summary
 
 
@@ -24,9 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(TrainConfig, argv, description=__doc__,
                        epilog="UNet presets (parameter counts: the run's log.txt, or gen.model.preset_table()):\n"
                               + preset_summary())
+    # after parsing: --help and config errors answer without torch
     from gen.checkpoint import CheckpointError
     from gen.data.manifest import ManifestError
-    from gen.launcher import GracefulStop, Interrupted
     from gen.training import train
 
     main_process = os.environ.get("RANK", "0") == "0"

@@ -28,6 +28,7 @@ from pipelines.config import StudyConfig
 from pipelines.executor import LocalExecutor, default_jobs
 from pipelines.graph import build_graph
 from pipelines.progress import Progress, load_history
+from pipelines.slurm import SlurmExecutor, check_config, dry_run_lines, status_table
 from pipelines.stages import Runner, StageFailed, StudyLock, StudyLocked, select
 
 REPO = Path(__file__).resolve().parent.parent
@@ -66,13 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(s.name for s in stages))
         return 0
     if cfg.status:
-        from pipelines.slurm import status_table
-
         print(status_table(out))
         return 0
     if cfg.executor == "slurm":
-        from pipelines.slurm import check_config
-
         check_config(cfg.slurm)
         jobs = cfg.slurm.max_jobs
     try:
@@ -88,8 +85,6 @@ def main(argv: list[str] | None = None) -> int:
               f"\n# {len(names)} of {len(stages)} stage(s) selected, {jobs} at a time (--jobs):")
         Runner(out, stages, {}, echo=print).run(names, dry_run=True)
         if cfg.executor == "slurm":
-            from pipelines.slurm import dry_run_lines
-
             print("\n" + "\n".join(dry_run_lines(stages, names, cfg.slurm, out)))
         return 0
     old_handler = signal.signal(signal.SIGTERM, _sigterm)
@@ -101,8 +96,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     progress = Progress(names, load_history(out / "timings.jsonl"), jobs)
     if cfg.executor == "slurm":
-        from pipelines.slurm import SlurmExecutor
-
         try:
             executor = SlurmExecutor(out, cfg.slurm, cancel_on_exit=cfg.cancel_on_exit, echo=progress.echo)
         except (RuntimeError, ImportError) as e:

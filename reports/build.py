@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gen.config import ConfigError, field, parse_config
-from gen.io import run_main
+from gen.io import run_main, write_text
+from reports.collect import load_study
+from reports.render import esc, page, section
 
 
 @dataclass
@@ -35,11 +37,9 @@ SECTIONS = (  # anchor, title, builder name in reports.sections
 
 def build_report(study_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write report.html, tables/*.csv and summary.md for a study; return the report path."""
-    from gen.io import write_text
+    # here: --help answers without matplotlib
     from reports import sections
-    from reports.collect import load_study
     from reports.findings import findings, set_gates, thesis_directions
-    from reports.render import esc, page, section
 
     study = load_study(Path(study_dir))
     out = Path(out) if out else study.dir / "report.html"
@@ -88,8 +88,6 @@ def _resting(finding, gates: dict[int, dict]) -> str:
 
 def gate_box(gates: dict[int, dict]) -> str:
     """The quality-gate box at the top of Findings: which synthetic sets fail, and why."""
-    from reports.render import esc
-
     if not gates:
         return ""
     bad = [g for g in gates.values() if g["status"] != "pass"]
@@ -110,8 +108,6 @@ def gate_box(gates: dict[int, dict]) -> str:
 
 def directions_html(directions: list[tuple[str, str, str]]) -> str:
     """The thesis directions at the smallest real subset: reproduced, not reproduced, not testable."""
-    from reports.render import esc
-
     if not directions:
         return ""
     rows = "".join(f"<li><b>{esc(d)}</b>: <span class=dir-{esc(status.replace(' ', '-'))}>{esc(status)}</span>"
