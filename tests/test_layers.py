@@ -5,6 +5,9 @@
 
 A module may import its own layer and the layers below it. `reports` builds HTML from run-directory
 files and imports the foundation only. Imports form no cycle, not even through function-local ones.
+
+Imports of repository modules are at the module top, except where a script defers a heavy one until
+after parsing, so that --help and config errors answer without torch (test_local_imports_defer_heavy_modules).
 """
 
 from __future__ import annotations
@@ -22,6 +25,15 @@ RANK = {"foundation": 0, "data": 1, "diffusion": 2, "classify": 3, "evaluate": 4
 # Imports that break the layers, (src, dst) -> why, each to be removed with its fix; the test fails
 # when one disappears, so the dict only shrinks. Empty: every import follows the layers.
 KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {}
+
+# Third-party packages slow enough to import (0.1-2 s here) that a script defers what loads them until
+# it has parsed its arguments; TORCH: the ones that load torch.
+TORCH = ("torch", "accelerate", "diffusers", "safetensors.torch", "torch_fidelity")
+HEAVY = (*TORCH, "pandas", "scipy", "sklearn", "matplotlib")
+
+# Function-local imports of repository modules that test_local_imports_defer_heavy_modules does not
+# allow, (src, dst) -> why; the test fails when one is no longer needed. Empty: none is needed.
+LOCAL_IMPORT_EXCEPTIONS: dict[tuple[str, str], str] = {}
 
 
 def layer(module: str) -> str:
@@ -174,3 +186,100 @@ def test_no_import_cycles_at_all(package):
              for m, ts in import_graph().items() if m.split(".")[0] == package}
     found = cycles(graph)
     assert not found, "import cycles (function-local imports included): " + "; ".join(" <-> ".join(c) for c in found)
+
+
+def _heavy(name: str) -> str | None:
+    """The HEAVY package a third-party import name loads ("torch" for the TORCH family), or None."""
+    hit = next((h for h in HEAVY if name == h or name.startswith(h + ".")), None)
+    return "torch" if hit in TORCH else hit
+
+
+def _parents(module: str) -> list[str]:
+    """The module and its packages (importing a.b.c runs a, a.b and a.b.c)."""
+    parts = module.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+
+
+def module_level_loads() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """(module -> the HEAVY packages importing it loads, module -> the repository modules importing it runs).
+
+    Both follow module-level imports only, through repository modules and their packages, transitively.
+    """
+    known = modules()
+    runs, loads = {}, {}
+    for name, path in known.items():
+        nodes = list(_module_level(ast.parse(path.read_text(), str(path)).body))
+        third = [a.name for n in nodes if isinstance(n, ast.Import) for a in n.names] + [
+            n.module for n in nodes if isinstance(n, ast.ImportFrom) and not n.level and n.module]
+        loads[name] = {h for h in map(_heavy, third) if h}
+        targets = [t for n in nodes for t in _targets(n, name, path.name == "__init__.py", known)]
+        runs[name] = {p for t in [*targets, name] for p in _parents(t) if p in known}
+    changed = True
+    while changed:  # transitive closure (a fixed point, so cycles through packages are harmless)
+        changed = False
+        for name in known:
+            more = set().union(*(runs[d] for d in runs[name]))
+            heavier = set().union(*(loads[d] for d in runs[name]))
+            if not more <= runs[name] or not heavier <= loads[name]:
+                runs[name] |= more
+                loads[name] |= heavier
+                changed = True
+    return loads, runs
+
+
+def _is_script(tree: ast.Module) -> bool:
+    return any(isinstance(n, ast.If) and ast.unparse(n.test).replace("'", '"') == '__name__ == "__main__"'
+               for n in tree.body)
+
+
+def local_import_problems() -> tuple[list[str], set[tuple[str, str]]]:
+    """(file:line: why, for each function-local import of a repository module the rule does not allow; the (src, dst) pairs).
+
+    Allowed only when it defers time a script would spend before parsing: the importing module runs
+    before a script parses (it is a script, or a script imports it at module level), it does not load
+    torch at module level itself, and the imported module loads a HEAVY package that it does not.
+    """
+    known = modules()
+    loads, runs = module_level_loads()
+    trees = {name: ast.parse(path.read_text(), str(path)) for name, path in known.items()}
+    before_parsing = set().union(*(runs[m] for m, tree in trees.items() if _is_script(tree)))
+    problems, pairs = [], set()
+    for src, tree in trees.items():
+        path = known[src]
+        local = {n for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+                 for n in ast.walk(f) if isinstance(n, (ast.Import, ast.ImportFrom))}
+        for node in sorted(local, key=lambda n: n.lineno):
+            for dst in dict.fromkeys(_targets(node, src, path.name == "__init__.py", known)):
+                if "torch" in loads[src]:
+                    why = f"{src} loads torch at module level already"
+                elif src not in before_parsing:
+                    why = f"{src} is no script and no script imports it at module level, so deferring saves no --help time"
+                elif not loads[dst] - loads[src]:
+                    why = (f"{dst} loads no heavy package that {src} does not "
+                           f"({', '.join(sorted(loads[dst])) or 'none'})")
+                else:
+                    continue
+                pairs.add((src, dst))
+                if (src, dst) not in LOCAL_IMPORT_EXCEPTIONS:
+                    problems.append(f"{path.relative_to(REPO)}:{node.lineno}: {ast.unparse(node)}: {why}; import it at the top")
+    return problems, pairs
+
+
+def test_module_level_loads():
+    """The reader finds torch behind repository imports, and which modules run before a script parses."""
+    loads, runs = module_level_loads()
+    assert "torch" in loads["gen.training"] and "torch" in loads["evaluate.scoring"]  # directly; via gen.sampling
+    assert "pandas" in loads["gen.data.manifest"] and "torch" not in loads["gen.data.manifest"]
+    assert loads["gen.config"] == set() and loads["gen.train"] == set()
+    assert {"gen", "gen.config", "gen.configs", "gen.io"} <= runs["gen.train"]
+    assert "gen.training" not in runs["gen.train"]  # imported after parsing
+    assert _heavy("safetensors.torch") == "torch" and _heavy("safetensors") is None
+    assert _heavy("matplotlib.pyplot") == "matplotlib" and _heavy("scipyx") is None
+
+
+def test_local_imports_defer_heavy_modules():
+    """A function-local import of a repository module only lets a script answer --help without torch & co."""
+    problems, pairs = local_import_problems()
+    assert not problems, "function-local imports with no latency reason:\n" + "\n".join(problems)
+    stale = [f"{src} -> {dst}" for src, dst in LOCAL_IMPORT_EXCEPTIONS if (src, dst) not in pairs]
+    assert not stale, "no longer needed, delete from LOCAL_IMPORT_EXCEPTIONS: " + ", ".join(stale)
