@@ -304,14 +304,19 @@ def _kill_and_resume(args: list[str], out: Path, reference: dict[str, bytes], ki
                      work_s: float, rng: random.Random) -> list[str]:
     """Kill the command `kills` times at random points of its work phase, then let it finish; check the tree."""
     outcomes = []
+    left = work_s  # work the next attempt still has to do (a resumed run skips what is done)
     for _ in range(kills):
         proc = _start(args)
+        t0 = time.monotonic()
         try:
-            # Start-up (imports) takes boot_s, then the work phase work_s: kill at a random point of the latter.
-            time.sleep(boot_s + rng.uniform(0, work_s))
+            # Start-up (imports) took boot_s in the reference run, then the work phase work_s. Kill after most of
+            # the start-up and within the first 60% of the work left, so that the kill lands mid-run even when
+            # the machine runs faster than during the reference run (a busy CI machine swings both ways).
+            time.sleep(0.8 * boot_s + rng.uniform(0.05, 0.6) * left)
             kids = _children(proc.pid)
             proc.send_signal(signal.SIGKILL)
             proc.wait(30)
+            left = max(left - max(time.monotonic() - t0 - boot_s, 0.0), 0.2 * work_s)
             outcomes.append({0: "finished", -signal.SIGKILL: "killed"}.get(proc.returncode, f"exit {proc.returncode}"))
             deadline = time.monotonic() + 15
             while any(_alive(k) for k in kids) and time.monotonic() < deadline:
