@@ -127,18 +127,30 @@ def popen(cmd: list[str], cluster: LocalSlurm | None, log: Path, env: dict | Non
 
 
 class BeginTimeBump(threading.Thread):
-    """Start requeued jobs now instead of after Slurm's fixed 120 s requeue delay."""
+    """Start requeued jobs after SETTLE_S instead of after Slurm's fixed 120 s requeue delay.
+
+    Not at once: the requeued run's step is still being torn down for up to KillWait (5 s) plus
+    srun's own wait, and a job started on the node meanwhile can fail to launch.
+    """
+
+    SETTLE_S = 12.0
 
     def __init__(self, cluster: LocalSlurm):
         super().__init__(daemon=True)
         self.cluster, self.stopped, self.bumped = cluster, threading.Event(), 0
+        self.pending_since: dict[str, float] = {}
 
     def run(self) -> None:
         while not self.stopped.wait(0.5):
             for line in self.cluster.run("squeue", "-h", "-o", "%i %r", check=False).splitlines():
                 jid, _, reason = line.partition(" ")
-                if reason.strip() == "BeginTime":
+                if reason.strip() != "BeginTime":
+                    self.pending_since.pop(jid, None)
+                    continue
+                since = self.pending_since.setdefault(jid, time.monotonic())
+                if time.monotonic() - since >= self.SETTLE_S:
                     self.cluster.run("scontrol", "update", f"JobId={jid}", "StartTime=now", check=False)
+                    self.pending_since.pop(jid, None)
                     self.bumped += 1
 
 
