@@ -8,13 +8,13 @@
 
 A set passes when no check fails; a check without its input is "n/a" and said so. A set with no
 fidelity result at all, or no check that could run, is "unverified": nothing rests on it as evidence.
-Pure Python on JSON: the report imports it without torch.
+Pure Python on JSON: evaluate/fidelity.py writes the verdict into fidelity.json, where the report reads it.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from gen.config import field
@@ -32,12 +32,6 @@ class GateConfig:
     outside_factor: float = field(3.0, help="sector: outside-sector mean at most this × the real value (+ margin)",
                                   min=1.0)
     outside_margin: float = field(5.0, help="sector: margin on the 0-255 scale (5 = 5/255)", min=0.0, max=255.0)
-
-
-def gate_config(d: dict | None) -> GateConfig:
-    """A GateConfig from a study config's `gate` dict (unknown keys ignored, missing ones defaulted)."""
-    names = {f.name for f in fields(GateConfig)}
-    return GateConfig(**{k: v for k, v in (d or {}).items() if k in names})
 
 
 def _num(x: Any) -> float | None:
