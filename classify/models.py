@@ -22,14 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from classify.classifier import Classifier
-from classify.configs import (  # noqa: F401  (re-exported: the registry's names and sizes)
-    FROZEN_BACKBONES,
-    MIN_IMAGE_SIZE,
-    MIN_SIZES,
-    inception_grid_sizes,
-    inception_min_size,
-    min_image_size,
-)
+from classify.configs import inception_min_size, min_image_size
 from classify.frozen_features import FrozenInception
 from gen.io import read_json
 

@@ -9,14 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from classify.configs import inception_grid_sizes, inception_min_size, min_image_size
 from classify.models import (
     MODELS,
     build_classifier,
     count_parameters,
-    inception_grid_sizes,
-    inception_min_size,
     load_classifier,
-    min_image_size,
     model_info,
     view_loss,
 )
@@ -158,8 +156,7 @@ def test_inception_aux_pool_is_the_reference_one_at_299px():
 
 def test_torch_free_config_names_match_the_registry():
     # classify/configs.py keeps the architecture names without torch, for a fast --help.
-    from classify.configs import ARCHS
-    from classify.models import FROZEN_BACKBONES, MODELS
+    from classify.configs import ARCHS, FROZEN_BACKBONES
 
     assert ARCHS == tuple(MODELS)
     assert set(FROZEN_BACKBONES) <= set(MODELS)
