@@ -1,8 +1,8 @@
 """The config of classify/train.py: torch-free, so `--help` and config errors answer in about a second.
 
-classify.training re-exports it; the script imports torch, the image sets and the models only after
-parsing. The architecture names and minimum sizes are classify.models' registry, kept here without
-torch (tests/test_classify_models.py checks they agree).
+The script imports torch, the image sets and the models only after parsing. The architecture names
+and minimum sizes are classify.models' registry, kept here without torch (tests/test_classify_models.py
+checks they agree).
 """
 
 from __future__ import annotations

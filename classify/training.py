@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from classify import quality as q
 from classify.augment import apply_affine, epoch_params
-from classify.configs import AugmentConfig, ClassifierTrainConfig, QualityConfig  # noqa: F401  (re-exported)
+from classify.configs import ClassifierTrainConfig
 from classify.datasets import balanced_indices, class_weights
 from classify.metrics import (
     classification_metrics,

@@ -89,8 +89,8 @@ def test_gen_train_verify_names_a_changed_image(small_data, tmp_path):
 
 
 def test_classify_verify_names_a_changed_image(small_data, tmp_path):
+    from classify.configs import ClassifierTrainConfig
     from classify.train import load_data
-    from classify.training import ClassifierTrainConfig
     from gen.data.manifest import ManifestError
 
     data, split = tmp_path / "data", tmp_path / "split"

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
+from classify.configs import ClassifierTrainConfig
 from classify.models import build_classifier, count_parameters, load_classifier
-from classify.training import ClassifierTrainConfig
 from conftest import PYTHON, run_cli
 from gen.config import ConfigError, build
 
