@@ -18,7 +18,7 @@ from classify.configs import SPEC_DOC, ClassifierTrainConfig
 from gen.config import parse_config, run_script, to_dict
 from gen.io import read_json, write_json
 from gen.launcher import GracefulStop, Interrupted, resume_command
-from gen.rundir import _diff_keys, init_run_dir, provenance, start_run
+from gen.rundir import check_resumable, init_run_dir, provenance, start_run
 from gen.tracking import accelerator_kwargs, start_trackers
 
 # torch, the image sets and the models are imported after parsing, so --help and config errors answer fast
@@ -71,10 +71,7 @@ def resume_run_dir(cfg: ClassifierTrainConfig, config: dict) -> Path:
         run = Path(cfg.resume)
     if not (run / "config.json").is_file():
         raise FileNotFoundError(f"--resume: {run} is not a classify run (no config.json)")
-    old = read_json(run / "config.json")
-    diffs = sorted(k for k in _diff_keys(old, config) if k.split(".")[0] not in RESUME_MAY_DIFFER)
-    if diffs:
-        raise ValueError(f"{run}: cannot resume, the config differs from {run / 'config.json'} in: {', '.join(diffs)}")
+    check_resumable(run, read_json(run / "config.json"), config, RESUME_MAY_DIFFER)
     write_json(run / "config.json", config)
     return run
 

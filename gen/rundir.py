@@ -166,6 +166,23 @@ def _resume_mismatch(run: Path, old: dict, new: dict) -> Path:
     raise ValueError(f"{run}: cannot resume, the config differs from the saved one in: {', '.join(diffs)}")
 
 
+def check_resumable(run: Path, old: Any, new: dict, may_differ: set[str] | frozenset[str] = frozenset()) -> None:
+    """Refuse to continue `run` when its saved config `old` differs from `new` outside the top-level keys `may_differ`."""
+    if not isinstance(old, dict):
+        raise ValueError(f"{run / 'config.json'}: not a saved config (a JSON mapping of config keys); "
+                         "replace the run with --overwrite")
+    diffs = sorted(k for k in _diff_keys(old, new) if k.split(".")[0] not in may_differ)
+    if diffs:
+        detail = ", ".join(f"{k} (saved {_get(old, k)!r}, now {_get(new, k)!r})" for k in diffs)
+        raise ValueError(f"{run}: cannot resume, the config differs from {run / 'config.json'} in: {detail}")
+
+
+def _get(d: Any, dotted: str) -> Any:
+    for k in dotted.split("."):
+        d = d.get(k) if isinstance(d, dict) else None
+    return d
+
+
 def _diff_keys(a: Any, b: Any, prefix: str = "") -> set[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         out: set[str] = set()

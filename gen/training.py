@@ -42,7 +42,7 @@ from gen.ema import EMA
 from gen.io import append_jsonl, read_json, read_jsonl, write_json, write_text
 from gen.launcher import Interrupted, resolve_precision, resume_command
 from gen.model import build_model, count_params, preset_image_size
-from gen.rundir import _diff_keys, init_run_dir, start_run
+from gen.rundir import check_resumable, init_run_dir, start_run
 from gen.runs import LoadedRun
 from gen.sampling import image_seeds, plan_labels, sample_images, save_grid
 from gen.timestep_sampler import build_timestep_sampler, update_from_global_batch
@@ -170,22 +170,9 @@ def _newest_intact(run: Path) -> Path:
 
 def check_resume_compatible(run: Path, config: dict, classes: list[str]) -> None:
     """Refuse to continue a run whose saved config or classes differ in anything that changes the maths."""
-    old = read_json(run / "config.json")
-    if not isinstance(old, dict):
-        raise ValueError(f"{run / 'config.json'}: not a saved config (a JSON mapping of config keys); "
-                         "replace the run with --overwrite")
-    diffs = sorted(k for k in _diff_keys(old, config) if k.split(".")[0] not in RESUME_MAY_DIFFER)
-    if diffs:
-        detail = ", ".join(f"{k} (saved {_get(old, k)!r}, now {_get(config, k)!r})" for k in diffs)
-        raise ValueError(f"{run}: cannot resume, the config differs from {run / 'config.json'} in: {detail}")
+    check_resumable(run, read_json(run / "config.json"), config, RESUME_MAY_DIFFER)
     if (run / "classes.json").is_file() and read_json(run / "classes.json") != classes:
         raise ValueError(f"{run}: cannot resume, its classes {read_json(run / 'classes.json')} differ from the data's {classes}")
-
-
-def _get(d: dict, dotted: str):
-    for k in dotted.split("."):
-        d = d.get(k) if isinstance(d, dict) else None
-    return d
 
 
 def load_training_data(cfg: TrainConfig):
