@@ -40,6 +40,7 @@ from classify.models import (
 from classify.resume import check_stop, load_epoch_state, save_epoch_state
 from gen.data.image_sets import ImageSet
 from gen.io import append_jsonl, atomic_path, write_json
+from gen.launcher import progress_wanted
 from gen.tracking import (
     confusion_markdown,
     log_image_file,
@@ -177,7 +178,7 @@ def run_epochs(accelerator, cfg: ClassifierTrainConfig, net: Classifier, trainab
         losses = []
         steps = len(order) // cfg.global_batch
         bar = tqdm(range(steps), desc=f"seed {seed} {phase} epoch {epoch + 1}/{epochs}", leave=False,
-                   disable=not (cfg.progress and accelerator.is_main_process))
+                   disable=not (cfg.progress and accelerator.is_main_process and progress_wanted()))
         for s in bar:
             idx = order[s * cfg.global_batch:(s + 1) * cfg.global_batch][rank::world]
             x = to_input(train.images[idx], accelerator.device, channels_last)
@@ -297,7 +298,7 @@ def evaluate_sets(accelerator, cfg: ClassifierTrainConfig, model: Classifier, ev
     channels_last = cfg.channels_last and accelerator.device.type == "cuda"
     for name, s in evals.items():
         probs, grades = predict(accelerator, model, s.images, cfg.eval_batch, channels_last, grader,
-                                cfg.progress and accelerator.is_main_process, desc=name)
+                                cfg.progress and accelerator.is_main_process and progress_wanted(), desc=name)
         if not accelerator.is_main_process:
             continue
         m = score(s, probs, grades)

@@ -19,6 +19,7 @@ import numpy as np
 
 from gen.config import ConfigError, build, field, parse_config, run_script, to_dict
 from gen.io import atomic_path, write_json
+from gen.launcher import progress_wanted
 from gen.rundir import init_run_dir
 
 # torch, pandas, sklearn and matplotlib modules are imported in the functions that use them, so
@@ -103,7 +104,7 @@ def embed(cfg: EmbedConfig | None = None, **overrides) -> dict:
 
     cfg = build(EmbedConfig, overrides=overrides) if cfg is None else cfg
     device = resolve_device(cfg.device)
-    progress = cfg.progress and sys.stderr.isatty()
+    progress = cfg.progress and progress_wanted()
     size = cfg.size or None
     sets = {"real": load_image_set(cfg.real, size=size, name="real")}
     if cfg.fake:

@@ -26,6 +26,7 @@ from evaluate.gate import GateConfig, gate_verdict
 from evaluate.sector import sector_fidelity
 from gen.config import ConfigError, build, field, parse_config, run_script, to_dict
 from gen.io import save_png, write_bytes, write_json
+from gen.launcher import progress_wanted
 from gen.rundir import init_run_dir
 
 # torch, pandas and matplotlib modules are imported in the functions that use them, so --help and
@@ -117,7 +118,7 @@ def compute_fidelity(cfg: FidelityConfig | None = None, **overrides) -> dict:
 
     cfg = build(FidelityConfig, overrides=overrides) if cfg is None else cfg
     dist = Dist(cfg.device)
-    progress = cfg.progress and dist.is_main and sys.stderr.isatty()
+    progress = cfg.progress and dist.is_main and progress_wanted()
     cache = str(Path(cfg.cache_dir).expanduser()) if cfg.cache_dir else None
     holdout_ref = cfg.holdout or default_holdout(cfg.real)
     size = cfg.size or None

@@ -20,6 +20,7 @@ from pathlib import Path
 from evaluate.fidelity import default_holdout
 from gen.config import ConfigError, build, field, parse_config, run_script, to_dict
 from gen.io import atomic_path, write_json
+from gen.launcher import progress_wanted
 from gen.rundir import init_run_dir
 
 # torch, pandas and matplotlib modules are imported in the functions that use them, so --help and
@@ -80,7 +81,7 @@ def audit(cfg: PrivacyConfig | None = None, **overrides) -> dict:
 
     cfg = build(PrivacyConfig, overrides=overrides) if cfg is None else cfg
     device = resolve_device(cfg.device)
-    progress = cfg.progress and sys.stderr.isatty()
+    progress = cfg.progress and progress_wanted()
     holdout_ref = cfg.holdout or default_holdout(cfg.train)
     if not holdout_ref:
         raise ValueError("--holdout is required: held-out real images (never trained on) calibrate the thresholds")

@@ -15,7 +15,8 @@ EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + signal number, a
 
 
 # ----------------------------------------------------------------------------------------------
-# Mixed precision: the script's `auto` applies only when the launcher and accelerate's config say nothing
+# Mixed precision: the script's `auto` applies only when the launcher and accelerate's config say nothing;
+# `auto` is bf16 on CUDA with bf16 and on CPUs with native bf16 (AMX or AVX512-BF16), fp32 elsewhere.
 
 
 def _cmdline(pid: int) -> list[str]:
@@ -25,19 +26,25 @@ def _cmdline(pid: int) -> list[str]:
         return []
 
 
-def launcher_cmdline() -> list[str]:
-    """The `accelerate launch …` command line of the parent (or grandparent) process, [] if there is none."""
+def _launcher() -> tuple[int, list[str]] | None:
+    """(pid, command line) of the `accelerate launch` parent (or grandparent) process, None if there is none."""
     pid = os.getppid()
     for _ in range(3):  # the launcher, or torch elastic's agent inside it
         cmd = _cmdline(pid)
         if any(tok.endswith("accelerate") or tok.endswith("accelerate.commands.launch") for tok in cmd[:3]):
-            return cmd
+            return pid, cmd
         try:
             stat = Path(f"/proc/{pid}/stat").read_text()
             pid = int(stat.rsplit(")", 1)[1].split()[1])
         except (OSError, ValueError, IndexError):
-            return []
-    return []
+            return None
+    return None
+
+
+def launcher_cmdline() -> list[str]:
+    """The `accelerate launch …` command line of the parent (or grandparent) process, [] if there is none."""
+    found = _launcher()
+    return found[1] if found else []
 
 
 def _flag_value(cmd: list[str], flag: str) -> str | None:
@@ -81,15 +88,50 @@ def launcher_precision() -> tuple[str, str] | None:
     return None  # the launcher's default, not a choice
 
 
-def resolve_precision(requested: str, cuda: bool, bf16_ok: bool) -> tuple[str, str]:
-    """(precision to use, where it came from): an explicit script value, else the launcher's, else auto."""
+CPUINFO = Path("/proc/cpuinfo")
+NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # CPU flags of bf16 matrix / dot-product instructions
+
+
+def cpu_flags(cpuinfo: str | os.PathLike = CPUINFO) -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo's first `flags` line (empty where there is none, as off Linux)."""
+    try:
+        for line in Path(cpuinfo).read_text(errors="replace").splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_native_bf16(cpuinfo: str | os.PathLike = CPUINFO) -> str | None:
+    """The flag that makes bf16 native on this CPU (amx_bf16 or avx512_bf16), None if neither is reported."""
+    flags = cpu_flags(cpuinfo)
+    return next((f for f in NATIVE_BF16_FLAGS if f in flags), None)
+
+
+def auto_precision(cuda: bool, bf16_ok: bool, cpu_bf16: str | None) -> tuple[str, str]:
+    """(precision, why) of `auto`: bf16 where the hardware runs it natively, fp32 elsewhere."""
+    if cuda:
+        return ("bf16", "auto: bf16 on CUDA") if bf16_ok else ("no", "auto: fp32, no bf16 on this GPU")
+    if cpu_bf16:
+        return "bf16", f"auto: bf16 on a CPU with native bf16 ({cpu_bf16})"
+    return "no", "auto: fp32 on a CPU without native bf16 (no amx_bf16 or avx512_bf16 flag)"
+
+
+def resolve_precision(requested: str, cuda: bool, bf16_ok: bool, cpu_bf16: str | None | bool = True) -> tuple[str, str]:
+    """(precision to use, where it came from): an explicit script value, else the launcher's, else auto.
+
+    `cpu_bf16` is the flag that makes bf16 native on this CPU; True (the default) reads /proc/cpuinfo.
+    """
     launched = launcher_precision()
     if requested != "auto":
         note = f"; overrides {launched[1]} {launched[0]}" if launched and launched[0] != requested else ""
         return requested, f"--mixed_precision {requested}{note}"
     if launched is not None:
         return launched[0], launched[1]
-    return ("bf16" if cuda and bf16_ok else "no"), "auto: " + ("bf16 on CUDA" if cuda and bf16_ok else "fp32 on CPU" if not cuda else "fp32, no bf16 on this GPU")
+    if cpu_bf16 is True:
+        cpu_bf16 = None if cuda else cpu_native_bf16()
+    return auto_precision(cuda, bf16_ok, cpu_bf16 or None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -176,3 +218,56 @@ def resume_command(extra: dict[str, str], drop: tuple[str, ...] = ("--resume", "
     else:
         prefix = ["python"]
     return shlex.join([*prefix, script, *args])
+
+
+# ----------------------------------------------------------------------------------------------
+# Progress bars: drawn when a person watches, never written into a log file or pipe
+
+PROGRESS_ENV = "ECHOSYNTH_PROGRESS"  # 1/0 forces bars on/off, whatever the streams are
+
+
+def _is_terminal_path(path: str) -> bool:
+    """True if `path` (a /proc/PID/fd/N link) opens onto a terminal."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        return os.isatty(fd)
+    finally:
+        os.close(fd)
+
+
+def _is_pipe(stream) -> bool:
+    import stat
+
+    try:
+        return stat.S_ISFIFO(os.fstat(stream.fileno()).st_mode)
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def progress_wanted(stream=None) -> bool:
+    """Whether to draw progress bars on `stream` (stderr): True when a terminal shows it, directly or through a launcher.
+
+    accelerate ≥ 1.16 pipes the script's stderr through the launcher, which copies it to its own stderr, so
+    `isatty()` is False under `accelerate launch` on a terminal. A pipe read by an `accelerate launch`
+    ancestor counts as a terminal when that launcher's own stderr is one. A file, a pipe into `tee` or a
+    log, Slurm's output file and a study's stage log are not: there the periodic one-line summaries are
+    enough. ECHOSYNTH_PROGRESS=1 or 0 overrides the decision.
+    """
+    forced = os.environ.get(PROGRESS_ENV, "").strip().lower()
+    if forced in ("1", "true", "yes", "on"):
+        return True
+    if forced in ("0", "false", "no", "off"):
+        return False
+    stream = sys.stderr if stream is None else stream
+    try:
+        if stream.isatty():
+            return True
+    except (AttributeError, ValueError):
+        return False
+    if not _is_pipe(stream):
+        return False
+    found = _launcher()
+    return found is not None and _is_terminal_path(f"/proc/{found[0]}/fd/2")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gen.config import ConfigError, field, parse_config, run_script
+from gen.launcher import progress_wanted
 
 COMMANDS = ("phantom", "split", "import")
 
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if cfg.command == "phantom":
             m = build_phantom(cfg.out, n=cfg.n, size=cfg.size, seed=cfg.seed, workers=cfg.workers,
-                              overwrite=cfg.overwrite, progress=sys.stderr.isatty())
+                              overwrite=cfg.overwrite, progress=progress_wanted())
             print_summary(m.df, f"phantom dataset in {cfg.out}")
         elif cfg.command == "split":
             info = build_splits(cfg.manifest, cfg.out, cfg.subsets, seed=cfg.seed, fractions=cfg.fractions,

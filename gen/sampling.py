@@ -7,11 +7,9 @@ or on how many processes share the work.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import shutil
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from gen.configs import SAMPLERS, SampleConfig, parse_counts  # noqa: F401
 from gen.data.dataset import to_uint8
 from gen.data.manifest import write_manifest
 from gen.diffusion import make_scheduler
+from gen.hardware import Compiled, autocast, resolve_for, want_compile
 from gen.io import (
     check_writable_output,
     read_json,
@@ -35,6 +34,7 @@ from gen.io import (
     write_bytes,
     write_json,
 )
+from gen.launcher import progress_wanted
 from gen.rundir import provenance
 from gen.runs import load_run
 
@@ -57,13 +57,6 @@ def plan_labels(classes: Sequence[str], per_class: int = 0, counts: dict[str, in
     return np.repeat(np.arange(len(classes), dtype=np.int64), per_class)
 
 
-def autocast_for(device: torch.device, enabled: bool = True):
-    """bf16 autocast on CUDA, nothing elsewhere."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 @torch.no_grad()
 def guided_output(model, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, guidance: float) -> torch.Tensor:
     """Model output with classifier-free guidance on ε only: ε = ε_∅ + w(ε_c − ε_∅); the variance half is the conditional one."""
@@ -81,9 +74,12 @@ def guided_output(model, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor,
 def sample_images(loaded_run, labels, seeds, steps: int = 100, sampler: str = "ddpm", guidance: float = 1.0,
                   batch_size: int = 64, device: str | torch.device = "cpu", eta: float = 0.0,
                   spacing: str = "linspace", progress: bool = False,
-                  on_step: Callable[[float], None] | None = None) -> np.ndarray:
-    """Sample one image per (label, seed) with a respaced `steps`-step chain; uint8 (N, H, W).
+                  on_step: Callable[[float], None] | None = None, precision: str = "no") -> np.ndarray:
+    """Sample one image per (label, seed) with a `steps`-evaluation chain; uint8 (N, H, W).
 
+    `ddpm` is the ancestral sampler with learned variances over a respaced chain; `ddim`,
+    `dpm++2m` and `unipc` see only ε. The model runs under `precision`'s autocast (a resolved
+    value: no, bf16 or fp16); its output and the solver's arithmetic are float32.
     `on_step(images)` is called after every denoising step with the images' share of progress
     (the batch size / steps), so a caller's bar moves per step, not per batch."""
     labels, seeds = np.asarray(labels, dtype=np.int64), np.asarray(seeds, dtype=np.int64)
@@ -98,8 +94,6 @@ def sample_images(loaded_run, labels, seeds, steps: int = 100, sampler: str = "d
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # denormals slow CPU convolutions many-fold
     S, C = loaded_run.image_size, model.in_channels
-    sched = make_scheduler(diffusion, sampler, spacing)
-    sched.set_timesteps(steps)
     out = np.empty((len(labels), S, S), dtype=np.uint8)
     bar = tqdm(total=len(labels), unit="img", disable=not progress, desc="sampling")
     for lo in range(0, len(labels), batch_size):
@@ -107,14 +101,18 @@ def sample_images(loaded_run, labels, seeds, steps: int = 100, sampler: str = "d
         gens = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds[lo:hi]]
         x = torch.cat([torch.randn((1, C, S, S), generator=g) for g in gens]).to(device)
         y = torch.as_tensor(labels[lo:hi], device=device)
+        sched = make_scheduler(diffusion, sampler, spacing)  # multistep solvers keep state: a fresh one per batch
+        sched.set_timesteps(steps)
         for t in sched.timesteps:
             tt = t.to(device).expand(hi - lo)
-            with autocast_for(device):
+            with autocast(device, precision):
                 mo = guided_output(model, x, tt, y, guidance)
             if sampler == "ddpm":
                 x = sched.step(mo, t, x, generator=gens).prev_sample
-            else:
+            elif sampler == "ddim":
                 x = sched.step(mo[:, :C], t, x, eta=eta, generator=gens).prev_sample
+            else:  # deterministic ODE solvers: ε only (see gen.diffusion.make_scheduler)
+                x = sched.step(mo[:, :C].contiguous(), t, x).prev_sample
             if on_step is not None:
                 on_step((hi - lo) / len(sched.timesteps))
         out[lo:hi] = to_uint8(x)
@@ -224,6 +222,13 @@ def sample_to_dir(cfg: SampleConfig) -> Path:
     n = len(labels)
     if n == 0:
         raise ValueError("nothing to sample: every count is 0")
+    mp, mp_from = resolve_for(cfg.mixed_precision, device)
+    evals = -(-n // state.num_processes) * cfg.steps * (2 if cfg.guidance != 1.0 else 1) // max(cfg.batch_size, 1)
+    use_compile, why = want_compile(cfg.compile, device, evals)
+    say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if state.is_main_process else (lambda msg: None)
+    say(f"sampling {n} images: {cfg.sampler}, {cfg.steps} steps, precision {mp} ({mp_from}), {why}, device {device}")
+    if use_compile:
+        loaded.model = Compiled(loaded.model, log=say)
     seeds = image_seeds(cfg.seed, range(n))
     out = Path(cfg.out)
     request = {k: v for k, v in to_dict(cfg).items() if k not in ("overwrite", "out")}
@@ -244,6 +249,7 @@ def sample_to_dir(cfg: SampleConfig) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         meta = {"request": request, "complete": False, "run": request["run"], "checkpoint": cfg.checkpoint,
                 "checkpoint_step": loaded.step, "sampler": cfg.sampler, "steps": cfg.steps, "guidance": cfg.guidance,
+                "precision": mp, "precision_from": mp_from, "compile": use_compile,
                 "classes": loaded.classes, "n": n, "counts": {c: int((labels == i).sum()) for i, c in enumerate(loaded.classes)},
                 "provenance": provenance(seed=cfg.seed, world_size=state.num_processes, parents=[cfg.run])}
         write_json(out / "sample.json", meta)
@@ -254,10 +260,11 @@ def sample_to_dir(cfg: SampleConfig) -> Path:
         # Moves per denoising step (fractions of a batch), so a long chain does not look stalled.
         bar = tqdm(total=sum(hi - lo for lo, hi in todo), desc=f"sampling (rank {state.process_index})",
                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total_fmt} img [{elapsed}<{remaining}]",
-                   disable=not (state.is_main_process and sys.stderr.isatty()))
+                   disable=not (state.is_main_process and progress_wanted()))
         for lo, hi in todo:
             imgs = sample_images(loaded, labels[lo:hi], seeds[lo:hi], cfg.steps, cfg.sampler, cfg.guidance,
-                                 cfg.batch_size, device, eta=cfg.eta, spacing=cfg.spacing, on_step=bar.update)
+                                 cfg.batch_size, device, eta=cfg.eta, spacing=cfg.spacing, on_step=bar.update,
+                                 precision=mp)
             write_shard(out, lo, imgs, labels[lo:hi], seeds[lo:hi], loaded.classes)
         bar.close()
     state.wait_for_everyone()

@@ -39,8 +39,9 @@ from gen.data.dataset import ManifestDataset
 from gen.data.manifest import ManifestError, read_manifest
 from gen.diffusion import Diffusion
 from gen.ema import EMA
+from gen.hardware import Compiled, want_compile
 from gen.io import append_jsonl, read_json, read_jsonl, write_json, write_text
-from gen.launcher import Interrupted, resolve_precision, resume_command
+from gen.launcher import Interrupted, progress_wanted, resolve_precision, resume_command
 from gen.model import build_model, count_params, preset_image_size
 from gen.rundir import check_resumable, init_run_dir, start_run
 from gen.runs import LoadedRun
@@ -295,10 +296,9 @@ def train(cfg: TrainConfig, stop=None) -> Path:
         raw.to(memory_format=torch.channels_last)
     ema.model.to(device)
     model, opt = accelerator.prepare(raw, opt)
-    if cfg.compile and cuda:
-        model = torch.compile(model)
-    elif cfg.compile:
-        log("compile: skipped (torch.compile is only used on CUDA)")
+    use_compile, compile_why = want_compile(cfg.compile, device, (cfg.steps - start) * accum)
+    if use_compile:  # falls back to eager with one warning; the warm-up (compiling) is logged with its time
+        model = Compiled(model, log=log)
     diffusion = Diffusion(cfg.diffusion.num_timesteps, cfg.diffusion.schedule, cfg.diffusion.learn_sigma, cfg.diffusion.lambda_vlb)
     T, S = diffusion.num_timesteps, preset_image_size(cfg.model)
     ts_sampler = build_timestep_sampler(cfg.timestep_sampler, T)  # None: uniform t from per_sample_draws
@@ -310,11 +310,12 @@ def train(cfg: TrainConfig, stop=None) -> Path:
     batches = iter(loader)
     log(f"run {run}: {len(ds)} images {ds.class_counts()}, preset {cfg.model.preset} ({count_params(raw) / 1e6:.2f} M params) "
         f"at {S}×{S}, {world} process(es) × {micro} × {accum} accumulation = global batch {cfg.global_batch}, "
-        f"precision {mp} ({mp_from}), device {device}" + (f", resumed from {ckpt} (step {start})" if ckpt else ""))
+        f"precision {mp} ({mp_from}), {compile_why}, device {device}" + (f", resumed from {ckpt} (step {start})" if ckpt else ""))
 
     # -- loop -----------------------------------------------------------------------------------
     stats = IntervalStats(T, device)
-    bar = tqdm(total=cfg.steps, initial=start, unit="step", disable=not (main and sys.stderr.isatty()), desc="train")
+    bars = main and progress_wanted()  # a person watches: draw the bar (with the loss) instead of loss lines
+    bar = tqdm(total=cfg.steps, initial=start, unit="step", disable=not bars, desc="train")
     for step in range(start, cfg.steps):
         torch.manual_seed(_seed(cfg.seed, step, rank, 11))  # dropout RNG: a function of the step
         model.train()
@@ -370,13 +371,13 @@ def train(cfg: TrainConfig, stop=None) -> Path:
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", img_s=f"{rec['images_per_s']:.1f}")
                 log(f"step {done}: loss {rec['loss']:.4f} mse {rec['mse']:.4f} vb {rec['vb']:.4f} "
                     f"grad {rec['grad_norm']:.3f} lr {rec['lr']:.2e} {rec['images_per_s']:.1f} img/s",
-                    screen=not sys.stderr.isatty())  # log.txt always; the bar shows the loss on a terminal
+                    screen=not bars)  # log.txt always; the bar shows the loss on a terminal
             stats.reset()
         if main and cfg.sample_per_class and ((cfg.sample_every and done % cfg.sample_every == 0) or done == cfg.steps):
             labels = plan_labels(classes, cfg.sample_per_class)
             lr_ = LoadedRun(ema.model, diffusion, classes, S, cfg, done, run, "ema")
             imgs = sample_images(lr_, labels, image_seeds(cfg.seed, range(len(labels))), steps=min(cfg.sample_steps, T),
-                                 batch_size=max(len(labels), 1), device=device)
+                                 batch_size=max(len(labels), 1), device=device, precision=mp)
             save_grid(run / "samples" / f"step-{done:07d}.png", imgs, cfg.sample_per_class)
             log_image_file(accelerator, "samples", run / "samples" / f"step-{done:07d}.png", done)
         stopping = stop is not None and (bool(stop.signum) if world == 1 else  # a signal reaches ranks at different steps
