@@ -16,7 +16,10 @@ from gen.tracking import LOG_WITH_HELP, TRACKERS, check_tracker
 # Names of gen.diffusion.BETA_SCHEDULES and of gen.sampling's samplers, kept here without torch
 # (tests/test_config.py checks they agree).
 SCHEDULES = ("linear", "cosine")
-SAMPLERS = ("ddpm", "ddim")
+SAMPLERS = ("ddpm", "ddim", "dpm++2m", "unipc")
+PRECISIONS = ("auto", "no", "bf16", "fp16")
+PRECISION_HELP = "auto = bf16 on CUDA with bf16 and on CPUs with AMX/AVX512-BF16, fp32 elsewhere; an accelerate launch flag wins over auto"
+COMPILE_CHOICES = ("auto", True, False)
 
 RESUME_MAY_DIFFER = {"verify", "steps", "resume", "overwrite", "checkpoint_every", "keep_last", "keep_every", "log_every",
                      "sample_every", "sample_per_class", "sample_steps", "num_workers", "compile", "batch_gpu",
@@ -58,9 +61,10 @@ class TrainConfig:
     ema_decay: float = cfg_field(0.9999, help="EMA decay", min=0.0, max=1.0)
     ema_warmup: bool = cfg_field(True, help="EMA decay min(decay, (1+n)/(10+n)) early on")
     cfg_dropout: float = cfg_field(0.0, help="label dropout probability for classifier-free guidance", min=0.0, max=1.0)
-    mixed_precision: str = cfg_field("auto", help="auto = bf16 on CUDA, fp32 on CPU", choices=("auto", "no", "bf16", "fp16"))
+    mixed_precision: str = cfg_field("auto", help=PRECISION_HELP, choices=PRECISIONS)
     channels_last: bool = cfg_field(True, help="channels_last memory format on CUDA")
-    compile: bool = cfg_field(False, help="torch.compile the UNet (CUDA only)")
+    compile: bool | str = cfg_field("auto", choices=COMPILE_CHOICES,
+                                    help="torch.compile the UNet; auto = on CUDA, and on CPU for runs long enough to amortise it")
     seed: int = cfg_field(0, help="seed of data order, noise, timesteps, init")
     timestep_sampler: str = cfg_field("uniform", choices=TIMESTEP_SAMPLERS,
                                       help="t per sample: uniform, or loss-aware importance sampling of L_vlb (improved DDPM §3.3)")
@@ -103,12 +107,16 @@ class SampleConfig:
     per_class: int = cfg_field(0, help="images per class (balanced set)", min=0)
     counts: str = cfg_field("", help="explicit counts instead, e.g. A2C=500,PSAX=300")
     steps: int = cfg_field(100, help="sampling steps (respaced chain)", min=1)
-    sampler: str = cfg_field("ddpm", help="ddpm (learned variances) or ddim (ε only)", choices=SAMPLERS)
+    sampler: str = cfg_field("ddpm", choices=SAMPLERS,
+                             help="ddpm (ancestral, learned variances), ddim, dpm++2m (DPM-Solver++ 2M) or unipc; the last three use ε only")
     eta: float = cfg_field(0.0, help="DDIM η (0 = deterministic)", min=0.0, max=1.0)
     guidance: float = cfg_field(1.0, help="classifier-free guidance scale w on ε (1 = conditional only)", min=0.0)
     spacing: str = cfg_field("linspace", help="which timesteps a short chain keeps", choices=("linspace", "leading"))
     seed: int = cfg_field(0, help="global seed; image i uses a seed derived from (seed, i)")
     batch_size: int = cfg_field(64, help="images per forward per process (also the shard size)", min=1)
+    mixed_precision: str = cfg_field("auto", help=PRECISION_HELP, choices=PRECISIONS)
+    compile: bool | str = cfg_field("auto", choices=COMPILE_CHOICES,
+                                    help="torch.compile the UNet; auto = on CUDA, and on CPU for requests long enough to amortise it")
     out: str = cfg_field("", help="output directory")
     overwrite: bool = cfg_field(False, help="replace an existing output directory")
 

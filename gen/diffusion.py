@@ -238,13 +238,32 @@ class Diffusion:
 
 
 def make_scheduler(diffusion: Diffusion, sampler: str = "ddpm", spacing: str = "linspace"):
-    """The diffusers scheduler over the same β (DDPM learned_range / fixed_small, or DDIM)."""
-    from diffusers import DDIMScheduler, DDPMScheduler
+    """The diffusers scheduler over the same β: DDPM (learned_range / fixed_small), DDIM, DPM-Solver++ (2M) or UniPC.
+
+    All but `ddpm` take the ε half of the model output only (gen.sampling passes it): diffusers'
+    multistep schedulers would slice `model_output[:, :3]` for learned variances, which is wrong
+    for a 1-channel UNet. DPM-Solver++ 2M (Lu et al. 2022, Alg. 2, midpoint) and UniPC (bh2,
+    Zhao et al. 2023) are second-order multistep solvers of the probability-flow ODE in x̂₀ form;
+    both end with a first-order step (to σ = 0), and neither draws noise.
+    """
+    from diffusers import (
+        DDIMScheduler,
+        DDPMScheduler,
+        DPMSolverMultistepScheduler,
+        UniPCMultistepScheduler,
+    )
 
     common = dict(num_train_timesteps=diffusion.num_timesteps, trained_betas=diffusion.betas.tolist(),
-                  clip_sample=True, clip_sample_range=1.0, prediction_type="epsilon", timestep_spacing=spacing)
+                  prediction_type="epsilon", timestep_spacing=spacing)
+    clip = dict(clip_sample=True, clip_sample_range=1.0)
     if sampler == "ddpm":
-        return DDPMScheduler(variance_type="learned_range" if diffusion.learn_sigma else "fixed_small", **common)
+        return DDPMScheduler(variance_type="learned_range" if diffusion.learn_sigma else "fixed_small", **clip, **common)
     if sampler == "ddim":
-        return DDIMScheduler(set_alpha_to_one=True, **common)
-    raise ValueError(f"unknown sampler {sampler!r}; use ddpm or ddim")
+        return DDIMScheduler(set_alpha_to_one=True, **clip, **common)
+    if sampler == "dpm++2m":
+        return DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2, solver_type="midpoint",
+                                           lower_order_final=True, final_sigmas_type="zero", **common)
+    if sampler == "unipc":
+        return UniPCMultistepScheduler(solver_order=2, predict_x0=True, solver_type="bh2", lower_order_final=True,
+                                       final_sigmas_type="zero", **common)
+    raise ValueError(f"unknown sampler {sampler!r}; use ddpm, ddim, dpm++2m or unipc")
