@@ -92,10 +92,10 @@ CPUINFO = Path("/proc/cpuinfo")
 NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # CPU flags of bf16 matrix / dot-product instructions
 
 
-def cpu_flags(cpuinfo: str | os.PathLike = CPUINFO) -> set[str]:
+def cpu_flags(cpuinfo: str | os.PathLike | None = None) -> set[str]:
     """The CPU's feature flags from /proc/cpuinfo's first `flags` line (empty where there is none, as off Linux)."""
     try:
-        for line in Path(cpuinfo).read_text(errors="replace").splitlines():
+        for line in Path(cpuinfo or CPUINFO).read_text(errors="replace").splitlines():
             if line.startswith("flags"):
                 return set(line.split(":", 1)[1].split())
     except OSError:
@@ -103,7 +103,7 @@ def cpu_flags(cpuinfo: str | os.PathLike = CPUINFO) -> set[str]:
     return set()
 
 
-def cpu_native_bf16(cpuinfo: str | os.PathLike = CPUINFO) -> str | None:
+def cpu_native_bf16(cpuinfo: str | os.PathLike | None = None) -> str | None:
     """The flag that makes bf16 native on this CPU (amx_bf16 or avx512_bf16), None if neither is reported."""
     flags = cpu_flags(cpuinfo)
     return next((f for f in NATIVE_BF16_FLAGS if f in flags), None)

@@ -25,6 +25,9 @@ class DatasetConfig:
     phantom_n: int = field(1600, help="phantom: number of frames", min=16)
     image_size: int = field(32, help="phantom: image side in pixels", min=16, max=1024)
     subsets: list[int] = field(default_factory=lambda: [200, 400], help="real training subset sizes (nested)")
+    fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1],
+                                   help="train,val,test shares of the patients (a larger test share resolves smaller "
+                                        "differences: the report's findings are computed on test)")
     holdout_sources: list[str] = field(default_factory=lambda: ["camus", "unity"],
                                        help="sources held out whole as the domain-shift test set")
     seed: int = field(0, help="seed for rendering and splitting")
@@ -37,6 +40,8 @@ class DDPMStageConfig:
     per_class: int = field(100, help="synthetic images per class (balanced set)", min=1)
     sample_steps: int = field(25, help="sampling steps (respaced)", min=1)
     num_processes: int = field(1, help="accelerate processes for training and sampling", min=1)
+    mixed_precision: str = field("auto", choices=("auto", "no", "bf16", "fp16"),
+                                 help="precision of DDPM training and sampling (auto = bf16 where the hardware runs it natively)")
     threads: int = field(0, help="OMP/MKL threads of the training and sampling stages (0 = the study's threads); "
                                  "more than the other stages' when the DDPM is the study's critical path", min=0)
     train_args: list[str] = field(default_factory=list, help="extra gen/train.py settings as key=value items")

@@ -96,6 +96,7 @@ class GraphBuilder:
         outputs = [self.split_dir / f for f in ("manifest.csv", "train.csv", "val.csv", "test.csv", "splits.json")]
         self.add("data-split", python_cmd("gen/prepare.py", "split", "--manifest", manifest, "--out", self.split_dir,
                                           "--subsets", ",".join(map(str, ds.subsets)), "--seed", ds.seed,
+                                          "--fractions", ",".join(f"{f:g}" for f in ds.fractions),
                                           "--holdout_sources", ",".join(ds.holdout_sources)),
                  inputs=[manifest], outputs=sorted(set(outputs)), deps=deps, experiment="data",
                  run_dir=self.split_dir)
@@ -109,7 +110,8 @@ class GraphBuilder:
         preset = repo_path(c.preset)
         data = self.train_manifest(subset)
         cmd = accelerate_cmd("gen/train.py", "--config", preset, "--data", data, "--run_dir", run, "--steps", steps,
-                             *_flags({**kv(c.train_args), **extra}), num_processes=c.num_processes)
+                             *_flags({"mixed_precision": c.mixed_precision, **kv(c.train_args), **extra}),
+                             num_processes=c.num_processes)
         self.add(name, cmd, inputs=[preset, data],
                  outputs=[run / "config.json", run / "stats.jsonl"], deps=self.split_stage,
                  experiment=experiment, meta={"subset": subset, "steps": steps, **meta}, resume_args=["--resume", "latest"],
@@ -121,7 +123,8 @@ class GraphBuilder:
         c = self.cfg.ddpm
         out = self.runs / name
         cmd = accelerate_cmd("gen/sample.py", "--run", self.runs / ddpm, "--per_class", per_class,
-                             "--steps", c.sample_steps, "--out", out, *_flags({**kv(c.sample_args), **(extra or {})}),
+                             "--steps", c.sample_steps, "--out", out,
+                             *_flags({"mixed_precision": c.mixed_precision, **kv(c.sample_args), **(extra or {})}),
                              num_processes=c.num_processes)
         stage = self.add(name, cmd, inputs=[self.runs / ddpm], outputs=[out / "samples.npz", out / "manifest.csv"],
                          deps=[ddpm], experiment=experiment, meta={"per_class": per_class, "ddpm": ddpm, **meta},

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from gen.io import append_jsonl, fingerprint, read_json, write_json
-from pipelines.executor import Executor, Job, LocalExecutor
+from pipelines.executor import Executor, ExecutorError, Job, LocalExecutor
 from pipelines.progress import Progress
 
 DONE = "STAGE_DONE.json"
@@ -425,6 +425,15 @@ class Runner:
                     if self.progress:
                         self.progress.tick()
                     time.sleep(ex.poll_s)
+        except ExecutorError as e:  # nothing more can run as configured: stop here, as on Ctrl-C
+            others = [job for name, (job, _) in running.items() if name != e.stage]
+            if others:
+                ex.cancel(others)
+            for name, (_, t0) in running.items():
+                self.state[name].update(status="failed" if name == e.stage else "interrupted",
+                                        seconds=round(time.perf_counter() - t0, 2))
+            self.save()
+            raise
         except KeyboardInterrupt:
             if running:
                 self.echo(f"stopping {', '.join(running)} ...")
@@ -606,9 +615,13 @@ def python_cmd(script: str, *args: Any) -> list[str]:
 
 
 def accelerate_cmd(script: str, *args: Any, num_processes: int = 1) -> list[str]:
-    """`accelerate launch SCRIPT args…` (gloo on CPU when num_processes > 1)."""
+    """`accelerate launch SCRIPT args…` (gloo on CPU when num_processes > 1).
+
+    No launcher precision: the script's --mixed_precision decides (the study passes its own; `auto`
+    is bf16 where the hardware runs it natively), as a launcher flag would override it.
+    """
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--num_processes", str(num_processes)]
+           "--dynamo_backend", "no", "--num_processes", str(num_processes)]
     if num_processes > 1:
         cmd.append("--multi_gpu")
     return cmd + [script, *map(str, args)]
