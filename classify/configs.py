@@ -31,7 +31,7 @@ Examples: `real:split/train_1000.csv`, `real:split/manifest.csv#split=train,subs
 Oversampling never drops images: a class already above N keeps all of its images.
 """
 
-ARCHS = ("vgg16", "vgg16_bn", "resnet18", "densenet121", "mobilenet_v2", "madani", "inception_v3", "inception_v3_aux",
+ARCHS = ("vgg16", "vgg16_bn", "resnet18", "densenet121", "mobilenet_v2", "madani", "small_cnn", "inception_v3", "inception_v3_aux",
          "fid_inception_frozen", "fid_inception_frozen_mlp")
 # Frozen ImageNet features (the offline FID Inception) under a trained head: classify/frozen_features.py
 FROZEN_BACKBONES = ("fid_inception_frozen", "fid_inception_frozen_mlp")
@@ -100,7 +100,16 @@ class ClassifierTrainConfig:
     allow_empty_classes: bool = field(False, help="train although a class has no training images")
     arch: str = field("vgg16", choices=ARCHS, help="architecture")
     image_size: int = field(112, min=32, help="images are resized to image_size × image_size")
-    epochs: int = field(25, min=1, help="training epochs")
+    epochs: int = field(25, min=1, help="training epochs (when --steps is 0)")
+    steps: int = field(0, min=0, help="optimizer-step budget: every training set gets exactly this many steps whatever "
+                                      "its size, so arms compare data, not step counts (0: --epochs passes instead)")
+    eval_every: int = field(0, min=0, help="with --steps: optimizer steps between validation scores and checkpoints "
+                                           "(0: one pass over the training set)")
+    precise_bn: int = field(0, min=0, help="before each validation: recompute BatchNorm running statistics over up to "
+                                           "this many training images (0: off; running averages lag fast-moving weights)")
+    checkpoint: str = field("best", choices=("best", "last"),
+                            help="checkpoint scored on every evaluation set: best on --val by select_metric, or the last "
+                                 "(then --val selects nothing and is a fair evaluation set too)")
     global_batch: int = field(32, min=1, help="images per optimiser step, over all processes")
     optimizer: str = field("sgd", choices=("sgd", "adam"), help="optimiser")
     lr: float = field(1e-3, min=0, help="learning rate")
@@ -143,6 +152,8 @@ class ClassifierTrainConfig:
             raise ConfigError(f"classes must be at least 2 distinct names, got {self.classes}")
         if self.select_metric == "grade_mse" and self.task != "quality":
             raise ConfigError("select_metric grade_mse needs --task quality")
+        if self.eval_every and not self.steps:
+            raise ConfigError("--eval_every needs a step budget: set --steps too (or drop --eval_every)")
         if len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds must be distinct, got {self.seeds}")
         if self.image_size < min_image_size(self.arch):

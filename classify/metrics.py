@@ -25,7 +25,7 @@ from sklearn.metrics import (
 
 from gen.io import atomic_path
 
-SCALAR_METRICS = ("macro_auprc", "macro_f1", "balanced_accuracy", "roc_auc", "accuracy",
+SCALAR_METRICS = ("macro_auprc", "macro_f1", "balanced_accuracy", "roc_auc", "accuracy", "top_prediction_share",
                   "video_accuracy", "grade_mse", "grade_mae", "grade_spearman")
 
 
@@ -64,6 +64,8 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, classes: Seque
         "balanced_accuracy": float(bacc),
         "roc_auc": float(np.mean(auroc)) if auroc else None,
         "accuracy": float((pred == labels).mean()),
+        # the share of images given the most-predicted class: near 1, the classifier predicts one class
+        "top_prediction_share": float(np.bincount(pred, minlength=k).max() / max(len(pred), 1)),
         "per_class": {
             c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i]),
                 "auprc": float(auprc[present.index(i)]) if i in present else None}

@@ -1,8 +1,8 @@
 """Per-epoch resume checkpoints of classifier training, and stopping on Ctrl-C between steps.
 
 SEED_DIR/checkpoints/epoch-<phase>-<NNNN>/ holds the model, optimiser moments (safetensors +
-JSON), the LR scheduler, the selection state (best value, best epoch, history) and the RNG
-states after epoch NNNN of a phase. It is assembled in a hidden temporary directory and renamed
+JSON), the LR scheduler, the selection state (best value, best round, history) and the RNG
+states after validation round NNNN of a phase (an epoch, unless a --steps budget sets the rounds). It is assembled in a hidden temporary directory and renamed
 into place; the previous one is deleted only afterwards, so a kill never leaves no state behind.
 Epoch order and augmentation are functions of (seed, epoch), and dropout's RNG is restored, so a
 resumed seed retraces the uninterrupted one.
@@ -89,7 +89,7 @@ def load_epoch_state(seed_dir: Path, phase: str, net: torch.nn.Module, opt, sche
         if main_process:
             stats = Path(seed_dir) / "stats.jsonl"
             if stats.exists():
-                kept = [r for r in read_jsonl(stats) if r.get("phase") != phase or r.get("epoch", 0) <= epoch]
+                kept = [r for r in read_jsonl(stats) if r.get("phase") != phase or r.get("round", r.get("epoch", 0)) <= epoch]
                 write_text(stats, "".join(__import__("json").dumps(r) + "\n" for r in kept))
         return epoch, state["best"], int(state["best_epoch"]), list(state["history"])
     return None

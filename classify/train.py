@@ -4,8 +4,9 @@
         --train real:split/train_120.csv --val split/val.csv --test split/test.csv,split/shift.csv
 
 Writes RUN/seed-<s>/ (config, provenance, model.json, checkpoints/best|last.safetensors,
-metrics.json, predictions_<set>.csv, confusion_<set>.png, stats.jsonl) and RUN/summary.json
-(mean, sd, n over seeds per evaluation set and metric).
+metrics.json, training.json, predictions_<set>.csv, confusion_<set>.png, stats.jsonl) and RUN/summary.json
+(mean, sd, n over seeds per evaluation set and metric; `training`: optimizer steps per seed, epochs,
+and the split that selected the checkpoint, which findings must not be computed on).
 """
 
 from __future__ import annotations
@@ -127,11 +128,12 @@ def main(argv: list[str] | None = None) -> None:
         write_json(run / "data.json", {"train": train.info, "eval": {n: {"n": len(s), "class_counts": s.class_counts()}
                                                                       for n, s in evals.items()}})
         print(f"run directory: {run}\ntraining set {cfg.train}: {train.class_counts()} ({len(train)} images)")
-    per_seed = []
+    per_seed, training = [], []
     for seed in cfg.seeds:
         seed_dir = run / f"seed-{seed}"
         if cfg.resume and (seed_dir / "metrics.json").is_file():  # finished before the interruption
             per_seed.append(read_json(seed_dir / "metrics.json"))
+            training.append(read_json(seed_dir / "training.json") if (seed_dir / "training.json").is_file() else {})
             if main_proc:
                 print(f"seed {seed}: finished earlier ({seed_dir / 'metrics.json'})")
             continue
@@ -143,17 +145,30 @@ def main(argv: list[str] | None = None) -> None:
         accelerator.wait_for_everyone()
         result = _train_seed_or_stop(run, accelerator, cfg, train, evals, seed, seed_dir)
         per_seed.append(result["metrics"])
+        training.append(result["training"])
         if main_proc:
             line = ", ".join(f"{n} AUPRC {m['macro_auprc']:.4f}" for n, m in result["metrics"].items())
-            print(f"seed {seed}: best epoch {result['best_epoch']}; {line}")
+            t = result["training"]
+            picked = f"best on {t['selected_on']} at step {t['best_step']}" if t["selected_on"] else "last"
+            print(f"seed {seed}: {t['optimizer_steps']} optimizer steps ({t['epochs']} epochs of {t['images']} images), "
+                  f"checkpoint {picked}; {line}")
     if main_proc:
-        summary = summarize_seeds(per_seed)
-        write_json(run / "summary.json", summary)
-        for name, d in summary.items():
+        sets = summarize_seeds(per_seed)
+        write_json(run / "summary.json", {**sets, "training": training_summary(training)})
+        for name, d in sets.items():
             auprc = d["macro_auprc"]
             print(f"{name}: macro AUPRC {auprc['mean']:.4f} ± {auprc['sd']:.4f} (n={auprc['n']})")
     accelerator.wait_for_everyone()
     accelerator.end_training()
+
+
+def training_summary(per_seed: list[dict]) -> dict:
+    """summary.json's `training`: the budget every seed got (optimizer_steps per seed) and how its checkpoint was chosen."""
+    first = next((t for t in per_seed if t), {})
+    return {"optimizer_steps": {str(t["seed"]): t["optimizer_steps"] for t in per_seed if t},
+            "best_step": {str(t["seed"]): t.get("best_step") for t in per_seed if t},
+            **{k: first.get(k) for k in ("images", "epochs", "steps_per_epoch", "eval_every", "global_batch", "budget",
+                                         "checkpoint", "selected_on", "precise_bn")}}
 
 
 def _train_seed_or_stop(run: Path, *args):

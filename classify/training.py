@@ -9,6 +9,7 @@ probabilities; the main process scores, selects and saves.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import zlib
@@ -135,12 +136,43 @@ def make_optimizer(cfg: ClassifierTrainConfig, params) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def make_scheduler(cfg: ClassifierTrainConfig, opt: torch.optim.Optimizer, epochs: int):
-    """Per-epoch StepLR, cosine annealing or constant learning rate."""
+@dataclasses.dataclass
+class Budget:
+    """How long one phase trains: optimizer steps in all, steps between validations, and what one epoch is."""
+
+    steps: int
+    eval_every: int
+    steps_per_epoch: int
+    per_step_schedule: bool  # the LR schedule runs over steps (a step budget), else over epochs
+
+    @property
+    def rounds(self) -> int:
+        """Validation rounds (each ends with a validation score and maybe a checkpoint)."""
+        return math.ceil(self.steps / self.eval_every)
+
+    def epochs_at(self, step: int) -> float:
+        """Passes over the training set after `step` optimizer steps (whole when it is a whole number)."""
+        e = step / self.steps_per_epoch
+        return int(e) if e == int(e) else round(e, 3)
+
+
+def make_budget(cfg: ClassifierTrainConfig, n_train: int, epochs: int | None = None) -> Budget:
+    """--steps optimizer steps whatever the set's size (validation every --eval_every), else `epochs`
+    (default --epochs) passes over it (validation after each): a larger set gets no more steps under a step budget."""
+    spe = max(1, math.ceil(n_train / cfg.global_batch))
+    if cfg.steps and epochs is None:
+        return Budget(cfg.steps, cfg.eval_every or spe, spe, True)
+    return Budget((cfg.epochs if epochs is None else epochs) * spe, spe, spe, False)
+
+
+def make_scheduler(cfg: ClassifierTrainConfig, opt: torch.optim.Optimizer, budget: Budget):
+    """StepLR (every step_size rounds), cosine annealing or constant learning rate; stepped once per
+    optimizer step under a step budget, once per epoch otherwise."""
+    unit = budget.eval_every if budget.per_step_schedule else 1
     if cfg.schedule == "step":
-        return torch.optim.lr_scheduler.StepLR(opt, cfg.step_size, cfg.gamma)
+        return torch.optim.lr_scheduler.StepLR(opt, cfg.step_size * unit, cfg.gamma)
     if cfg.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, budget.steps if budget.per_step_schedule else budget.rounds)
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
 
 
@@ -153,13 +185,47 @@ def epoch_order(cfg: ClassifierTrainConfig, labels: np.ndarray, seed: int, epoch
     return np.resize(idx, steps * cfg.global_batch)  # wrap around: every batch full (BatchNorm needs > 1)
 
 
+@torch.no_grad()
+def precise_bn(accelerator, net: Classifier, images: np.ndarray, n_max: int, batch: int, channels_last: bool,
+               seed: int, round_: int) -> int:
+    """Replace the running mean and variance of every trainable BatchNorm by their plain average over up to
+    n_max training images (batch statistics of `batch` images each; "precise BN", Wu & Johnson 2021).
+
+    Running averages (momentum 0.1) trail the weights: after a few dozen fast Adam steps they describe
+    older weights, and the model predicts one class in eval mode although batch statistics would
+    classify well. Frozen layers (no trainable weight) keep theirs. Every process computes the same
+    statistics from the same images. Returns the number of images used."""
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+           and m.track_running_stats and (m.weight is None or m.weight.requires_grad)]
+    if not bns or n_max <= 0:
+        return 0
+    idx = np.sort(_rng("precise_bn", seed, round_).permutation(len(images))[:n_max])
+    was_training, momenta = net.training, [m.momentum for m in bns]
+    net.eval()  # dropout off, as at evaluation; only the BatchNorms below see batch statistics
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches
+        m.train()
+    for s in range(0, len(idx), batch):
+        part = idx[s:s + batch]
+        if len(part) < 2 and s:  # a 1-image batch has no variance
+            continue
+        with accelerator.autocast():
+            net(to_input(images[part], accelerator.device, channels_last))
+    for m, mom in zip(bns, momenta):
+        m.momentum = mom
+    net.train(was_training)
+    return len(idx)
+
+
 def run_epochs(accelerator, cfg: ClassifierTrainConfig, net: Classifier, trainable: torch.nn.Module, opt, train: ImageSet,
-               val: ImageSet, seed: int, seed_dir: Path, epochs: int, step_fn, phase: str, select: str,
+               val: ImageSet, seed: int, seed_dir: Path, budget: Budget, step_fn, phase: str, select: str,
                with_grade: bool) -> dict:
-    """Epoch loop: `step_fn(trainable, x, idx) -> loss` steps `trainable` (the model or one head); each
-    epoch scores `net` on val and keeps the best (by `select`) and last checkpoints."""
-    sched = make_scheduler(cfg, opt, epochs)
-    # after a kill: continue from the last epoch checkpoint (weights, moments, LR, RNG, selection state)
+    """Training loop of `budget.steps` optimizer steps in rounds of `budget.eval_every`: `step_fn(trainable, x, idx)
+    -> loss` steps `trainable` (the model or one head); each round ends by scoring `net` on val and keeping the
+    best (by `select`) and last checkpoints. Without a step budget a round is one epoch."""
+    sched = make_scheduler(cfg, opt, budget)
+    # after a kill: continue from the last round's checkpoint (weights, moments, LR, RNG, selection state)
     resumed = load_epoch_state(seed_dir, phase, net, opt, sched, accelerator.is_main_process, tqdm.write) if cfg.resume else None
     net.to(accelerator.device)
     trainable_p, opt = accelerator.prepare(trainable, opt)
@@ -167,20 +233,26 @@ def run_epochs(accelerator, cfg: ClassifierTrainConfig, net: Classifier, trainab
     world, rank = accelerator.num_processes, accelerator.process_index
     best, best_epoch, history = resumed[1:] if resumed else (None, -1, [])
     ckpt = seed_dir / "checkpoints"
-    for epoch in range(resumed[0] if resumed else 0, epochs):
+    gb, rounds, spe = cfg.global_batch, budget.rounds, budget.steps_per_epoch
+    order_epoch, order, aug = -1, None, None
+    for r in range(resumed[0] if resumed else 0, rounds):
         t0 = time.time()
         trainable_p.train()
         if phase == "grade":
             net.eval()  # frozen encoder: BatchNorm statistics stay as trained
             net.grade_head.train()
-        order = epoch_order(cfg, train.labels, seed, epoch)
-        aug = epoch_params(seed, epoch, len(train), cfg.augment.rotate_deg, cfg.augment.shift, cfg.augment.zoom)
+        first, last = r * budget.eval_every, min((r + 1) * budget.eval_every, budget.steps)
         losses = []
-        steps = len(order) // cfg.global_batch
-        bar = tqdm(range(steps), desc=f"seed {seed} {phase} epoch {epoch + 1}/{epochs}", leave=False,
+        where = f"steps {first + 1}-{last}/{budget.steps}" if budget.per_step_schedule else f"epoch {r + 1}/{rounds}"
+        bar = tqdm(range(first, last), desc=f"seed {seed} {phase} {where}", leave=False,
                    disable=not (cfg.progress and accelerator.is_main_process and progress_wanted()))
-        for s in bar:
-            idx = order[s * cfg.global_batch:(s + 1) * cfg.global_batch][rank::world]
+        for g in bar:
+            epoch, s = divmod(g, spe)  # data order and augmentation are functions of (seed, epoch, item)
+            if epoch != order_epoch:
+                order = epoch_order(cfg, train.labels, seed, epoch)
+                aug = epoch_params(seed, epoch, len(train), cfg.augment.rotate_deg, cfg.augment.shift, cfg.augment.zoom)
+                order_epoch = epoch
+            idx = order[s * gb:(s + 1) * gb][rank::world]
             x = to_input(train.images[idx], accelerator.device, channels_last)
             if cfg.augment.enabled:
                 x = apply_affine(x, aug[idx])
@@ -189,42 +261,52 @@ def run_epochs(accelerator, cfg: ClassifierTrainConfig, net: Classifier, trainab
             opt.zero_grad(set_to_none=True)
             accelerator.backward(loss)
             opt.step()
+            if budget.per_step_schedule:
+                sched.step()
             losses.append(float(loss.detach()))
-            check_stop(accelerator, f"seed {seed} {phase} epoch {epoch + 1}, step {s + 1}/{steps}")
+            check_stop(accelerator, f"seed {seed} {phase} step {g + 1}/{budget.steps}")
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        sched.step()
+        if not budget.per_step_schedule:
+            sched.step()
         train_s = time.time() - t0
+        if cfg.precise_bn and phase == "view":  # the grade phase's encoder is frozen: its statistics stay
+            precise_bn(accelerator, net, train.images, cfg.precise_bn, cfg.eval_batch, channels_last, seed, r)
         probs, grades = predict(accelerator, net, val.images, cfg.eval_batch, channels_last, with_grade)
-        rec = {"phase": phase, "epoch": epoch + 1, "loss": float(np.mean(losses)), "lr": opt.param_groups[0]["lr"],
-               "train_seconds": round(train_s, 3), "images_per_s": round(len(order) / train_s, 1),
+        rec = {"phase": phase, "round": r + 1, "step": last, "epoch": budget.epochs_at(last),
+               "loss": float(np.mean(losses)), "lr": opt.param_groups[0]["lr"],
+               "train_seconds": round(train_s, 3), "images_per_s": round(len(losses) * gb / max(train_s, 1e-9), 1),
                "seconds": round(time.time() - t0, 3)}
         if accelerator.is_main_process:
             m = score(val, probs, grades)
             rec.update({f"val_{k}": m.get(k) for k in ("macro_auprc", "macro_f1", "balanced_accuracy", "grade_mse")})
             improved = is_better(select, m.get(select), best)
             if improved:
-                best, best_epoch = m.get(select), epoch + 1
+                best, best_epoch = m.get(select), r + 1
                 save_state(net, ckpt / "best.safetensors")
-            if epoch + 1 == epochs:  # VGG16 is 0.5 GB: write "last" once, not every epoch
+            if r + 1 == rounds:  # VGG16 is 0.5 GB: write "last" once, not every round
                 save_state(net, ckpt / "last.safetensors")
-            rec["best_epoch"] = best_epoch
+            rec["best_epoch"] = best_epoch  # the round of the best validation score (an epoch without --steps)
+            rec["best_step"] = min(best_epoch * budget.eval_every, budget.steps) if best_epoch > 0 else None
             append_jsonl(seed_dir / "stats.jsonl", rec)
-            log_metrics(accelerator, rec, f"{seed_dir.name}/{phase}", epoch + 1)
+            log_metrics(accelerator, rec, f"{seed_dir.name}/{phase}", last)
             history.append(rec)
             if cfg.progress:
                 v = m.get(select)
-                tqdm.write(f"seed {seed} {phase} epoch {epoch + 1}: loss {rec['loss']:.4f} "
+                tqdm.write(f"seed {seed} {phase} step {last}/{budget.steps} (epoch {rec['epoch']}): loss {rec['loss']:.4f} "
                            f"val {select} {v if v is None else f'{v:.4f}'} ({rec['images_per_s']} img/s)")
-            if cfg.checkpoint_every and ((epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == epochs):
-                save_epoch_state(seed_dir, phase, epoch + 1, net, opt, sched, best, best_epoch, history)
+            if cfg.checkpoint_every and ((r + 1) % cfg.checkpoint_every == 0 or r + 1 == rounds):
+                save_epoch_state(seed_dir, phase, r + 1, net, opt, sched, best, best_epoch, history)
         accelerator.wait_for_everyone()
     accelerator.free_memory()  # drop accelerate's references to this phase's model and optimiser
-    return {"best": best, "best_epoch": best_epoch, "history": history}
+    best_step = min(best_epoch * budget.eval_every, budget.steps) if best_epoch > 0 else None
+    return {"best": best, "best_epoch": best_epoch, "best_step": best_step, "history": history,
+            "optimizer_steps": budget.steps, "epochs": budget.epochs_at(budget.steps),
+            "steps_per_epoch": spe, "eval_every": budget.eval_every}
 
 
 def train_grade_head(accelerator, cfg, seed_dir: Path, train: ImageSet, val: ImageSet, seed: int) -> dict:
     """Transfer scheme, phase 2: reload the best view model, freeze its encoder, train the grade head."""
-    net, _ = load_classifier(seed_dir, "best", device=accelerator.device)
+    net, _ = load_classifier(seed_dir, cfg.checkpoint, device=accelerator.device)
     for p in net.encoder_parameters():
         p.requires_grad_(False)
     for p in net.head.parameters():
@@ -237,8 +319,9 @@ def train_grade_head(accelerator, cfg, seed_dir: Path, train: ImageSet, val: Ima
         return q.grade_loss(head(f.float()).squeeze(1) * 10.0, quality[idx].to(x.device))
 
     opt = torch.optim.Adam(net.grade_head.parameters(), lr=cfg.quality.grade_lr)
-    return run_epochs(accelerator, cfg, net, net.grade_head, opt, train, val, seed, seed_dir, cfg.quality.grade_epochs,
-                      grade_step, "grade", "grade_mse", with_grade=True)
+    return run_epochs(accelerator, cfg, net, net.grade_head, opt, train, val, seed, seed_dir,
+                      make_budget(cfg, len(train), cfg.quality.grade_epochs), grade_step, "grade", "grade_mse",
+                      with_grade=True)
 
 
 def train_seed(accelerator, cfg: ClassifierTrainConfig, train: ImageSet, evals: dict[str, ImageSet], seed: int,
@@ -278,16 +361,25 @@ def train_seed(accelerator, cfg: ClassifierTrainConfig, train: ImageSet, evals: 
         model.grade_head.requires_grad_(False)  # phase 1 trains the view head only (DDP rejects unused params)
     trainable = [p for p in model.parameters() if p.requires_grad]
     result = run_epochs(accelerator, cfg, model, model, make_optimizer(cfg, trainable), train, val, seed,
-                        seed_dir, cfg.epochs, view_step, "view", view_select,
+                        seed_dir, make_budget(cfg, len(train)), view_step, "view", view_select,
                         with_grade=grader and not transfer)
+    view = result
     if transfer:
         result = train_grade_head(accelerator, cfg, seed_dir, train, val, seed)
     accelerator.wait_for_everyone()
-    best, _ = load_classifier(seed_dir, "best", device=accelerator.device)
-    metrics = evaluate_sets(accelerator, cfg, best, evals, seed_dir, train.present_classes())
+    chosen, _ = load_classifier(seed_dir, cfg.checkpoint, device=accelerator.device)
+    metrics = evaluate_sets(accelerator, cfg, chosen, evals, seed_dir, train.present_classes())
+    training = {"seed": seed, "images": len(train), "optimizer_steps": view["optimizer_steps"], "epochs": view["epochs"],
+                "steps_per_epoch": view["steps_per_epoch"], "eval_every": view["eval_every"],
+                "global_batch": cfg.global_batch, "budget": "steps" if cfg.steps else "epochs",
+                "checkpoint": cfg.checkpoint, "best_step": result["best_step"],
+                # the split that picked the scored checkpoint: findings must be computed on another one
+                "selected_on": next(iter(evals)) if cfg.checkpoint == "best" else None,
+                "precise_bn": cfg.precise_bn}
     if accelerator.is_main_process:
         write_json(seed_dir / "metrics.json", metrics)
-    return {"metrics": metrics, "best_epoch": result["best_epoch"]}
+        write_json(seed_dir / "training.json", training)
+    return {"metrics": metrics, "best_epoch": result["best_epoch"], "training": training}
 
 
 def evaluate_sets(accelerator, cfg: ClassifierTrainConfig, model: Classifier, evals: dict[str, ImageSet], seed_dir: Path,
@@ -308,8 +400,8 @@ def evaluate_sets(accelerator, cfg: ClassifierTrainConfig, model: Classifier, ev
                                             s.quality if grader else None, s.video_ids), seed_dir / f"predictions_{name}.csv")
         subset = f" ({len(m['present_classes'])} of {len(s.classes)} views)" if m["subset_of_training_classes"] else ""
         save_confusion_png(m, seed_dir / f"confusion_{name}.png", f"{name}{subset}: macro AUPRC {m['macro_auprc']:.3f}")
-        log_image_file(accelerator, f"{seed_dir.name}/confusion/{name}", seed_dir / f"confusion_{name}.png", cfg.epochs)
-        log_text(accelerator, f"{seed_dir.name}/confusion/{name}", confusion_markdown(m["classes"], m["confusion"]), cfg.epochs)
+        log_image_file(accelerator, f"{seed_dir.name}/confusion/{name}", seed_dir / f"confusion_{name}.png", cfg.steps or cfg.epochs)
+        log_text(accelerator, f"{seed_dir.name}/confusion/{name}", confusion_markdown(m["classes"], m["confusion"]), cfg.steps or cfg.epochs)
         log_metrics(accelerator, {k: m.get(k) for k in ("macro_auprc", "macro_f1", "balanced_accuracy")},
-                    f"{seed_dir.name}/{name}", cfg.epochs)
+                    f"{seed_dir.name}/{name}", cfg.steps or cfg.epochs)
     return out

@@ -30,7 +30,7 @@ PUBLISHED = {
     "inception_v3_aux": 27_161_264,  # … with its auxiliary head (the torchvision default)
 }
 FEATURE_DIM = {"vgg16": 4096, "vgg16_bn": 4096, "resnet18": 512, "densenet121": 1024, "mobilenet_v2": 1280,
-               "madani": 512, "inception_v3": 2048, "inception_v3_aux": 2048,
+               "madani": 512, "small_cnn": 64, "inception_v3": 2048, "inception_v3_aux": 2048,
                "fid_inception_frozen": 2048, "fid_inception_frozen_mlp": 512}  # the frozen pool features; the MLP head's hidden layer
 
 
