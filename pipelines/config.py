@@ -130,6 +130,8 @@ class SlurmConfig:
                       min=1024, max=64535)
     setup: list[str] = field(default_factory=list, help="shell lines each job runs first (module load ..., source .venv/bin/activate)")
     folder: str = field("", help="submitit's job files and Slurm logs (default STUDY/slurm); on the shared filesystem")
+    check_nodes: bool = field(True, help="before submitting, check every request against the nodes sinfo lists and stop "
+                              "naming each one no node can satisfy (a job pending for such a reason stops the study too)")
 
 
 @dataclass

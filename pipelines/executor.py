@@ -43,6 +43,15 @@ REPO = Path(__file__).resolve().parent.parent
 GRACE_S = 15.0  # SIGINT -> SIGTERM -> SIGKILL: time for a training CLI to finish its step and checkpoint
 
 
+class ExecutorError(RuntimeError):
+    """The executor cannot run the study as configured (e.g. no Slurm node can satisfy a request):
+    the runner stops submitting and the study ends with this one message."""
+
+    def __init__(self, message: str, stage: str = "") -> None:
+        super().__init__(message)
+        self.stage = stage  # the stage whose job cannot run, if one
+
+
 @dataclasses.dataclass
 class Job:
     """A submitted stage."""

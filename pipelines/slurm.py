@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import getpass
 import os
 import pickle
@@ -40,7 +41,7 @@ from typing import Any
 from gen.config import ConfigError
 from gen.io import read_json
 from pipelines.config import SLURM_KINDS, SlurmConfig, SlurmJobConfig
-from pipelines.executor import REPO, Job
+from pipelines.executor import REPO, ExecutorError, Job
 
 ACCELERATE = "accelerate.commands.launch"
 KIND_BY_SCRIPT = {"gen/train.py": "ddpm_train", "gen/sample.py": "sample", "gen/prepare.py": "data",
@@ -49,6 +50,16 @@ REQUEUES = ("ddpm_train", "sample")  # kinds that checkpoint and requeue at the 
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
           "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD"}
 REQUEUE_GRACE_S = 15.0  # an ended state is final only once the job stayed out of squeue this long
+# Pending reasons that waiting cannot fix: the request exceeds what the partition, its nodes, the
+# account or the QOS allow. ReqNodeNotAvail is one only when no node of the cluster could run the job
+# (otherwise a node is down or reserved and may come back). Resources, Priority, BeginTime, Dependency
+# and the per-user QOS/association limits resolve by waiting.
+NEVER_RUNS = ("PartitionConfig", "PartitionNodeLimit", "PartitionTimeLimit", "BadConstraints", "InvalidAccount",
+              "InvalidQOS", "AccountNotAllowed", "QOSNotAllowed", "PartitionDown", "PartitionInactive",
+              "QOSMaxWallDurationPerJobLimit", "QOSMaxCpuPerJobLimit", "QOSMaxNodePerJobLimit",
+              "QOSMaxGRESPerJob", "QOSMaxMemoryPerJob", "QOSMinCpuNotSatisfied", "QOSMinGRES",
+              "AssocMaxWallDurationPerJobLimit", "AssocMaxCpuPerJobLimit", "AssocMaxNodePerJobLimit",
+              "AssocMaxGRESPerJob", "AssocMaxMemPerJob", "DependencyNeverSatisfied")
 
 WHY = {"CANCELLED": "was cancelled (scancel or an administrator)", "TIMEOUT": "reached its time limit",
        "FAILED": "failed", "NODE_FAIL": "lost its node", "OUT_OF_MEMORY": "ran out of memory",
@@ -324,6 +335,166 @@ def final_state(job_id: str) -> str:
     return "UNKNOWN"
 
 
+# ----------------------------------------------------------------------------------------------
+# What the cluster has: a request that no node can satisfy is an error before anything is submitted
+
+
+@dataclasses.dataclass
+class Node:
+    """One node as `sinfo` reports it."""
+
+    name: str
+    cpus: int
+    mem_mb: int
+    gpus: int
+    partitions: set[str]
+    features: set[str]
+
+
+@dataclasses.dataclass
+class Cluster:
+    """The nodes, the partitions' time limits (minutes, None = unlimited) and the default partition."""
+
+    nodes: list[Node]
+    time_limits: dict[str, int | None]
+    default_partition: str
+
+    def largest(self, partition: str = "") -> str:
+        """The largest node (of `partition`, if given): CPUs, memory, GPUs."""
+        nodes = [n for n in self.nodes if not partition or partition in n.partitions] or self.nodes
+        if not nodes:
+            return "no nodes"
+        cpus, mem, gpus = max(n.cpus for n in nodes), max(n.mem_mb for n in nodes), max(n.gpus for n in nodes)
+        return f"{cpus} CPU(s), {_mem_text(mem)} memory, {gpus} GPU(s)" + (f" (partition {partition})" if partition else "")
+
+
+def _mem_text(mb: int) -> str:
+    """Megabytes as a --mem value (whole units: sbatch takes no fractions)."""
+    return f"{mb // 1024}G" if mb % 1024 == 0 else f"{mb}M"
+
+
+def mem_mb(text: str) -> int | None:
+    """--mem as megabytes (Slurm's units: K, M, G, T; a bare number is M); None for empty."""
+    text = text.strip().upper()
+    if not text:
+        return None
+    scale = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 ** 2}
+    unit = text[-1] if text[-1] in scale else "M"
+    num = text[:-1] if text[-1] in scale else text
+    try:
+        return int(float(num) * scale[unit])
+    except ValueError:
+        raise ConfigError(f"--mem {text!r} is not a memory size (e.g. 4G, 4000M)") from None
+
+
+def _gpus(gres: str) -> int:
+    """GPUs in a node's GRES (`gpu:4`, `gpu:a100:4(S:0-1)`, `(null)`)."""
+    total = 0
+    for item in gres.split(","):
+        if item.startswith("gpu:"):
+            count = item.split("(")[0].rsplit(":", 1)[-1]
+            total += int(count) if count.isdigit() else 0
+    return total
+
+
+def _minutes(limit: str) -> int | None:
+    """A Slurm time limit ([D-]HH:MM:SS, MM:SS, infinite) as minutes; None when unlimited."""
+    limit = limit.strip()
+    if limit.lower() in ("infinite", "unlimited", "n/a", ""):
+        return None
+    days, _, rest = limit.rpartition("-")
+    parts = [int(x) for x in rest.split(":")]
+    while len(parts) < 3:
+        parts.insert(0, 0) if len(parts) == 2 else parts.append(0)
+    h, m, sec = parts
+    return int(days or 0) * 1440 + h * 60 + m + (1 if sec else 0)
+
+
+def cluster_info() -> Cluster:
+    """The cluster's nodes and partitions from `sinfo` (RuntimeError when sinfo cannot answer)."""
+    if not shutil.which("sinfo"):
+        raise RuntimeError("sinfo not found")
+    out = _run(["sinfo", "-h", "-N", "-o", "%N|%c|%m|%G|%P|%f"])
+    if out.returncode != 0:
+        said = (out.stderr.strip() or out.stdout.strip() or f"exit {out.returncode}").splitlines()
+        raise RuntimeError(f"sinfo failed: {said[-1]}")
+    nodes: dict[str, Node] = {}
+    default = ""
+    for line in out.stdout.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) != 6:
+            continue
+        name, cpus, mem, gres, part, feats = parts
+        if part.endswith("*"):
+            part = default = part[:-1]
+        node = nodes.setdefault(name, Node(name, int(cpus.rstrip("+") or 0), int(mem.rstrip("+") or 0), _gpus(gres),
+                                           set(), {f for f in feats.split(",") if f and f != "(null)"}))
+        node.partitions.add(part)
+    out = _run(["sinfo", "-h", "-o", "%P|%l"])
+    limits = {}
+    for line in out.stdout.splitlines() if out.returncode == 0 else []:
+        part, _, limit = line.strip().partition("|")
+        limits[part.rstrip("*")] = _minutes(limit)
+    return Cluster(list(nodes.values()), limits, default)
+
+
+def request_problem(job: SlurmJobConfig, kind: str, cluster: Cluster) -> str | None:
+    """Why no node (or not enough nodes) of the cluster can run a job of this request; None if some can."""
+    part = job.partition or cluster.default_partition
+    key = f"slurm.{kind}"
+    if part and cluster.time_limits and part not in cluster.time_limits:
+        return (f"partition {part!r} does not exist (partitions: {', '.join(sorted(cluster.time_limits))}); "
+                f"change {key}.partition")
+    nodes = [n for n in cluster.nodes if not part or part in n.partitions]
+    mem = mem_mb(job.mem)
+    want = [c.strip() for c in job.constraint.split("&")] if job.constraint and not any(
+        ch in job.constraint for ch in "|[]*") else []
+    fits = [n for n in nodes if n.cpus >= job.cpus and (mem is None or n.mem_mb >= mem) and n.gpus >= job.gpus
+            and all(f in n.features for f in want)]
+    problems = []
+    if len(fits) < job.nodes:
+        big = lambda attr: max((getattr(n, attr) for n in nodes), default=0)  # noqa: E731
+        if job.cpus > big("cpus"):
+            problems.append(f"lower {key}.cpus to at most {big('cpus')}")
+        if mem is not None and mem > big("mem_mb"):
+            problems.append(f"lower {key}.mem to at most {_mem_text(big('mem_mb'))}")
+        if job.gpus > big("gpus"):
+            problems.append(f"lower {key}.gpus to at most {big('gpus')}" + (" (this partition has no GPUs)" if not big("gpus") else ""))
+        if want and not any(all(f in n.features for f in want) for n in nodes):
+            problems.append(f"change {key}.constraint (no node has {job.constraint!r})")
+        if not problems:
+            problems.append(f"lower {key}.nodes to at most {len(fits)}" if job.nodes > 1 else
+                            f"no single node has all of it; lower {key}.cpus, .mem or .gpus")
+    limit = cluster.time_limits.get(part) if part else None
+    if limit is not None and job.time > limit:
+        problems.append(f"lower {key}.time to at most {limit} min (partition {part}'s limit)")
+    return "; ".join(problems) or None
+
+
+def describe_request(job: SlurmJobConfig) -> str:
+    """A job's request in words: nodes, CPUs, memory, GPUs, time, partition."""
+    return (f"{job.nodes} node(s) × {job.cpus} CPU(s), {job.mem or 'default'} memory, {job.gpus} GPU(s), "
+            f"{job.time} min" + (f", partition {job.partition}" if job.partition else "")
+            + (f", constraint {job.constraint}" if job.constraint else ""))
+
+
+def unrunnable(stages: list[Any], names: list[str], cfg: SlurmConfig, cluster: Cluster) -> list[str]:
+    """One line per resource kind that the selected stages need and no node can satisfy."""
+    by_kind: dict[str, list[str]] = {}
+    for s in stages:
+        if s.name in set(names):
+            by_kind.setdefault(stage_kind(s), []).append(s.name)
+    lines = []
+    for kind, stage_names in by_kind.items():
+        job: SlurmJobConfig = getattr(cfg, kind)
+        why = request_problem(job, kind, cluster)
+        if why:
+            shown = ", ".join(stage_names[:3]) + (f" and {len(stage_names) - 3} more" if len(stage_names) > 3 else "")
+            lines.append(f"stage(s) {shown}: slurm.{kind} asks {describe_request(job)}; the largest node has "
+                         f"{cluster.largest(job.partition or cluster.default_partition)}: {why}")
+    return lines
+
+
 class SlurmExecutor:
     """Submit stages as Slurm jobs (see the module docstring); the runner's executor interface."""
 
@@ -345,6 +516,7 @@ class SlurmExecutor:
         self._queue_t = -1e9
         self._gone: dict[str, float] = {}  # job ID -> when it was first seen out of the queue
         self._logs: dict[str, Path] = {}  # stage -> its log
+        self._cluster_info: Cluster | None = None  # sinfo's view, read once when a job pends for a fatal reason
 
     # -- submitting -----------------------------------------------------------------------------
 
@@ -431,6 +603,8 @@ class SlurmExecutor:
         if jid in self._queue:
             self._gone.pop(jid, None)
             state, reason = self._queue[jid]
+            if state == "PENDING":
+                self._check_pending(job, reason)
             if state != job.info.get("slurm_state"):
                 job.info["slurm_state"] = state
                 if state == "RUNNING" and not job.info.get("ran"):
@@ -463,6 +637,35 @@ class SlurmExecutor:
             self._note(job, f"job {jid} left the queue without a result (Slurm state {state}); see {job.info.get('slurm_log')}")
             return 1
         return rc
+
+    def _cluster(self) -> Cluster | None:
+        if self._cluster_info is None:
+            try:
+                self._cluster_info = cluster_info()
+            except (RuntimeError, subprocess.TimeoutExpired, OSError, ValueError):
+                return None
+        return self._cluster_info
+
+    def _check_pending(self, job: Job, reason: str) -> None:
+        """Stop the study (ExecutorError) when the job pends for a reason that waiting cannot fix:
+        cancel it, and say what it asked, what the cluster has and which `slurm:` key to change."""
+        code = reason.split(",")[0].split()[0] if reason.strip() else ""
+        if code not in NEVER_RUNS and code != "ReqNodeNotAvail":
+            return
+        kind = job.info.get("kind", "")
+        spec: SlurmJobConfig = getattr(self.cfg, kind)
+        cluster = self._cluster()
+        why = request_problem(spec, kind, cluster) if cluster else None
+        if code == "ReqNodeNotAvail" and (cluster is None or why is None):
+            return  # some node could run it once it is back: keep waiting
+        _run(["scancel", job.job_id])
+        largest = cluster.largest(spec.partition or cluster.default_partition) if cluster else "unknown (sinfo failed)"
+        msg = (f"stage {job.stage}: Slurm job {job.job_id} cannot start ({reason}): slurm.{kind} asks "
+               f"{describe_request(spec)}; the largest node has {largest}"
+               + (f": {why}" if why else f"; change slurm.{kind} (partition, account, qos, time, cpus, mem or gpus)")
+               + ". The job was cancelled.")
+        self._note(job, msg)
+        raise ExecutorError(msg, stage=job.stage)
 
     def _result(self, job: Job, path: Path) -> int | None:
         """The command's exit status from submitit's result file; None when there is none."""

@@ -25,10 +25,17 @@ from gen.io import run_main, write_json
 from gen.rundir import provenance
 from pipelines.checks import StageConfigError, check_stages
 from pipelines.config import StudyConfig
-from pipelines.executor import LocalExecutor, default_jobs
+from pipelines.executor import ExecutorError, LocalExecutor, default_jobs
 from pipelines.graph import build_graph
 from pipelines.progress import Progress, load_history
-from pipelines.slurm import SlurmExecutor, check_config, dry_run_lines, status_table
+from pipelines.slurm import (
+    SlurmExecutor,
+    check_config,
+    cluster_info,
+    dry_run_lines,
+    status_table,
+    unrunnable,
+)
 from pipelines.stages import Runner, StageFailed, StudyLock, StudyLocked, select
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,6 +56,25 @@ def _argv(argv: list[str] | None) -> tuple[list[str], bool]:
 
 def _sigterm(signum, frame) -> None:
     raise KeyboardInterrupt  # `kill PID` stops the stages as Ctrl-C does
+
+
+def _check_cluster(stages, names: list[str], cfg: StudyConfig, dry_run: bool) -> int:
+    """Check each selected stage's Slurm request against sinfo's nodes: 2 (after naming each one that no
+    node can satisfy), else 0. A cluster that cannot be asked is a note, not an error."""
+    try:
+        cluster = cluster_info()
+    except (RuntimeError, OSError, ValueError) as e:
+        print(f"# slurm: requests not checked against the cluster's nodes: {e}",
+              file=sys.stdout if dry_run else sys.stderr)
+        return 0
+    bad = unrunnable(stages, names, cfg.slurm, cluster)
+    if bad:
+        print(f"study.py: error: {len(bad)} Slurm request(s) no node of this cluster can satisfy; nothing was "
+              "submitted:\n" + "\n".join(f"- {line}" for line in bad), file=sys.stderr)
+        return 2
+    if dry_run:
+        print(f"# slurm: every request fits a node of the cluster (largest: {cluster.largest()})")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         Runner(out, stages, {}, echo=print).run(names, dry_run=True)
         if cfg.executor == "slurm":
             print("\n" + "\n".join(dry_run_lines(stages, names, cfg.slurm, out)))
+            return _check_cluster(stages, names, cfg, dry_run=True)
         return 0
     old_handler = signal.signal(signal.SIGTERM, _sigterm)
     try:
@@ -102,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
             lock.release()
             signal.signal(signal.SIGTERM, old_handler)
             print(f"study.py: error: {e}", file=sys.stderr)
+            return 2
+        if cfg.slurm.check_nodes and _check_cluster(stages, names, cfg, dry_run=False):
+            lock.release()
+            signal.signal(signal.SIGTERM, old_handler)
             return 2
     else:
         executor = LocalExecutor(jobs, keep_fds=(lock.fd,))
@@ -124,6 +155,12 @@ def main(argv: list[str] | None = None) -> int:
         ran += runner.run(rest)
         runner.header["last_run_seconds"] = round(time.perf_counter() - t0, 1)
         runner.save()
+    except ExecutorError as e:  # e.g. a Slurm job that can never start: one message, no traceback
+        progress.close()
+        print(f"study.py: error: {e}", file=sys.stderr)
+        print("study.py: finished stages are kept; fix the setting and re-run the same command to resume.",
+              file=sys.stderr)
+        return 1
     except (StageFailed, FileNotFoundError) as e:
         progress.close()
         print(f"study.py: error: {e}", file=sys.stderr)
