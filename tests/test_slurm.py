@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import json
 import os
 import re
@@ -29,14 +30,23 @@ from slurm_cluster import LocalSlurm, SlurmUnavailable
 from conftest import PYTHON, REPO, run_cli
 from gen.config import ConfigError, parse_config
 from pipelines.config import SLURM_KINDS, SlurmConfig, SlurmJobConfig, StudyConfig
+from pipelines.executor import ExecutorError, Job
 from pipelines.graph import build_graph
 from pipelines.slurm import (
+    Cluster,
+    Node,
+    SlurmExecutor,
+    _gpus,
+    _minutes,
     check_config,
     dry_run_lines,
     launch_command,
+    mem_mb,
+    request_problem,
     sbatch_lines,
     sbatch_parameters,
     stage_kind,
+    unrunnable,
 )
 
 TINY = REPO / "configs" / "study" / "tiny.yaml"
@@ -199,8 +209,84 @@ def test_dry_run_shows_sbatch_lines(tmp_path, capsys):
     assert study_cli.main(["--config", str(TINY), "--out", str(tmp_path / "s"), "--executor", "slurm", "--dry-run",
                            "--slurm.ddpm_train.partition", "gpu", "--slurm.ddpm_train.gpus", "2"]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("[ddpm-n60] ddpm_train: "))
-    assert "--partition=gpu" in line and "--gpus-per-node=2" in line and "--signal=USR2@120" in line
+    assert "--partition=gpu" in line and "--gpus-per-node=2" in line and "--signal=USR2@60" in line  # tiny's signal_s
     assert not (tmp_path / "s").exists()  # a dry run submits and writes nothing
+
+
+GPU_CLUSTER = Cluster(nodes=[Node("cpu1", 2, 12000, 0, {"debug"}, set()),
+                             Node("gpu1", 32, 256000, 4, {"gpu"}, {"a100"}),
+                             Node("gpu2", 32, 256000, 4, {"gpu"}, {"a100"})],
+                      time_limits={"debug": None, "gpu": 1440}, default_partition="debug")
+
+
+def test_requests_are_checked_against_the_nodes():
+    assert mem_mb("4G") == 4096 and mem_mb("4000") == 4000 and mem_mb("1T") == 1024 ** 2 and mem_mb("") is None
+    assert _gpus("gpu:4") == 4 and _gpus("gpu:a100:2(S:0-1),gpu:v100:1") == 3 and _gpus("(null)") == 0
+    assert _minutes("infinite") is None and _minutes("1-00:00:00") == 1440 and _minutes("30:00") == 30
+    assert _minutes("02:30:00") == 150
+    ok = SlurmJobConfig(cpus=2, gpus=0, mem="4G", time=60)
+    assert request_problem(ok, "data", GPU_CLUSTER) is None
+    # The defaults (8 CPUs, 16G) on the 2-CPU default partition: the key and the largest value that fits.
+    assert request_problem(SlurmJobConfig(cpus=8, gpus=0, mem="16G"), "data", GPU_CLUSTER) == (
+        "lower slurm.data.cpus to at most 2; lower slurm.data.mem to at most 12000M")
+    assert "lower slurm.classify.gpus to at most 0 (this partition has no GPUs)" in request_problem(
+        SlurmJobConfig(cpus=1, gpus=1, mem=""), "classify", GPU_CLUSTER)
+    gpu = SlurmJobConfig(partition="gpu", cpus=16, gpus=4, mem="128G", time=600, constraint="a100", nodes=2)
+    assert request_problem(gpu, "ddpm_train", GPU_CLUSTER) is None
+    assert request_problem(dataclasses.replace(gpu, nodes=3), "ddpm_train", GPU_CLUSTER) == \
+        "lower slurm.ddpm_train.nodes to at most 2"
+    assert request_problem(dataclasses.replace(gpu, time=2000), "ddpm_train", GPU_CLUSTER) == \
+        "lower slurm.ddpm_train.time to at most 1440 min (partition gpu's limit)"
+    assert "change slurm.ddpm_train.constraint" in request_problem(dataclasses.replace(gpu, constraint="h100"),
+                                                                   "ddpm_train", GPU_CLUSTER)
+    assert "partition 'big' does not exist" in request_problem(dataclasses.replace(gpu, partition="big"),
+                                                               "ddpm_train", GPU_CLUSTER)
+    # The whole tiny study: its own slurm: section fits a 2-CPU node; the defaults (GPUs, 8 CPUs) do not.
+    cfg = parse_config(StudyConfig, ["--config", str(TINY)])
+    graph = build_graph(cfg, Path("/tmp/s"))
+    names = [s.name for s in graph]
+    assert unrunnable(graph, names, cfg.slurm, GPU_CLUSTER) == []
+    bad = unrunnable(graph, names, SlurmConfig(), GPU_CLUSTER)
+    assert {line.split("slurm.")[1].split()[0] for line in bad} == set(SLURM_KINDS) - {"report"}  # 2 CPUs, 8G: fits
+    data = next(line for line in bad if "slurm.data asks" in line)
+    assert data.startswith("stage(s) data-phantom, data-split: slurm.data asks 1 node(s) × 8 CPU(s), 16G memory, "
+                           "0 GPU(s), 120 min; the largest node has 2 CPU(s), 12000M memory, 0 GPU(s) (partition debug)")
+
+
+def _pending_executor(monkeypatch, reason: str, kind: str = "data", **job):
+    """A SlurmExecutor (no cluster) whose squeue shows one job PENDING for `reason`; the scancels it ran."""
+    ex = object.__new__(SlurmExecutor)
+    ex.cfg = SlurmConfig(**{kind: SlurmJobConfig(**job)})
+    ex._queue, ex._queue_t, ex._gone, ex._logs, ex._cluster_info = {"7": ("PENDING", reason)}, 1e18, {}, {}, None
+    ex.study_dir, ex.echo, ex.poll_s = Path("/nonexistent"), print, 1.0
+    cancelled = []
+    monkeypatch.setattr("pipelines.slurm.cluster_info", lambda: GPU_CLUSTER)
+    monkeypatch.setattr("pipelines.slurm._run", lambda cmd, timeout=120: cancelled.append(cmd))
+    monkeypatch.setattr(SlurmExecutor, "_note", lambda self, job, msg: None)
+    return ex, Job(stage="data-phantom", job_id="7", handle=object(), info={"kind": kind, "slurm_state": "PENDING"}), cancelled
+
+
+@pytest.mark.parametrize("reason", ["Resources", "Priority", "BeginTime", "JobHeldUser", "QOSMaxCpuPerUserLimit"])
+def test_pending_reasons_that_resolve_keep_waiting(monkeypatch, reason):
+    ex, job, cancelled = _pending_executor(monkeypatch, reason, cpus=64)
+    assert ex.poll(job) is None and not cancelled
+
+
+def test_pending_reasons_that_never_resolve_stop_the_study(monkeypatch):
+    ex, job, cancelled = _pending_executor(monkeypatch, "PartitionConfig", cpus=64, gpus=0, mem="16G", time=120)
+    with pytest.raises(ExecutorError) as err:
+        ex.poll(job)
+    msg = str(err.value)
+    assert err.value.stage == "data-phantom" and cancelled == [["scancel", "7"]]
+    assert msg.startswith("stage data-phantom: Slurm job 7 cannot start (PartitionConfig): slurm.data asks "
+                          "1 node(s) × 64 CPU(s), 16G memory, 0 GPU(s), 120 min; the largest node has 2 CPU(s)")
+    assert "lower slurm.data.cpus to at most 2" in msg and "The job was cancelled." in msg
+    # ReqNodeNotAvail: fatal only when no node could run the job; a 1-CPU job waits for its node.
+    ex, job, cancelled = _pending_executor(monkeypatch, "ReqNodeNotAvail, UnavailableNodes:cpu1", cpus=1, gpus=0, mem="")
+    assert ex.poll(job) is None and not cancelled
+    ex, job, cancelled = _pending_executor(monkeypatch, "ReqNodeNotAvail, UnavailableNodes:cpu1", cpus=1, gpus=9)
+    with pytest.raises(ExecutorError, match="lower slurm.data.gpus to at most 0"):
+        ex.poll(job)
 
 
 def test_launch_command_one_process_per_gpu_and_multi_node(monkeypatch, cluster):
@@ -361,3 +447,37 @@ def test_cancel_on_exit(cluster, tmp_path):
     assert proc.wait(timeout=300) == 130
     assert f"cancelled Slurm job(s) {jid}" in log.read_text()
     assert jid not in cluster.jobs() and cluster.job_info(jid)["JobState"] == "CANCELLED"
+
+
+def test_tiny_study_with_its_own_config_runs_to_its_report(cluster, tmp_path):
+    """configs/study/tiny.yaml as a new user runs it on a 2-CPU node without a GPU: no resource overrides."""
+    out = tmp_path / "tiny"
+    dry = run_cli(study(TINY, out, "--executor", "slurm", "--dry-run"), env=cluster.env)
+    assert "# slurm: every request fits a node of the cluster (largest: 2 CPU(s)" in dry.stdout
+    proc = run_cli(study(TINY, out, "--executor", "slurm"), env=cluster.env, timeout=1500)
+    assert (out / "report.html").is_file(), proc.stdout[-3000:]
+    s = stages(out)
+    assert s and all(v["status"] == "done" and v["executor"]["slurm_state"] == "COMPLETED" for v in s.values()), s
+
+
+def test_a_request_no_node_can_satisfy_stops_the_study_with_one_error(cluster, tmp_path):
+    """64 CPUs on a 2-CPU node: checked before submitting (and by --dry-run); with the check off, the
+    job's PartitionConfig pending reason stops the study within a minute or two. No traceback."""
+    out = tmp_path / "s"
+    dry = run_cli(study(TINY, out, "--executor", "slurm", "--dry-run", "--slurm.data.cpus", "64"), env=cluster.env,
+                  check=False)
+    assert dry.returncode == 2 and "slurm.data asks 1 node(s) × 64 CPU(s)" in dry.stderr
+    assert "lower slurm.data.cpus to at most 2" in dry.stderr and "Traceback" not in dry.stderr
+    t0 = time.monotonic()
+    pre = run_cli(study(TINY, out, "--executor", "slurm", "--slurm.data.cpus", "64"), env=cluster.env, check=False)
+    assert pre.returncode == 2 and "nothing was submitted" in pre.stderr and "Traceback" not in pre.stderr
+    assert not cluster.jobs()
+    pending = run_cli(study(TINY, out, "--executor", "slurm", "--slurm.data.cpus", "64", "--slurm.check_nodes", "false"),
+                      env=cluster.env, check=False, timeout=300)
+    assert time.monotonic() - t0 < 150
+    err = pending.stderr
+    assert pending.returncode == 1 and "Traceback" not in err, err
+    assert re.search(r"stage data-phantom: Slurm job \d+ cannot start \(PartitionConfig\): slurm.data asks 1 node\(s\) "
+                     r"× 64 CPU\(s\), 2G memory, 0 GPU\(s\), 30 min; the largest node has 2 CPU\(s\)", err), err
+    assert "lower slurm.data.cpus to at most 2" in err and not cluster.jobs()  # the job was cancelled
+    assert stages(out)["data-phantom"]["status"] == "failed"
