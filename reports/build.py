@@ -39,7 +39,13 @@ def build_report(study_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write report.html, tables/*.csv and summary.md for a study; return the report path."""
     # here: --help answers without matplotlib
     from reports import sections
-    from reports.findings import findings, set_gates, thesis_directions
+    from reports.findings import (
+        classifier_gates,
+        findings,
+        not_evidence,
+        set_gates,
+        thesis_directions,
+    )
 
     study = load_study(Path(study_dir))
     out = Path(out) if out else study.dir / "report.html"
@@ -51,12 +57,12 @@ def build_report(study_dir: str | Path, out: str | Path | None = None) -> Path:
             html, tabs = f"<p class=absent><b>{esc(title)}</b> could not be built: {esc(type(e).__name__)}: {esc(e)}</p>", []
         bodies.append(section(anchor, title, html))
         tables += tabs
-    gates = set_gates(study)
-    found = [(f, _resting(f, gates)) for f in findings(study)]
-    directions = thesis_directions(study, gates)
-    found_html = gate_box(gates) + ("<ul class=findings>" + "".join(
-        f"<li class=unusable><b>Rests on an unusable generator</b> ({esc(why)}); not evidence: {esc(f.text)}</li>"
-        if why else f"<li>{esc(f.text)}</li>" for f, why in found) + "</ul>" if found else
+    gates, clf_gates = set_gates(study), classifier_gates(study)
+    found = [(f, not_evidence(f, gates, clf_gates)) for f in findings(study)]
+    directions = thesis_directions(study, gates, clf_gates)
+    found_html = gate_box(gates) + classifier_gate_box(clf_gates) + ("<ul class=findings>" + "".join(
+        f"<li class=unusable><b>{esc(why[0])}</b> ({esc(why[1])}); not evidence: {esc(f.text)}</li>"
+        if why[1] else f"<li>{esc(f.text)}</li>" for f, why in found) + "</ul>" if found else
         "<p class=absent>No findings yet: no pair of finished experiments to compare.</p>") + directions_html(directions)
     n_done = sum(s.done for s in study.stages)
     state = (f"all {n_done} stages finished" if n_done == len(study.stages) else
@@ -70,20 +76,13 @@ def build_report(study_dir: str | Path, out: str | Path | None = None) -> Path:
         t.write_csv(table_dir / f"{t.name}.csv")
     md = [f"# {title}", "", f"{subtitle}", "", "## Findings", ""]
     md += [f"- **{g['set']} {g['status'].upper()}** the quality gate: {g['summary']}" for g in gates.values()]
-    md += [f"- {'**Rests on an unusable generator** (' + why + '); not evidence: ' if why else ''}{f.text}"
+    md += [f"- classifier **{g['stage']}**: **{g['status']}** ({g['summary']})" for g in clf_gates.values()]
+    md += [f"- {'**' + why[0] + '** (' + why[1] + '); not evidence: ' if why[1] else ''}{f.text}"
            for f, why in found] + ["", "## Thesis directions at the smallest real subset", ""]
     md += [f"- {d}: **{status}** ({why})" for d, status, why in directions] + [""]
     md += [t.to_markdown() for t in tables if t.rows]
     write_text(study.dir / "summary.md", "\n".join(md))
     return out
-
-
-def _resting(finding, gates: dict[int, dict]) -> str:
-    """Why a finding rests on an unusable generator ('' if every set it uses passed the gate)."""
-    bad = [gates[n] for n in finding.rests_on if n in gates and gates[n]["status"] != "pass"]
-    bad += [{"set": f"the synthetic set of subset {n}", "status": "missing"} for n in finding.rests_on if n not in gates]
-    return "; ".join(f"{g['set']} " + ("failed the quality gate" if g["status"] == "fail" else
-                                       "was not verified by the quality gate") for g in bad)
 
 
 def gate_box(gates: dict[int, dict]) -> str:
@@ -104,6 +103,24 @@ def gate_box(gates: dict[int, dict]) -> str:
         return f"<div class=gate-fail role=alert>{head}<ul>{items}</ul><p class=caption>Gate: {esc(rule)}.</p></div>"
     return (f"<div class=gate-pass><b>Quality gate: all {len(gates)} synthetic sets pass</b> ({esc(rule)}).<ul>"
             f"{items}</ul></div>")
+
+
+def classifier_gate_box(clf_gates: dict[str, dict]) -> str:
+    """The classifier gate's box: which classifier arms did not learn (their findings are not evidence)."""
+    if not clf_gates:
+        return ""
+    bad = [g for g in clf_gates.values() if g["status"] != "learned"]
+    split = next((g["eval_set"] for g in clf_gates.values() if g.get("eval_set")), "test")
+    items = "".join(f"<li><b>{esc(g['stage'])}</b>: <b>{esc(g['status'])}</b> — {esc(g['summary'])}</li>"
+                    for g in clf_gates.values())
+    rule = (f"an arm did not learn when the 95% interval of its {split} balanced accuracy (bootstrap over images nested "
+            "in seeds) includes chance 1/K, or a seed gives one class to more than 90% of the images")
+    if bad:
+        head = (f"<b>Classifier gate: {len(bad)} of {len(clf_gates)} classifier runs did not learn or were not "
+                "verified.</b> Every finding below that compares one of them is marked and is not evidence.")
+        return f"<div class=gate-fail role=alert>{head}<ul>{items}</ul><p class=caption>Gate: {esc(rule)}.</p></div>"
+    return (f"<div class=gate-pass><b>Classifier gate: all {len(clf_gates)} classifier runs learned</b> ({esc(rule)})."
+            f"<details><summary>per run</summary><ul>{items}</ul></details></div>")
 
 
 def directions_html(directions: list[tuple[str, str, str]]) -> str:

@@ -1,11 +1,22 @@
-"""The report's classification section: the Table 5.4 grid, AUPRC vs real size, mixing,
-upsampling / SMOTE, confusion matrices and the final model on test and domain shift."""
+"""The report's classification section: each arm's budget (images, optimizer steps, epochs), its
+validation curve and its classifier-gate verdict on test; the Table 5.4 grid (validation: the split that
+selected the checkpoints, labelled so), AUPRC vs real size, mixing, upsampling / SMOTE, confusion
+matrices and the final model on test and domain shift."""
 
 from __future__ import annotations
 
 from reports import figures
-from reports.collect import Study, eval_sets, mean_confusion, metric_summary
-from reports.render import Table, absent, img_tag, mean_sd
+from reports.classifier_gate import classifier_gate
+from reports.collect import (
+    Study,
+    eval_sets,
+    mean_confusion,
+    metric_summary,
+    read_jsonl,
+    seed_dirs,
+)
+from reports.compare import training_info
+from reports.render import Table, absent, esc, img_tag, mean_sd
 
 METRIC = "macro_auprc"
 
@@ -22,10 +33,12 @@ def classification(study: Study) -> tuple[str, list[Table]]:
     real_runs, synth_runs = _clf_runs(study, "real"), _clf_runs(study, "synthetic", filtered=False)
     if not real_runs and not synth_runs:
         return absent("Classification", "no classifier finished yet"), []
+    html += _arms(study, tables)
     cols = ["real size"]
     for a in archs:
         cols += [f"{a} real", f"{a} synth", f"{a} synth (filtered)"]
-    t = Table("table_5_4", "Validation macro AUPRC, mean ± sd over seeds (cf. Table 5.4)", cols)
+    t = Table("table_5_4", "Validation macro AUPRC, mean ± sd over seeds (cf. Table 5.4). Validation selected each "
+              "run's checkpoint, so these numbers lean optimistic; the findings use the test split", cols)
     t_num = Table("table_5_4_numeric", "Table 5.4 numbers", ["subset", "arch", "training", "mean", "sd", "n"])
     for n in subsets:
         row = [n]
@@ -56,6 +69,64 @@ def classification(study: Study) -> tuple[str, list[Table]]:
     html += _confusions(study, subsets, archs)
     html += _shift(study, tables)
     return "".join(html), tables
+
+
+def _curve(run_dir) -> tuple[list[float], list[float], list[float]] | None:
+    """Seed-mean and sd of validation balanced accuracy against optimizer steps (stats.jsonl of each seed)."""
+    import numpy as np
+
+    per_seed = []
+    for d in seed_dirs(run_dir):
+        rows = [r for r in read_jsonl(d / "stats.jsonl") if r.get("phase", "view") == "view"
+                and r.get("val_balanced_accuracy") is not None]
+        if rows:
+            per_seed.append({int(r.get("step", r.get("epoch", i + 1))): r["val_balanced_accuracy"] for i, r in enumerate(rows)})
+    if not per_seed:
+        return None
+    steps = sorted(set.intersection(*(set(p) for p in per_seed)))
+    vals = np.array([[p[s] for s in steps] for p in per_seed])
+    return steps, list(vals.mean(0)), list(vals.std(0, ddof=1)) if len(per_seed) > 1 else [None] * len(steps)
+
+
+def _arms(study: Study, tables) -> list[str]:
+    """Per classifier arm: images, optimizer steps, epochs, how the checkpoint was chosen, the test numbers and
+    the classifier gate; then every arm's validation curve."""
+    html = ["<h3>Classifier arms: budgets, curves and the classifier gate</h3>"]
+    t = Table("classifier_arms", "Each arm's training budget and its scores on the findings split (test: it selected "
+              "no checkpoint); balanced accuracy with its 95% interval (bootstrap over images nested in seeds)",
+              ["arm", "training set", "images", "optimizer steps", "epochs", "checkpoint", "seeds", "split",
+               "balanced accuracy [95%]", "macro AUPRC", "gate"])
+    series = {}
+    for s in study.stages:
+        if not (s.done and s.meta.get("arch") and s.meta.get("task") != "quality"
+                and (s.run_dir / "summary.json").is_file()):
+            continue
+        info = training_info(s.run_dir)
+        steps = sorted(set((info.get("optimizer_steps") or {}).values()))
+        chosen = (f"best on {info['selected_on']} (steps {', '.join(str(v) for v in (info.get('best_step') or {}).values())})"
+                  if info.get("selected_on") else "last")
+        g = classifier_gate(s.run_dir)
+        split = g.get("eval_set") or "–"
+        m, sd, k = metric_summary(s.run_dir, split, "macro_auprc") if g.get("eval_set") else (None, None, 0)
+        ci = g.get("ci") or [None, None]
+        bacc = ("–" if g["balanced_accuracy"] is None else f"{g['balanced_accuracy']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+                if ci[0] is not None else f"{g['balanced_accuracy']:.3f}")
+        t.rows.append([s.name, s.meta.get("spec", "").split("/")[-1] if s.meta.get("spec") else s.experiment,
+                       info.get("images"), "/".join(map(str, steps)) or "–", info.get("epochs"), chosen,
+                       len(seed_dirs(s.run_dir)), split, bacc, mean_sd(m, sd, k), g["status"]])
+        c = _curve(s.run_dir)
+        if c is not None:
+            series[s.name] = c
+    if not t.rows:
+        return html + [absent("Classifier arms", "no classifier finished yet")]
+    tables.append(t)
+    html.append(t.to_html())
+    steps = {r[3] for r in t.rows if r[0] and "judge" not in r[0]}
+    html.append(f"<p class=caption>{'Every compared arm got the same optimizer steps: ' + esc(next(iter(steps))) if len(steps) == 1 else 'The compared arms got different step counts: ' + esc(', '.join(sorted(steps))) + ' (rankings then measure steps as well as data)'}.</p>")
+    if series:
+        html.append(img_tag(figures.lines(series, "optimizer steps", "val balanced accuracy",
+                                          "Validation curves (seed mean ± sd)", size=(7.0, 4.2))))
+    return html
 
 
 def _mixing(study: Study, subsets, archs, tables) -> list[str]:

@@ -1,27 +1,35 @@
 """Findings in words, computed from the study's numbers (never hard-coded conclusions).
 
-Every comparison carries its 95% interval (reports/compare.py) and is called a gain or a loss
-only when the interval excludes zero. Every finding that uses a synthetic set names it
-(`rests_on`: the subset whose DDPM made it); the report marks those whose set failed the quality
-gate, or was not verified by it, as resting on an unusable generator. The verdict is the one
+Every comparison carries its 95% interval (reports/compare.py: a bootstrap over test images nested in
+training seeds) and is called a gain or a loss only when the interval excludes zero. Findings are
+computed on a split that did not select the compared checkpoints (the test split when checkpoints were
+kept best-on-validation), and say which. Every finding names what it rests on: `rests_on`, the subsets
+whose DDPM made a synthetic set it uses, and `arms`, the classifier runs it compares. The report marks
+those whose synthetic set failed (or was not verified by) the quality gate, and those resting on a
+classifier that did not learn (reports/classifier_gate.py), as not evidence. The set verdict is the one
 evaluate/fidelity.py wrote into the set's fidelity.json (reports/collect.py:gate_of).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from reports.collect import Study, gate_of, metric_summary, per_class_recall, read_json_or_none
-from reports.compare import Diff, compare_recall, compare_runs
-from reports.sections import METRIC, fid_curve, fid_metrics
+from reports.classifier_gate import classifier_gate
+from reports.collect import Study, gate_of, per_class_recall, read_json_or_none
+from reports.compare import Diff, compare_recall, compare_runs, findings_split
+from reports.sections import fid_curve, fid_metrics
+
+SPLIT_WORDS = {"test": "test", "val": "validation"}
 
 
 @dataclass
 class Finding:
-    """One sentence, and the subsets whose synthetic sets it rests on."""
+    """One sentence, the subsets whose synthetic sets it rests on, and the classifier runs it compares."""
 
     text: str
     rests_on: list[int] = field(default_factory=list)
+    arms: list[Path] = field(default_factory=list)
 
 
 def _runs(study: Study, experiment: str, **meta):
@@ -57,18 +65,36 @@ def set_gates(study: Study) -> dict[int, dict]:
     return out
 
 
-def _compare(label_a: str, label_b: str, what: str, d: Diff | None, fmt: str = ".3f") -> str:
+def classifier_gates(study: Study) -> dict[str, dict]:
+    """Classifier-gate verdict of every finished classifier run (reports/classifier_gate.py), by stage name."""
+    out = {}
+    for s in study.stages:
+        if s.done and s.meta.get("arch") and (s.run_dir / "summary.json").is_file() and s.meta.get("task") != "quality":
+            out[s.name] = {"stage": s.name, "run_dir": str(s.run_dir), "experiment": s.experiment,
+                           **classifier_gate(s.run_dir)}
+    return out
+
+
+def _what(d: Diff, metric: str = "macro AUPRC") -> str:
+    return f"{SPLIT_WORDS.get(d.eval_set, d.eval_set)} {metric}"
+
+
+def _compare(label_a: str, label_b: str, d: Diff | None, fmt: str = ".3f", metric: str = "macro AUPRC") -> str:
     if d is None:
         return ""
-    return f"{what} {label_a} {d.a:{fmt}} vs {label_b} {d.b:{fmt}}: difference {d.text(fmt)}"
+    return f"{_what(d, metric)} {label_a} {d.a:{fmt}} vs {label_b} {d.b:{fmt}}: difference {d.text(fmt)}"
+
+
+def _archs(study: Study) -> list[str]:
+    return list(dict.fromkeys(s.meta.get("arch") for s in study.stages
+                              if s.meta.get("arch") and s.experiment not in ("judge", "quality")))
 
 
 def findings(study: Study) -> list[Finding]:
-    """Findings with their uncertainty, one per comparison."""
+    """Findings with their uncertainty, one per comparison, on a split that selected none of the checkpoints."""
     out: list[Finding] = []
     subsets = study.config.get("dataset", {}).get("subsets", [])
-    archs = list(dict.fromkeys(s.meta.get("arch") for s in study.stages
-                               if s.meta.get("arch") and s.experiment != "judge"))
+    archs = _archs(study)
     info = read_json_or_none(study.split_dir / "splits.json") or {}
     counts = info.get("subset_counts", {})
     # 1. Real vs synthetic per size.
@@ -82,14 +108,16 @@ def findings(study: Study) -> list[Finding]:
             diffs.append((n, d))
             where = f"smallest real subset ({n:,} images)" if i == 0 else f"{n:,} real images"
             out.append(Finding(f"{a}, {where}: training only on the balanced synthetic set vs only on the real "
-                               f"subset: {_compare('real', 'synthetic', 'validation macro AUPRC', d)}.", [n]))
+                               f"subset: {_compare('real', 'synthetic', d)}.", [n], [real, syn]))
         if len(diffs) > 1:
             wins = [n for n, d in diffs if d.verdict == "gain"]
             losses = [n for n, d in diffs if d.verdict == "loss"]
             out.append(Finding(f"{a}: synthetic-only clearly beat real-only at {len(wins)} of {len(diffs)} subset sizes"
                                + (f" ({', '.join(f'{w:,}' for w in wins)})" if wins else "")
                                + f", clearly lost at {len(losses)}, no clear difference at the rest.",
-                               [n for n, _ in diffs]))
+                               [n for n, _ in diffs],
+                               [r for n, _ in diffs for r in (_run(study, "real", subset=n, arch=a),
+                                                              _run(study, "synthetic", subset=n, arch=a, filtered=False))]))
     # Thesis Table 5.3: from scratch vs a head on frozen ImageNet features, on the same real subset.
     frozen = [a for a in archs if a.startswith("fid_inception_frozen")]
     for f in frozen:
@@ -103,15 +131,16 @@ def findings(study: Study) -> list[Finding]:
                          }.get(d.verdict, "no clear difference")
                 out.append(Finding(f"{n:,} real images, from scratch vs frozen ImageNet features (cf. thesis Table 5.3: "
                                    f"from scratch won, VGG16 0.988 vs 0.892 on 32k frames): "
-                                   f"{_compare(a + ' from scratch', f, 'validation macro AUPRC', d)}; {found}."))
+                                   f"{_compare(a + ' from scratch', f, d)}; {found}.", [], [scratch, head]))
     # Minority-class recall at the smallest subset.
     for a in archs:
         n = subsets[0] if subsets else None
         real, syn = _run(study, "real", subset=n, arch=a), _run(study, "synthetic", subset=n, arch=a, filtered=False)
         minority = _minority(study, n) if n is not None else []
-        if not (real and syn and minority):
+        split = findings_split(real, syn) if real and syn else None
+        if not (real and syn and minority and split):
             continue
-        rr, sr = per_class_recall(real, "val"), per_class_recall(syn, "val")
+        rr, sr = per_class_recall(real, split), per_class_recall(syn, split)
         parts = [f"{c} {rr[c]:.2f} → {sr[c]:.2f}" for c in minority if c in rr and c in sr]
         if not parts:
             continue
@@ -120,8 +149,9 @@ def findings(study: Study) -> list[Finding]:
         names = ", ".join(f"{c} ({share.get(c, 0) / tot:.0%} of the subset)" for c in minority)
         d = compare_recall(real, syn, minority)
         tail = f"mean recall difference {d.text('.2f')}" if d else "no saved predictions, so no interval: not called a gain or a loss"
-        out.append(Finding(f"{a}, {n:,} real: minority-class recall (share of the class classified correctly) real → "
-                           f"synthetic: {'; '.join(parts)}. Minority classes: {names}. {tail}.", [n]))
+        out.append(Finding(f"{a}, {n:,} real: minority-class recall on {SPLIT_WORDS.get(split, split)} (share of the "
+                           f"class classified correctly, seed mean) real → synthetic: {'; '.join(parts)}. Minority "
+                           f"classes: {names}. {tail}.", [n], [real, syn]))
     # 2. Privacy filter.
     for a in archs[:1]:
         for n in subsets[:1]:
@@ -134,36 +164,37 @@ def findings(study: Study) -> list[Finding]:
             note = (" The filter removed no image, so both sets are the same." if dropped == 0 else
                     f" The filter removed {dropped} images." if dropped else "")
             out.append(Finding(f"{a}, {n:,} real: privacy-filtered vs unfiltered synthetic set: "
-                               f"{_compare('unfiltered', 'filtered', 'AUPRC', d)}.{note}", [n]))
+                               f"{_compare('unfiltered', 'filtered', d)}.{note}", [n], [syn, filt]))
     # 3. Mixing: each fraction against real only.
     for a in archs:
         for n in subsets:
             real = _run(study, "real", subset=n, arch=a)
             mixes = sorted(_runs(study, "mixing", subset=n, arch=a), key=lambda r: r.meta["fraction"])
-            parts = []
+            parts, base = [], None
             for r in mixes:
                 d = compare_runs(real, r.run_dir) if real else None
                 if d is not None:
                     parts.append(f"+{r.meta['fraction']:.0%} synthetic: {d.b:.3f}, {d.text()}")
+                    base = base or d
             if parts:
-                base = metric_summary(real, "val", METRIC)[0]
-                out.append(Finding(f"{a}, {n:,} real: adding synthetic images to the real subset (real only "
-                                   f"{base:.3f}): " + "; ".join(parts) + ".", [n]))
+                out.append(Finding(f"{a}, {n:,} real: adding synthetic images to the real subset ({_what(base)}, real "
+                                   f"only {base.a:.3f}): " + "; ".join(parts) + ".", [n], [real, *(r.run_dir for r in mixes)]))
     # 4. Upsampling and SMOTE vs synthetic at the smallest subset.
     for a in archs[:1]:
         n = subsets[0] if subsets else None
         syn = _run(study, "synthetic", subset=n, arch=a, filtered=False)
-        parts = []
+        parts, arms, first = [], [syn], None
         for label, run in _baselines(study, n, a):
             if label == "real only":  # said in the synthetic-only finding above
                 continue
             d = compare_runs(run, syn) if syn else None
             if d is not None:
                 parts.append(f"vs {label} {d.a:.3f}: {d.text()}")
+                arms.append(run)
+                first = first or d
         if parts:
-            syn_v = metric_summary(syn, "val", METRIC)[0]
-            out.append(Finding(f"{a}, {n:,} real: synthetic-only (AUPRC {syn_v:.3f}) against the resampling "
-                               "baselines (difference = synthetic − baseline): " + "; ".join(parts) + ".", [n]))
+            out.append(Finding(f"{a}, {n:,} real: synthetic-only ({_what(first)} {first.b:.3f}) against the resampling "
+                               "baselines (difference = synthetic − baseline): " + "; ".join(parts) + ".", [n], arms))
     # 5. Diffusion: fidelity and ablation.
     fids = []
     for s in study.by_experiment("synthetic"):
@@ -200,7 +231,7 @@ def findings(study: Study) -> list[Finding]:
                                "flagged as too close to a training image" + (
                                    f" (vs {cal:.1%} of held-out real images, the rule's false-positive rate)."
                                    if cal is not None else ".")))
-    # 7. Domain shift.
+    # 7. Domain shift (neither test nor shift selected the final model's checkpoint).
     for s in study.by_experiment("final"):
         d = compare_runs(s.run_dir, s.run_dir, "test", eval_set_b="shift")
         if d is None:
@@ -209,9 +240,9 @@ def findings(study: Study) -> list[Finding]:
         worst = min(rec, key=rec.get) if rec else None
         what = f"{s.meta['subset']:,} real + {s.meta['fraction']:.0%} synthetic" if "fraction" in s.meta else s.name
         out.append(Finding(f"Final model ({s.meta.get('arch', '')}, {what}): "
-                           f"{_compare('test', 'domain-shift', 'AUPRC', d)}"
+                           f"macro AUPRC test {d.a:.3f} vs domain-shift {d.b:.3f}: difference {d.text()}"
                            + (f"; the class hurt most by the shift is {worst} (recall {rec[worst]:.2f})." if worst else "."),
-                           [s.meta["subset"]] if "subset" in s.meta and "fraction" in s.meta else []))
+                           [s.meta["subset"]] if "subset" in s.meta and "fraction" in s.meta else [], [s.run_dir]))
     return out
 
 
@@ -229,19 +260,39 @@ def _baselines(study: Study, n, arch) -> list[tuple[str, object]]:
     return out
 
 
+def not_evidence(finding: Finding, gates: dict[int, dict], clf_gates: dict[str, dict]) -> tuple[str, str]:
+    """(label, why) a finding is not evidence (('', '') if every synthetic set it uses passed the quality gate
+    and every classifier it compares learned)."""
+    bad = [gates[n] for n in finding.rests_on if n in gates and gates[n]["status"] != "pass"]
+    bad += [{"set": f"the synthetic set of subset {n}", "status": "missing"} for n in finding.rests_on if n not in gates]
+    why = [f"{g['set']} " + ("failed the quality gate" if g["status"] == "fail" else "was not verified by the quality gate")
+           for g in bad]
+    by_dir = {g["run_dir"]: g for g in clf_gates.values()}
+    dead = []
+    for arm in finding.arms:
+        g = by_dir.get(str(arm))
+        if g is not None and g["status"] != "learned":
+            dead.append(f"classifier {g['stage']} " + ("did not learn" if g["status"] == "did not learn" else
+                                                       "was not verified by the classifier gate") + f": {g['summary']}")
+    label = ("Rests on an unusable generator" if why else "") + (" and " if why and dead else "") + (
+        ("rests on a classifier that did not learn" if why else "Rests on a classifier that did not learn") if dead else "")
+    return label, "; ".join(why + dead)
+
+
 # ----------------------------------------------------------------------------------------------
 # Thesis directions at the smallest subset
 
 
-def thesis_directions(study: Study, gates: dict[int, dict] | None = None) -> list[tuple[str, str, str]]:
+def thesis_directions(study: Study, gates: dict[int, dict] | None = None,
+                      clf_gates: dict[str, dict] | None = None) -> list[tuple[str, str, str]]:
     """(direction, status, why) for the smallest real subset: status reproduced / not reproduced / not testable."""
     subsets = study.config.get("dataset", {}).get("subsets", [])
-    archs = [a for a in dict.fromkeys(s.meta.get("arch") for s in study.stages
-                                      if s.meta.get("arch") and s.experiment != "judge")]
+    archs = _archs(study)
     if not subsets or not archs:
         return []
     n, a = subsets[0], archs[0]
     gates = set_gates(study) if gates is None else gates
+    clf_gates = classifier_gates(study) if clf_gates is None else clf_gates
     g = gates.get(n)
     unusable = None if g and g["status"] == "pass" else (
         f"not testable: the synthetic set of the {n:,}-image subset "
@@ -249,28 +300,32 @@ def thesis_directions(study: Study, gates: dict[int, dict] | None = None) -> lis
     real, syn = _run(study, "real", subset=n, arch=a), _run(study, "synthetic", subset=n, arch=a, filtered=False)
     out = []
 
-    def row(direction: str, thesis: str, d: Diff | None, want: str = "gain", extra: str = "") -> None:
+    def row(direction: str, thesis: str, d: Diff | None, arms: list, want: str = "gain", extra: str = "") -> None:
+        dead = not_evidence(Finding("", [], [r for r in arms if r]), {}, clf_gates)[1]
         if d is None:
             out.append((direction, "not run", f"thesis: {thesis}; the runs it needs are missing"))
-        elif unusable:
-            out.append((direction, "not testable", f"thesis: {thesis}; here {d.text()}; {unusable}"))
+        elif unusable or dead:
+            out.append((direction, "not testable", f"thesis: {thesis}; here {d.text()} on {d.eval_set}; "
+                                                    f"{'; '.join(x for x in (unusable, dead) if x)}"))
         else:
             ok = d.verdict == want
-            out.append((direction, "reproduced" if ok else "not reproduced", f"thesis: {thesis}; here {d.text()}{extra}"))
+            out.append((direction, "reproduced" if ok else "not reproduced",
+                        f"thesis: {thesis}; here {_what(d)} {d.text()}{extra}"))
 
     row("synthetic-only vs real-only", "synthetic-only beat real-only at 1k real (VGG16 0.64 → 0.93)",
-        compare_runs(real, syn) if real and syn else None)
+        compare_runs(real, syn) if real and syn else None, [real, syn])
     minority = _minority(study, n)
     row(f"minority-class recall ({', '.join(minority)})", "synthetic training raised A2C 0 → 0.83 and PSAX 0 → 0.77",
-        compare_recall(real, syn, minority) if real and syn and minority else None)
-    mixes = [(r.meta["fraction"], compare_runs(real, r.run_dir)) for r in _runs(study, "mixing", subset=n, arch=a)] if real else []
-    mixes = [(f, d) for f, d in mixes if d is not None]
+        compare_recall(real, syn, minority) if real and syn and minority else None, [real, syn])
+    mix_runs = _runs(study, "mixing", subset=n, arch=a) if real else []
+    mixes = [(r.meta["fraction"], compare_runs(real, r.run_dir), r.run_dir) for r in mix_runs]
+    mixes = [(f, d, r) for f, d, r in mixes if d is not None]
     if mixes:
-        f, d = max(mixes, key=lambda m: (m[1].verdict == "gain", m[1].delta))
-        row("real + synthetic mixing", "adding synthetic images to a small real subset helps", d,
+        f, d, r = max(mixes, key=lambda m: (m[1].verdict == "gain", m[1].delta))
+        row("real + synthetic mixing", "adding synthetic images to a small real subset helps", d, [real, r],
             extra=f" (best of {len(mixes)} fractions: +{f:.0%})")
     else:
-        row("real + synthetic mixing", "adding synthetic images to a small real subset helps", None)
+        row("real + synthetic mixing", "adding synthetic images to a small real subset helps", None, [])
     base = {label: run for label, run in _baselines(study, n, a)}
     up = base.get("upsampled to the majority class")
     d_up = compare_runs(up, syn) if up and syn else None
@@ -283,5 +338,5 @@ def thesis_directions(study: Study, gates: dict[int, dict] | None = None) -> lis
             extra.append(f"synthetic vs {label}: {dd.text()}")
     row("upsampling and SMOTE vs synthetic", "synthetic (0.93) beat upsampling to the majority class (0.86) and "
         "matched upsampling to the synthetic set's size (0.93); SMOTE is this study's extension",
-        d_up, extra=("; " + "; ".join(extra)) if extra else "")
+        d_up, [up, syn], extra=("; " + "; ".join(extra)) if extra else "")
     return out

@@ -74,9 +74,10 @@ def _clf_run(run, auprc: float, recall: dict[str, float], classes=("A2C", "A4C",
         cm[i, i] = recall[c]
         cm[i, (i + 1) % len(classes)] = 1 - recall[c]
     (run / "seed-0").mkdir(parents=True)
-    (run / "summary.json").write_text(json.dumps({"val": {"macro_auprc": {"mean": auprc, "sd": 0.01, "n": 2}}}))
-    (run / "seed-0" / "metrics.json").write_text(json.dumps({"val": {
-        "macro_auprc": auprc, "classes": list(classes), "confusion_normalized": cm.tolist()}}))
+    entry = {"macro_auprc": {"mean": auprc, "sd": 0.01, "n": 2}}
+    (run / "summary.json").write_text(json.dumps({"val": entry, "test": entry}))
+    scored = {"macro_auprc": auprc, "classes": list(classes), "confusion_normalized": cm.tolist()}
+    (run / "seed-0" / "metrics.json").write_text(json.dumps({"val": scored, "test": scored}))
 
 
 def test_findings_come_from_the_numbers(tmp_path):
@@ -101,14 +102,16 @@ def test_findings_come_from_the_numbers(tmp_path):
     (tmp_path / "study.json").write_text(json.dumps(data))
     found = findings(load_study(tmp_path))
     text = " ".join(f.text for f in found)
-    # two seeds each (sd 0.01): Welch t interval, df 2 -> ±4.303·0.01
-    assert "validation macro AUPRC real 0.641 vs synthetic 0.931: difference +0.290 (95% +0.247 to +0.333, " \
-           "Welch t over 2 and 2 seeds): gain" in text
+    # on test (validation selected the checkpoints); no saved predictions, so no interval and no verdict
+    assert "test macro AUPRC real 0.641 vs synthetic 0.931: difference +0.290 (no interval: no saved predictions " \
+           "on test): no clear difference" in text
+    assert "minority-class recall on test" in text
     assert "PSAX 0.00 → 0.77" in text and "A2C 0.00 → 0.83" in text  # thesis §5.2: the minority views
     assert "no saved predictions, so no interval: not called a gain or a loss" in text
     assert all(f.rests_on == [1000] for f in found)
     html = build_report(tmp_path).read_text()
-    assert "0.9307 ± 0.0100" in html  # Table 5.4 cell, mean ± sd
+    assert "0.9307 ± 0.0100" in html  # Table 5.4 cell (validation, labelled so), mean ± sd
+    assert "Validation selected each run&#x27;s checkpoint" in html
     # no fidelity stage: the set was never verified, so nothing resting on it is evidence
     assert html.count("Rests on an unusable generator") == len(found)
     assert "not testable" in html
@@ -137,7 +140,8 @@ def test_weighted_average_precision_matches_sklearn_with_ties_and_duplicates():
 
 
 def _pred_run(run, probs, labels, classes=("A2C", "A4C", "PLAX", "PSAX"), seeds=(0,)):
-    """A classifier run with predictions_val.csv per seed and a summary of the macro AUPRC."""
+    """A classifier run with predictions_val.csv and predictions_test.csv per seed (the same numbers) and a
+    summary of the macro AUPRC; no `training` record, as runs before it: best checkpoint on val."""
     import numpy as np
     import pandas as pd
     from sklearn.metrics import average_precision_score
@@ -150,8 +154,10 @@ def _pred_run(run, probs, labels, classes=("A2C", "A4C", "PLAX", "PSAX"), seeds=
         for i, c in enumerate(classes):
             df[f"prob_{c}"] = probs[:, i]
         df.to_csv(d / "predictions_val.csv", index=False)
-        (d / "metrics.json").write_text(json.dumps({"val": {"macro_auprc": aps}}))
-    (run / "summary.json").write_text(json.dumps({"val": {"macro_auprc": {"mean": aps, "sd": 0.0, "n": len(seeds)}}}))
+        df.to_csv(d / "predictions_test.csv", index=False)
+        (d / "metrics.json").write_text(json.dumps({"val": {"macro_auprc": aps}, "test": {"macro_auprc": aps}}))
+    entry = {"macro_auprc": {"mean": aps, "sd": 0.0, "n": len(seeds)}}
+    (run / "summary.json").write_text(json.dumps({"val": entry, "test": entry}))
     return aps
 
 
@@ -169,30 +175,102 @@ def test_differences_within_their_uncertainty_are_no_clear_difference(tmp_path):
     d = compare_runs(tmp_path / "a", tmp_path / "b")
     assert d.a == pytest.approx(a) and d.b == pytest.approx(b)
     assert abs(d.delta) < max(-d.lo, d.hi) and d.verdict == "no clear difference"
-    assert "paired bootstrap over 120 images (val), one seed): no clear difference" in d.text()
+    assert d.eval_set == "test"  # validation selected the checkpoints
+    assert ("nested bootstrap: 1 and 1 seeds × the same 120 test images (A2C 30, A4C 30, PLAX 30, PSAX 30)): "
+            "no clear difference") in d.text()
     assert compare_runs(tmp_path / "a", tmp_path / "c").verdict == "gain" and c == pytest.approx(1.0)
     assert compare_runs(tmp_path / "c", tmp_path / "a").verdict == "loss"
 
 
-def test_seed_spread_welch_interval_and_findings_wording(tmp_path):
+def test_nested_interval_matches_a_hand_computation():
+    """Toy case: 2 and 3 seeds on 7 shared images, 200 resamples, recomputed with loops and sklearn."""
     import numpy as np
-    from scipy import stats
+    from sklearn.metrics import average_precision_score, balanced_accuracy_score
 
-    from reports.compare import compare_runs, welch_interval
+    from reports.compare import Predictions, _stat, nested_bootstrap
 
-    lo, hi = welch_interval(0.70, 0.02, 3, 0.72, 0.03, 3)
-    r = stats.ttest_ind_from_stats(0.72, 0.03, 3, 0.70, 0.02, 3, equal_var=False)
-    ci = r.confidence_interval(0.95) if hasattr(r, "confidence_interval") else None
-    if ci is not None:
-        assert (lo, hi) == pytest.approx((ci.low, ci.high))
-    assert lo < 0 < hi
-    for name, vals in (("a", [0.70, 0.72, 0.68]), ("b", [0.71, 0.69, 0.73])):
-        run = tmp_path / name
-        run.mkdir()
-        (run / "summary.json").write_text(json.dumps({"val": {"macro_auprc": {
-            "mean": float(np.mean(vals)), "sd": float(np.std(vals, ddof=1)), "n": 3, "values": vals}}}))
-    d = compare_runs(tmp_path / "a", tmp_path / "b")
-    assert d.verdict == "no clear difference" and "Welch t over 3 and 3 seeds" in d.text()
+    rng = np.random.default_rng(5)
+    labels = np.array([0, 0, 0, 1, 1, 2, 2])
+    paths = np.array([f"i{i}" for i in range(7)])
+    arms = [[Predictions(paths, labels, rng.dirichlet(np.ones(3), 7), ["a", "b", "c"]) for _ in range(s)] for s in (2, 3)]
+    for metric in ("macro_auprc", "balanced_accuracy"):
+        points, values = nested_bootstrap(_stat(metric), arms, n_boot=200, seed=11)
+        draw = np.random.default_rng(11)  # the documented order: image rows, then each arm's seed indices
+        w = draw.multinomial(7, np.full(7, 1 / 7), size=200)
+        idx = [draw.integers(0, len(a), size=(200, len(a))) for a in arms]
+
+        def score(p, rows, metric=metric):
+            y, prob = p.labels[rows], p.probs[rows]
+            if metric == "balanced_accuracy":
+                return balanced_accuracy_score(y, prob.argmax(1))
+            return np.mean([average_precision_score(y == c, prob[:, c]) for c in sorted(set(y))])
+
+        for j, arm in enumerate(arms):
+            assert points[j] == pytest.approx(np.mean([score(p, np.arange(7)) for p in arm]))
+            for b in range(200):
+                rows = np.repeat(np.arange(7), w[b])
+                assert values[b, j] == pytest.approx(np.mean([score(arm[i], rows) for i in idx[j][b]])), (metric, b, j)
+
+
+def test_identical_seeds_give_no_spread_and_differing_seeds_widen_the_interval(tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    from reports.compare import compare_runs
+
+    rng = np.random.default_rng(4)
+    labels = np.repeat(np.arange(4), 50)
+    base = rng.random((200, 4)) + 0.5 * np.eye(4)[labels]
+    _pred_run(tmp_path / "a", base, labels, seeds=(0, 1, 2))
+    _pred_run(tmp_path / "b", base, labels, seeds=(0, 1, 2))
+    same = compare_runs(tmp_path / "a", tmp_path / "b")
+    assert same.delta == 0 and same.lo == same.hi == 0  # identical seeds on shared images: no spread at all
+    for i, s in enumerate((0, 1, 2)):  # seeds that differ a lot: the interval must show it
+        df_path = tmp_path / "b" / f"seed-{s}" / "predictions_test.csv"
+        df = pd.read_csv(df_path)
+        noisy = base + (i + 1) * rng.random((200, 4))
+        for c, name in enumerate(("A2C", "A4C", "PLAX", "PSAX")):
+            df[f"prob_{name}"] = noisy[:, c]
+        df.to_csv(df_path, index=False)
+    spread = compare_runs(tmp_path / "a", tmp_path / "b")
+    assert spread.hi - spread.lo > 0.02 and "3 and 3 seeds × the same 200 test images" in spread.text()
+
+
+def test_findings_never_report_the_split_that_selected_the_checkpoint(tmp_path):
+    import numpy as np
+
+    from reports.collect import load_study
+    from reports.compare import SelectionLeak, compare_runs, findings_split
+    from reports.findings import findings
+
+    rng = np.random.default_rng(3)
+    labels = np.repeat(np.arange(4), 30)
+    runs = tmp_path / "runs"
+    _pred_run(runs / "real", rng.random((120, 4)) + 0.3 * np.eye(4)[labels], labels)
+    _pred_run(runs / "synth", rng.random((120, 4)) + 0.4 * np.eye(4)[labels], labels)
+    stage = {"status": "done", "command": ""}
+    _study(tmp_path, [
+        {**stage, "name": "clf-real-n60-resnet18", "experiment": "real", "run_dir": str(runs / "real"),
+         "meta": {"subset": 60, "arch": "resnet18"}},
+        {**stage, "name": "clf-synth-n60-resnet18", "experiment": "synthetic", "run_dir": str(runs / "synth"),
+         "meta": {"subset": 60, "arch": "resnet18", "filtered": False}}])
+    with pytest.raises(SelectionLeak, match="selected on 'val'"):
+        compare_runs(runs / "real", runs / "synth", "val")
+    assert findings_split(runs / "real", runs / "synth") == "test"
+    texts = [f.text for f in findings(load_study(tmp_path)) if "synthetic set vs only on the real" in f.text]
+    assert len(texts) == 1 and "test macro AUPRC" in texts[0] and "validation" not in texts[0]
+    # a run whose checkpoint test selected (its --val was the test split): no split is left for a finding
+    for run, split in ((runs / "synth", "test"), (runs / "real", "val")):
+        summary = json.loads((run / "summary.json").read_text())
+        (run / "summary.json").write_text(json.dumps({**summary, "training": {"selected_on": split}}))
+    assert findings_split(runs / "real", runs / "synth") is None
+    assert not [f for f in findings(load_study(tmp_path)) if "synthetic set vs only on the real" in f.text]
+    # kept the last checkpoint: nothing selected it, and test is still preferred
+    for run in (runs / "real", runs / "synth"):
+        summary = json.loads((run / "summary.json").read_text())
+        (run / "summary.json").write_text(json.dumps({**summary, "training": {"selected_on": None, "checkpoint": "last"}}))
+    assert findings_split(runs / "real", runs / "synth") == "test"
+    assert compare_runs(runs / "real", runs / "synth", "val").eval_set == "val"  # allowed: val picked nothing
 
 
 def test_from_scratch_vs_frozen_imagenet_features_finding(tmp_path):
@@ -293,7 +371,8 @@ def test_report_gate_passes_a_good_set_and_findings_carry_uncertainty(tmp_path):
     assert "Rests on an unusable generator" not in html
     findings_html = re.search(r"<ul class=findings>(.*?)</ul>", html, re.S).group(1)
     # nearly identical real and synthetic classifiers: within the bootstrap interval
-    assert "paired bootstrap over 100 images (val), one seed): no clear difference" in findings_html
+    assert "nested bootstrap: 1 and 1 seeds × the same 100 test images (A2C 25, A4C 25, PLAX 25, PSAX 25)): " \
+           "no clear difference" in findings_html
     assert "not reproduced" in html
 
 

@@ -1,0 +1,107 @@
+"""Equal step budgets, precise BN and the classifier gate, on classify/train.py runs (CPU, 32 px, small_cnn).
+
+A module phantom with a large test split (40% of the patients), so that the gate's interval is narrow
+enough to tell a classifier that learned from one trained on shuffled labels.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from classify.configs import ClassifierTrainConfig
+from classify.training import make_budget
+from reports.classifier_gate import classifier_gate
+from tests.conftest import PYTHON, run_cli
+
+RUN = ["--config", "configs/classify/quick.yaml", "--arch", "small_cnn", "--threads", "1", "--workers", "1",
+       "--progress", "false", "--global_batch", "32", "--checkpoint_every", "0"]
+
+
+@pytest.fixture(scope="module")
+def big_test_split(tmp_path_factory):
+    """A 900-frame phantom split 50/10/40 by patient, with a 100-image training subset."""
+    from gen.data.build import build_phantom, build_splits
+
+    root = tmp_path_factory.mktemp("budget")
+    build_phantom(root / "phantom", n=900, size=32, seed=0, workers=1, progress=False)
+    build_splits(root / "phantom" / "manifest.csv", root / "split", subsets=[100], seed=0, fractions=(0.5, 0.1, 0.4))
+    return root / "split"
+
+
+def _train(split, train_spec: str, out, steps: int, seeds: str = "0", extra=()) -> dict:
+    run_cli([PYTHON, "classify/train.py", *RUN, "--train", train_spec, "--val", f"val={split / 'val.csv'}",
+             "--test", f"test={split / 'test.csv'}", "--steps", str(steps), "--eval_every", str(max(1, steps // 2)),
+             "--seeds", seeds, "--run_dir", str(out), *extra])
+    return json.loads((out / "summary.json").read_text())
+
+
+def test_budget_in_steps_ignores_the_set_size():
+    cfg = ClassifierTrainConfig(train="x", val="y", steps=300, eval_every=40, global_batch=32)
+    small, large = make_budget(cfg, 100), make_budget(cfg, 2000)
+    assert small.steps == large.steps == 300 and small.rounds == large.rounds == 8  # 7 × 40 + 20
+    assert (small.steps_per_epoch, large.steps_per_epoch) == (4, 63)
+    assert small.epochs_at(300) == 75 and large.epochs_at(300) == pytest.approx(300 / 63, abs=1e-3)
+    by_epochs = make_budget(ClassifierTrainConfig(train="x", val="y", epochs=3, global_batch=32), 100)
+    assert (by_epochs.steps, by_epochs.eval_every, by_epochs.per_step_schedule) == (12, 4, False)
+
+
+def test_two_training_sets_of_different_sizes_get_the_same_optimizer_steps(big_test_split, tmp_path):
+    split = big_test_split
+    n_full = len(pd.read_csv(split / "train.csv"))
+    assert n_full > 300
+    small = _train(split, f"real:{split / 'train_100.csv'}", tmp_path / "small", 12)
+    full = _train(split, f"real:{split / 'train.csv'}", tmp_path / "full", 12)
+    for summary, n in ((small, 100), (full, n_full)):
+        t = summary["training"]
+        assert t["optimizer_steps"] == {"0": 12} and t["images"] == n and t["budget"] == "steps"
+        assert t["epochs"] == pytest.approx(12 / -(-n // 32), abs=1e-3)
+        assert t["selected_on"] == "val"  # best checkpoint on validation: findings must use test
+    for run in ("small", "full"):
+        stats = [json.loads(x) for x in (tmp_path / run / "seed-0" / "stats.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in stats] == [6, 12]
+        assert json.loads((tmp_path / run / "seed-0" / "training.json").read_text())["optimizer_steps"] == 12
+
+
+def test_precise_bn_recomputes_running_statistics_from_training_images():
+    import torch
+
+    from classify.models import build_classifier
+    from classify.training import precise_bn
+
+    class Acc:  # the two members precise_bn uses
+        device = torch.device("cpu")
+
+        @staticmethod
+        def autocast():
+            return torch.autocast("cpu", enabled=False)
+
+    torch.manual_seed(0)
+    net = build_classifier("small_cnn", 4, 32)
+    images = np.random.default_rng(0).integers(0, 256, (64, 32, 32), dtype=np.uint8)
+    assert precise_bn(Acc, net, images, 64, 64, False, 0, 0) == 64
+    first = net.body[1]
+    x = torch.from_numpy(images).float().div(127.5).sub(1).unsqueeze(1)
+    with torch.no_grad():
+        h = net.body[0](x)  # the first conv's output over all 64 images (one batch)
+    assert torch.allclose(first.running_mean, h.mean((0, 2, 3)), atol=1e-5)
+    assert torch.allclose(first.running_var, h.var((0, 2, 3), unbiased=True), rtol=1e-4)
+    assert first.momentum == 0.1 and net.training  # restored
+
+
+def test_classifier_gate_flags_shuffled_labels_not_true_labels(big_test_split, tmp_path):
+    split = big_test_split
+    train = pd.read_csv(split / "train.csv", dtype=str, keep_default_na=False)
+    shuffled = train.copy()
+    shuffled["view"] = np.random.default_rng(0).permutation(train["view"].to_numpy())
+    shuffled.to_csv(split / "train_shuffled.csv", index=False)
+    true = tmp_path / "true"
+    _train(split, f"real:{split / 'train.csv'}", true, 80, "0,1", ["--precise_bn", "512"])
+    _train(split, f"real:{split / 'train_shuffled.csv'}", tmp_path / "shuffled", 80, "0,1", ["--precise_bn", "512"])
+    good, bad = classifier_gate(true), classifier_gate(tmp_path / "shuffled")
+    assert good["eval_set"] == bad["eval_set"] == "test"  # validation selected the checkpoints
+    assert good["status"] == "learned" and good["ci"][0] > 0.25, good["summary"]
+    assert bad["status"] == "did not learn", bad["summary"]
