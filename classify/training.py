@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from classify import quality as q
 from classify.augment import apply_affine, epoch_params
-from classify.configs import ClassifierTrainConfig
+from classify.configs import FROZEN_BACKBONES, ClassifierTrainConfig
 from classify.datasets import balanced_indices, class_weights
 from classify.metrics import (
     classification_metrics,
@@ -269,7 +269,8 @@ def run_epochs(accelerator, cfg: ClassifierTrainConfig, net: Classifier, trainab
         if not budget.per_step_schedule:
             sched.step()
         train_s = time.time() - t0
-        if cfg.precise_bn and phase == "view":  # the grade phase's encoder is frozen: its statistics stay
+        # not in the grade phase (its encoder is frozen) nor on a frozen backbone (a pass of Inception per image)
+        if cfg.precise_bn and phase == "view" and cfg.arch not in FROZEN_BACKBONES:
             precise_bn(accelerator, net, train.images, cfg.precise_bn, cfg.eval_batch, channels_last, seed, r)
         probs, grades = predict(accelerator, net, val.images, cfg.eval_batch, channels_last, with_grade)
         rec = {"phase": phase, "round": r + 1, "step": last, "epoch": budget.epochs_at(last),
@@ -292,7 +293,9 @@ def run_epochs(accelerator, cfg: ClassifierTrainConfig, net: Classifier, trainab
             history.append(rec)
             if cfg.progress:
                 v = m.get(select)
-                tqdm.write(f"seed {seed} {phase} step {last}/{budget.steps} (epoch {rec['epoch']}): loss {rec['loss']:.4f} "
+                where = (f"step {last}/{budget.steps} (epoch {rec['epoch']})" if budget.per_step_schedule
+                         else f"epoch {r + 1}")
+                tqdm.write(f"seed {seed} {phase} {where}: loss {rec['loss']:.4f} "
                            f"val {select} {v if v is None else f'{v:.4f}'} ({rec['images_per_s']} img/s)")
             if cfg.checkpoint_every and ((r + 1) % cfg.checkpoint_every == 0 or r + 1 == rounds):
                 save_epoch_state(seed_dir, phase, r + 1, net, opt, sched, best, best_epoch, history)

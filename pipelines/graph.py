@@ -171,8 +171,9 @@ class GraphBuilder:
         if self.cfg.experiments.real and not ev.judge_args and self.train_manifest(n) == full:
             return f"clf-real-n{n}-{arch}"
         if f"clf-judge-{arch}" not in {s.name for s in self.stages}:
+            # one seed: evaluate/class_fidelity.py judges with the run's first seed
             self.classifier("clf-judge", f"real:{full}", [full], [], "judge", {"role": "judge"}, kv(ev.judge_args),
-                            archs=[arch])
+                            archs=[arch], seeds=self.cfg.classify.seeds[:1])
         return f"clf-judge-{arch}"
 
     def echo_classifier(self) -> str:
@@ -204,8 +205,11 @@ class GraphBuilder:
     # -- classifiers -----------------------------------------------------------------------
 
     def classifier(self, name: str, spec: str, inputs: list[Path], deps: list[str], experiment: str,
-                   meta: dict, extra: dict | None = None, archs: list[str] | None = None) -> None:
-        """One classifier run per architecture (seeds inside the run), evaluated on val, test, shift."""
+                   meta: dict, extra: dict | None = None, archs: list[str] | None = None,
+                   seeds: list[int] | None = None) -> None:
+        """One classifier run per architecture (seeds inside the run), evaluated on val, test, shift. Every arm
+        gets the preset's budget and the same train_args: with a step budget (`steps=`), the same optimizer
+        steps whatever its training set's size."""
         c = self.cfg.classify
         preset = [repo_path(c.preset)] if c.preset else []
         for arch in archs or c.archs:
@@ -216,7 +220,7 @@ class GraphBuilder:
                 tests.append(f"shift={self.split_dir / 'shift.csv'}")
             cmd = python_cmd("classify/train.py", *(["--config", *preset] if preset else []), "--arch", arch,
                              "--train", spec, "--val", f"val={self.split_dir / 'val.csv'}", "--test", ",".join(tests),
-                             "--run_dir", run, "--seeds", ",".join(map(str, c.seeds)),
+                             "--run_dir", run, "--seeds", ",".join(map(str, seeds or c.seeds)),
                              *_flags({**kv(c.train_args), **(extra or {})}))
             self.add(stage_name, cmd, inputs=[*preset, self.split_dir / "val.csv", *inputs],
                      outputs=[run / "summary.json"], deps=self.split_stage + deps, experiment=experiment,

@@ -13,9 +13,11 @@ from sklearn.metrics import average_precision_score, balanced_accuracy_score, f1
 from classify.models import load_classifier
 from tests.conftest import PYTHON, accelerate_cmd, run_cli
 
-# ResNet18 at 32 px, 8 epochs of batch 16 on the 203 phantom training images; one torch thread
-# keeps it quick and steady on a busy 2-core machine.
-TINY = ["--config", "configs/classify/quick.yaml", "--epochs", "8", "--threads", "1", "--progress", "false"]
+# ResNet18 at 32 px, 8 epochs of batch 16 on the 203 phantom training images (an epoch budget, the best
+# checkpoint on validation: the quick preset's step budget is tested in test_classify_budget.py); one
+# torch thread keeps it quick and steady on a busy 2-core machine.
+TINY = ["--config", "configs/classify/quick.yaml", "--arch", "resnet18", "--steps", "0", "--epochs", "8",
+        "--global_batch", "16", "--precise_bn", "0", "--checkpoint", "best", "--threads", "1", "--progress", "false"]
 SEED_FILES = ("config.json", "provenance.json", "model.json", "checkpoints/best.safetensors",
               "checkpoints/last.safetensors", "metrics.json", "stats.jsonl")
 
@@ -41,7 +43,10 @@ def test_run_directory_contract(trained_run):
     assert {k: info[k] for k in ("arch", "num_classes", "image_size", "in_channels", "heads")} == {
         "arch": "resnet18", "num_classes": 4, "image_size": 32, "in_channels": 1, "heads": ["view"]}
     summary = json.loads((trained_run / "summary.json").read_text())
-    assert summary["val"]["macro_auprc"]["n"] == 1 and set(summary) == {"val", "test", "domain_shift"}
+    assert summary["val"]["macro_auprc"]["n"] == 1 and set(summary) == {"val", "test", "domain_shift", "training"}
+    t = summary["training"]
+    assert t["optimizer_steps"] == {"0": 8 * -(-t["images"] // 16)} and t["epochs"] == 8 and t["budget"] == "epochs"
+    assert t["selected_on"] == "val" and t["checkpoint"] == "best"
     stats = [json.loads(line) for line in (seed / "stats.jsonl").read_text().splitlines()]
     assert len(stats) == 8 and stats[-1]["loss"] < stats[0]["loss"]
 

@@ -157,3 +157,23 @@ def test_quick_preset(tmp_path):
     for path in scored:
         verdict = gate_verdict(json.loads(path.read_text()), demo)
         assert verdict["status"] == "pass", f"{path.parent.name}: {verdict['summary']}"
+    # Issue 22: the compared arms got the same optimizer steps, at least 3 seeds each, a test split of
+    # ≥ 100 images per class, and every arm went through the classifier gate (not particular findings).
+    arms = [d for d in sorted((tmp_path / "q" / "runs").glob("*-small_cnn")) if "judge" not in d.name]
+    assert len(arms) >= 8, [d.name for d in arms]
+    steps = {}
+    for d in arms:
+        t = json.loads((d / "summary.json").read_text())["training"]
+        assert len(t["optimizer_steps"]) >= 3 and t["budget"] == "steps", (d.name, t)
+        steps[d.name] = set(t["optimizer_steps"].values())
+        assert t["selected_on"] != "test"
+    assert len(set().union(*steps.values())) == 1, steps
+    test = json.loads((tmp_path / "q" / "data" / "split" / "splits.json").read_text())
+    per_class = {}
+    for r in test["by_view_source_split"]:
+        if r["split"] == "test":
+            per_class[r["view"]] = per_class.get(r["view"], 0) + r["count"]
+    assert len(per_class) == 4 and min(per_class.values()) >= 100, per_class
+    summary = (tmp_path / "q" / "summary.md").read_text()
+    assert all(f"classifier **{d.name}**" in summary for d in arms)
+    assert "Classifier gate" in (tmp_path / "q" / "report.html").read_text()
