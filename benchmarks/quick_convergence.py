@@ -43,6 +43,9 @@ VARIANTS: dict[str, dict[str, str]] = {
     "b8-lr1e-3": {"global_batch": "8", "lr": "0.001", "warmup_steps": "50"},
     "b16-lr2e-3-cfg": {"global_batch": "16", "lr": "0.002", "warmup_steps": "100", "cfg_dropout": "0.1"},
     "b16-lr2e-4": {"global_batch": "16", "lr": "0.0002"},
+    # the quick study's settings in each precision (issue 23: quality does not move with bf16)
+    "quick-bf16": {"global_batch": "16", "lr": "0.001", "mixed_precision": "bf16"},
+    "quick-fp32": {"global_batch": "16", "lr": "0.001", "mixed_precision": "no"},
 }
 
 
@@ -59,6 +62,7 @@ class ConvergenceConfig:
     sample_steps: int = field(50, help="sampling steps", min=1)
     guidance: float = field(1.0, help="classifier-free guidance (variants trained with cfg_dropout only)", min=0.0)
     jobs: int = field(2, help="variants trained at once (one thread each)", min=1)
+    score: bool = field(True, help="score the checkpoints (false: only train the variants)")
     out: str = field("benchmarks/results/quick_convergence.json", help="output JSON")
     plot: str = field("docs/img/quick_convergence.png", help="output plot")
 
@@ -214,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(cfg.work).resolve()
     split, judge = prepare(cfg, work)
     train_variants(cfg, work, split)
+    if not cfg.score:
+        print(f"trained {', '.join(cfg.variants)} under {work / 'runs'}")
+        return 0
     cache: dict = {}
     results = {"variants": {}}
     for v in cfg.variants:

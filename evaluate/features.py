@@ -8,7 +8,8 @@ classifier baseline uses the same network) and documents its TF1-bilinear resize
 `echo` is the penultimate layer of a view classifier trained by `classify/train.py` on the real
 training split: features that know what an echocardiogram looks like.
 
-Features are cached on disk per (extractor id, image-set fingerprint) as .npy files.
+Features are cached on disk per (extractor id, image-set fingerprint) as .npy files; an extractor
+built with a precision other than fp32 (bf16 autocast) has its own id, so the two never mix.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from classify.fid_inception import (  # FeatureError: evaluate's callers catch i
     FidInception,
 )
 from classify.models import load_classifier
+from gen.hardware import autocast
 from gen.io import sha1_file, write_bytes
 
 # ----------------------------------------------------------------------------------------------
@@ -34,11 +36,13 @@ from gen.io import sha1_file, write_bytes
 
 
 class Extractor(torch.nn.Module):
-    """Base: `id` names the network and its weights (the cache key); `image_size` None accepts any size."""
+    """Base: `id` names the network and its weights (the cache key); `image_size` None accepts any size;
+    `precision` is the autocast its forward runs under (no or bf16; features come out float32)."""
 
     name: str = ""
     id: str = ""
     image_size: int | None = None
+    precision: str = "no"
 
 
 class InceptionExtractor(FidInception, Extractor):
@@ -73,11 +77,15 @@ EXTRACTORS: dict[str, Callable[..., Extractor]] = {
 }
 
 
-def build_extractor(name: str, device: str | torch.device = "cpu", **options) -> Extractor:
-    """Build a registered extractor (options: inception_weights, classifier, classifier_which) on `device`."""
+def build_extractor(name: str, device: str | torch.device = "cpu", precision: str = "no", **options) -> Extractor:
+    """Build a registered extractor (options: inception_weights, classifier, classifier_which) on `device`,
+    running in a resolved `precision` (no, bf16, fp16; see gen.hardware.resolve_for)."""
     if name not in EXTRACTORS:
         raise FeatureError(f"unknown feature extractor {name!r}; choose from {', '.join(EXTRACTORS)}")
-    return EXTRACTORS[name](**options).to(device).eval()
+    ex = EXTRACTORS[name](**options).to(device).eval()
+    if precision != "no":
+        ex.precision, ex.id = precision, f"{ex.id}-{precision}"
+    return ex
 
 
 # ----------------------------------------------------------------------------------------------
@@ -103,7 +111,8 @@ def run_extractor(extractor: Extractor, images: np.ndarray, batch_size: int = 64
     out: list[np.ndarray] = []
     for lo in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", disable=not progress, leave=False):
         x = torch.from_numpy(images[lo:lo + batch_size]).to(device).float().div_(127.5).sub_(1.0).unsqueeze(1)
-        out.append(extractor(x).float().cpu().numpy())
+        with autocast(device, getattr(extractor, "precision", "no")):
+            out.append(extractor(x).float().cpu().numpy())
     if not out:
         raise ValueError("cannot extract features of an empty image set")
     return np.concatenate(out)

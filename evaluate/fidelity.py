@@ -25,6 +25,7 @@ from pathlib import Path
 from evaluate.gate import GateConfig, gate_verdict
 from evaluate.sector import sector_fidelity
 from gen.config import ConfigError, build, field, parse_config, run_script, to_dict
+from gen.configs import PRECISION_HELP, PRECISIONS, SAMPLERS
 from gen.io import save_png, write_bytes, write_json
 from gen.launcher import progress_wanted
 from gen.rundir import init_run_dir
@@ -63,13 +64,14 @@ class FidelityConfig:
     n: int = field(1000, help="images sampled per checkpoint", min=2)
     checkpoint_weights: str = field("ema", help="weights sampled per checkpoint", choices=("ema", "model"))
     checkpoint_reference: str = field("holdout", help="reference of the checkpoint curve", choices=("holdout", "real"))
-    sampler: str = field("ddpm", help="checkpoint sampling: sampler", choices=("ddpm", "ddim"))
+    sampler: str = field("ddpm", help="checkpoint sampling: sampler", choices=SAMPLERS)
     sampling_steps: int = field(100, help="checkpoint sampling: denoising steps", min=1)
     guidance: float = field(1.0, help="checkpoint sampling: classifier-free guidance weight", min=0.0)
     backend: str = field("ours", help="metric code: ours, or also torch-fidelity (CUDA machines with torchvision)",
                          choices=("ours", "torch-fidelity"))
     batch_size: int = field(64, help="images per forward pass", min=1)
     device: str = field("auto", help="cpu, cuda, or auto")
+    mixed_precision: str = field("auto", help="feature extraction: " + PRECISION_HELP, choices=PRECISIONS)
     cache_dir: str = field("~/.cache/echosynth/features", help="feature cache ('' disables)")
     judge: str = field("", help="class fidelity: a classify/train.py run trained on the real training split (RUN or RUN/seed-<s>)")
     judge_which: str = field("best", help="class fidelity: the judge's checkpoint", choices=("best", "last"))
@@ -142,11 +144,15 @@ def compute_fidelity(cfg: FidelityConfig | None = None, **overrides) -> dict:
         from evaluate.class_fidelity import Judge
 
         judge = Judge.load(cfg.judge, cfg.judge_which, str(dist.device))
-    extractors = {name: build_extractor(name, dist.device, inception_weights=cfg.inception_weights or None,
+    from gen.hardware import resolve_for  # loads torch
+
+    mp, mp_from = resolve_for(cfg.mixed_precision, dist.device)
+    extractors = {name: build_extractor(name, dist.device, mp, inception_weights=cfg.inception_weights or None,
                                         classifier=cfg.classifier, classifier_which=cfg.classifier_which)
                   for name in cfg.features}
     result: dict = {"schema": SCHEMA, "sets": {k: v.describe() for k, v in sets.items()}, "backend": cfg.backend,
-                    "features": {}, "metrics": {}, "curves": {"fid_vs_samples": {}, "fid_vs_checkpoint": {}}, "notes": []}
+                    "features": {}, "metrics": {}, "curves": {"fid_vs_samples": {}, "fid_vs_checkpoint": {}}, "notes": [],
+                    "feature_precision": {"precision": mp, "from": mp_from}}
     if "holdout" not in sets:
         result["notes"].append("no held-out real set: no real-vs-real floor (pass --holdout)")
     feats: dict[str, dict] = {}

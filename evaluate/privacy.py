@@ -19,6 +19,7 @@ from pathlib import Path
 
 from evaluate.fidelity import default_holdout
 from gen.config import ConfigError, build, field, parse_config, run_script, to_dict
+from gen.configs import PRECISION_HELP, PRECISIONS
 from gen.io import atomic_path, write_json
 from gen.launcher import progress_wanted
 from gen.rundir import init_run_dir
@@ -58,6 +59,7 @@ class PrivacyConfig:
     mia_max: int = field(1000, help="membership attack: members and non-members sampled (each)", min=2)
     batch_size: int = field(64, help="images per forward pass", min=1)
     device: str = field("auto", help="cpu, cuda, or auto")
+    mixed_precision: str = field("auto", help="echo features: " + PRECISION_HELP, choices=PRECISIONS)
     cache_dir: str = field("~/.cache/echosynth/features", help="feature cache ('' disables)")
     seed: int = field(0, help="seed of the membership attack's noise and subsamples")
     progress: bool = field(True, help="progress bars (only on a terminal)")
@@ -138,8 +140,10 @@ def audit(cfg: PrivacyConfig | None = None, **overrides) -> dict:
 
 def _echo_features(cfg: PrivacyConfig, sets: dict, device: str, progress: bool) -> dict:
     from evaluate.features import build_extractor, features_for
+    from gen.hardware import resolve_for
 
-    ex = build_extractor("echo", device, classifier=cfg.classifier, classifier_which=cfg.classifier_which)
+    ex = build_extractor("echo", device, resolve_for(cfg.mixed_precision, device)[0], classifier=cfg.classifier,
+                         classifier_which=cfg.classifier_which)
     cache = str(Path(cfg.cache_dir).expanduser()) if cfg.cache_dir else None
     return {k: features_for(ex, s, batch_size=cfg.batch_size, device=device, cache_dir=cache, progress=progress)
             for k, s in sets.items()}

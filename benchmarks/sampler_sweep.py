@@ -1,0 +1,184 @@
+"""Samplers × model evaluations on the `quick` generator: the gate metrics and the time per image.
+
+  python benchmarks/sampler_sweep.py --run /work/scratch/ddpm-quick-bf16 --work /work/scratch/quick-convergence
+  python benchmarks/sampler_sweep.py --run RUN --work WORK --settings ddpm:1000,dpm++2m:10,unipc:10
+
+WORK is benchmarks/quick_convergence.py's working directory (the quick study's phantom split and its
+judge). Each setting SAMPLER:EVALS samples `--per_class` images per class with the run's EMA weights
+(seeds as gen/sample.py's, precision `--precision`) and scores them as the quality gate does: the
+judge's above-chance ratio (with its bootstrap interval), FID in the judge's features over the
+real-vs-real floor, and the mean outside the scan sector (0–255). The reference is the 1000-step
+ancestral (`ddpm`) run; its 95 % bootstrap interval (resampling the synthetic images) is the band a
+faster setting must reach: ratio ≥ the band's low end, FID/floor and outside mean ≤ its high end.
+Seconds per image are the wall time of sampling divided by the images, on this (shared) machine,
+with the load average recorded. Writes benchmarks/results/sampler_sweep.json and docs/img/sampler_sweep.png;
+settings already in the JSON (same run, per_class and precision) are reused.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from gen.config import field, parse_config, to_dict
+from gen.io import read_json, write_json
+from gen.launcher import cpu_flags
+from gen.rundir import cpu_name
+
+DEFAULT_SETTINGS = ["dpm++2m:5", "unipc:5", "dpm++2m:10", "unipc:10", "ddim:10", "dpm++2m:15", "unipc:15",
+                    "dpm++2m:20", "unipc:20", "ddpm:25", "ddim:25", "dpm++2m:25", "unipc:25", "ddpm:50", "ddim:50",
+                    "dpm++2m:50", "unipc:50", "ddpm:100", "ddpm:1000"]
+
+
+@dataclass
+class SweepConfig:
+    run: str = field("", help="diffusion run directory (the quick generator)")
+    work: str = field("/work/scratch/quick-convergence", help="benchmarks/quick_convergence.py's working directory")
+    subset: int = field(100, help="the real training subset the generator learned from", min=1)
+    settings: list[str] = field(default_factory=lambda: list(DEFAULT_SETTINGS), help="SAMPLER:EVALS items")
+    per_class: int = field(50, help="images per class per setting (the demo's)", min=2)
+    precision: str = field("bf16", help="autocast of the UNet", choices=("no", "bf16"))
+    batch_size: int = field(200, help="images per forward", min=1)
+    n_boot: int = field(200, help="bootstrap resamples of the reference's interval", min=10)
+    out: str = field("benchmarks/results/sampler_sweep.json", help="output JSON")
+    plot: str = field("docs/img/sampler_sweep.png", help="output plot")
+
+
+def _score(c: dict, imgs: np.ndarray, views: np.ndarray) -> dict:
+    from evaluate.class_fidelity import class_fidelity
+    from evaluate.features import run_extractor
+    from evaluate.metrics import fid, subsample
+    from evaluate.sector import outside_means
+
+    cf = class_fidelity(c["judge"], imgs, views, c["val"].images, c["val"].views, n_boot=200)
+    f = run_extractor(c["echo"], imgs).astype(np.float64)
+    fid_n = fid(c["real_feats"], f[subsample(len(f), c["m"], 3)])
+    outside = outside_means(imgs, c["mask"])
+    return {"ratio": cf["ratio"], "ratio_ci": cf["ratio_ci"], "acc_syn": cf["acc_syn"], "fid_over_floor": fid_n / c["floor"],
+            "outside_mean": float(outside.mean()), "_feats": f, "_outside": outside}
+
+
+def _reference_band(c: dict, ref: dict, n_boot: int) -> dict:
+    """95 % bootstrap band of the reference's FID/floor and outside mean (resampled images); the ratio's from class_fidelity."""
+    from evaluate.metrics import fid
+
+    rng = np.random.default_rng(0)
+    f, o, n = ref["_feats"], ref["_outside"], len(ref["_outside"])
+    fids, outs = [], []
+    for _ in range(n_boot):
+        idx = rng.integers(0, n, n)
+        fids.append(fid(c["real_feats"], f[idx][: c["m"]]) / c["floor"])
+        outs.append(float(o[idx].mean()))
+    return {"ratio": ref["ratio_ci"], "fid_over_floor": [float(np.percentile(fids, 2.5)), float(np.percentile(fids, 97.5))],
+            "outside_mean": [float(np.percentile(outs, 2.5)), float(np.percentile(outs, 97.5))]}
+
+
+def within(row: dict, band: dict) -> bool:
+    """As good as the reference within its interval: ratio ≥ low end, FID/floor and outside mean ≤ high end."""
+    return (row["ratio"] is not None and row["ratio"] >= band["ratio"][0]
+            and row["fid_over_floor"] <= band["fid_over_floor"][1] and row["outside_mean"] <= band["outside_mean"][1])
+
+
+def plot(record: dict, path: Path) -> None:
+    """Three gate metrics and seconds per image against model evaluations, one line per sampler."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, band = record["rows"], record.get("reference_band")
+    fig, axes = plt.subplots(1, 4, figsize=(17, 4), constrained_layout=True)
+    panels = [("ratio", "class fidelity: above-chance ratio"), ("fid_over_floor", "FID (judge features) / floor"),
+              ("outside_mean", "mean outside the sector (0–255)"), ("seconds_per_image", "seconds per image (this CPU)")]
+    for ax, (key, title) in zip(axes, panels):
+        for s in sorted({r["sampler"] for r in rows}):
+            rs = sorted((r for r in rows if r["sampler"] == s and r.get(key) is not None), key=lambda r: r["evals"])
+            ax.plot([r["evals"] for r in rs], [r[key] for r in rs], marker="o", ms=3, label=s)
+        if band and key in band:
+            ax.axhspan(*band[key], color="grey", alpha=0.25, label="ddpm 1000 steps: 95 % interval")
+        ax.set_xscale("log")
+        ax.set_xlabel("model evaluations")
+        ax.set_title(title, fontsize=10)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"quick generator ({record['run_name']}), {record['config']['per_class']} images per class, "
+                 f"UNet in {record['config']['precision']}", fontsize=10)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_config(SweepConfig, argv, description=__doc__)
+    import torch
+
+    from evaluate.class_fidelity import Judge
+    from evaluate.features import build_extractor, run_extractor
+    from evaluate.metrics import fid, subsample
+    from evaluate.sector import sector_mask
+    from gen.data.image_sets import load_image_set
+    from gen.runs import load_run
+    from gen.sampling import image_seeds, plan_labels, sample_images
+
+    work, run = Path(cfg.work), Path(cfg.run)
+    split = work / "data" / "split"
+    real, val, train = (load_image_set(split / f) for f in (f"train_{cfg.subset}.csv", "val.csv", "train.csv"))
+    echo = build_extractor("echo", classifier=str(work / "judge"))
+    rf, vf = (run_extractor(echo, s.images).astype(np.float64) for s in (real, val))
+    m = min(len(real), len(val))
+    c = {"judge": Judge.load(work / "judge"), "echo": echo, "val": val, "m": m, "mask": sector_mask(train.images),
+         "real_feats": rf[subsample(len(real), m, 1)]}
+    c["floor"] = fid(c["real_feats"], vf[subsample(len(val), m, 2)])
+    key = {"run": str(run.resolve()), "per_class": cfg.per_class, "precision": cfg.precision}
+    old = read_json(cfg.out) if Path(cfg.out).is_file() else {}
+    done = {(r["sampler"], r["evals"]): r for r in old.get("rows", [])} if old.get("key") == key else {}
+    loaded = load_run(run, "ema")
+    labels = plan_labels(loaded.classes, cfg.per_class)
+    views = np.array(loaded.classes)[labels]
+    seeds = image_seeds(0, range(len(labels)))
+    torch.set_flush_denormal(True)
+    record = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": sys.argv, "config": to_dict(cfg), "key": key,
+              "run_name": run.name, "checkpoint_step": loaded.step,
+              "device": f"cpu: {cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads",
+              "cpu_bf16_flags": sorted(f for f in cpu_flags() if "bf16" in f), "fid_floor": c["floor"], "n_floor": m,
+              "rows": list(done.values())}
+    ref_cache = None
+    for item in cfg.settings:
+        sampler, _, evals = item.partition(":")
+        evals = int(evals)
+        need_feats = (sampler, evals) == ("ddpm", 1000)
+        if (sampler, evals) in done and not need_feats:
+            continue
+        load0 = os.getloadavg()[0]
+        t0 = time.perf_counter()
+        imgs = sample_images(loaded, labels, seeds, steps=evals, sampler=sampler, batch_size=cfg.batch_size,
+                             precision=cfg.precision)
+        secs = time.perf_counter() - t0
+        s = _score(c, imgs, views)
+        if need_feats:
+            ref_cache = s
+        row = {"sampler": sampler, "evals": evals, "seconds_per_image": secs / len(labels), "load_average_1min": load0,
+               **{k: v for k, v in s.items() if not k.startswith("_")}}
+        record["rows"] = [r for r in record["rows"] if (r["sampler"], r["evals"]) != (sampler, evals)] + [row]
+        print(f"{sampler:8s} {evals:5d} evals: ratio {s['ratio']:.2f}, FID/floor {s['fid_over_floor']:.2f}, "
+              f"outside {s['outside_mean']:.2f}/255, {secs / len(labels) * 1000:.0f} ms/img (load {load0:.1f})", flush=True)
+        write_json(cfg.out, record)
+    if ref_cache is not None:
+        band = _reference_band(c, ref_cache, cfg.n_boot)
+        record["reference_band"] = band
+        for r in record["rows"]:
+            r["within_reference"] = within(r, band)
+        ok = sorted((r for r in record["rows"] if r["within_reference"]), key=lambda r: r["evals"])
+        record["fastest_within_reference"] = {k: ok[0][k] for k in ("sampler", "evals")} if ok else None
+        print(f"reference band {band}; fastest within it: {record['fastest_within_reference']}")
+    write_json(cfg.out, record)
+    plot(record, Path(cfg.plot))
+    print(f"wrote {cfg.out} and {cfg.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
