@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from gen.config import ConfigError, field
+from gen.configs import PRECISION_HELP, PRECISIONS
 from gen.data import VIEWS
 from gen.tracking import LOG_WITH_HELP, TRACKERS, check_tracker
 
@@ -133,7 +134,7 @@ class ClassifierTrainConfig:
                                  "finished seeds are kept, the others continue from their last epoch checkpoint")
     checkpoint_every: int = field(1, min=0, help="resume checkpoint (model, optimiser, RNG) every N epochs (0 = none)")
     description: str = field("", help="run directory description (default: arch and training kind)")
-    mixed_precision: str = field("no", choices=("no", "fp16", "bf16"), help="CUDA mixed precision")
+    mixed_precision: str = field("auto", choices=PRECISIONS, help=PRECISION_HELP)
     channels_last: bool = field(True, help="channels_last memory format on CUDA")
     eval_batch: int = field(256, min=1, help="images per evaluation batch per process")
     workers: int = field(4, min=1, help="image-decoding threads")

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from gen.config import ConfigError, field, parse_config, run_script
+from gen.configs import PRECISION_HELP, PRECISIONS
 from gen.data.manifest import ManifestError, load_gray, read_manifest
 from gen.io import atomic_path
 
@@ -36,6 +37,7 @@ class PredictConfig:
     which: str = field("best", choices=("best", "last"), help="checkpoint")
     batch: int = field(256, min=1, help="images per forward pass")
     device: str = field("auto", help="auto, cpu or cuda[:i]")
+    mixed_precision: str = field("auto", choices=PRECISIONS, help=PRECISION_HELP)
 
     def validate(self) -> None:
         """Both inputs are required."""
@@ -68,13 +70,15 @@ def _try_load(path: Path, size: int) -> np.ndarray | str:
 
 
 def predict_images(model, info: dict, files: list[Path], batch: int = 256, workers: int = 4,
-                   skipped: list[str] | None = None) -> pd.DataFrame:
+                   skipped: list[str] | None = None, precision: str = "no") -> pd.DataFrame:
     """path, view, prob_<class>… (and grade) for image files, preprocessed as in training.
 
     Unreadable files are left out of the table; their reasons go to `skipped` if given (else
-    the first one is raised as a ValueError).
+    the first one is raised as a ValueError). The model runs under `precision`'s autocast; probabilities are float32.
     """
     import torch
+
+    from gen.hardware import autocast
 
     size, classes = info["image_size"], info["classes"]
     device = next(model.parameters()).device
@@ -94,7 +98,8 @@ def predict_images(model, info: dict, files: list[Path], batch: int = 256, worke
     with torch.no_grad():
         for s in range(0, len(images), batch):
             x = torch.from_numpy(images[s:s + batch]).to(device).unsqueeze(1).float().div(127.5).sub(1.0)
-            logits, grade = model(x, with_grade=True) if grader else (model(x), None)
+            with autocast(device, precision):
+                logits, grade = model(x, with_grade=True) if grader else (model(x), None)
             probs.append(torch.softmax(logits.float(), 1).cpu().numpy())
             if grade is not None:
                 grades.append(grade.float().clamp(0, 10).cpu().numpy())
@@ -113,13 +118,15 @@ def main(argv: list[str] | None = None) -> None:
     import torch  # after parsing: --help and config errors answer without it
 
     from classify.models import load_classifier
+    from gen.hardware import resolve_for
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     try:
         model, info = load_classifier(cfg.model, cfg.which, device=device)
         files, table = list_images(cfg.images)
         skipped: list[str] = []
-        df = predict_images(model, info, files, cfg.batch, skipped=skipped)
+        df = predict_images(model, info, files, cfg.batch, skipped=skipped,
+                            precision=resolve_for(cfg.mixed_precision, device)[0])
     except (FileNotFoundError, ManifestError, ValueError) as e:
         print(f"classify/predict.py: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -18,7 +18,7 @@ from pathlib import Path
 from classify.configs import SPEC_DOC, ClassifierTrainConfig
 from gen.config import parse_config, run_script, to_dict
 from gen.io import read_json, write_json
-from gen.launcher import GracefulStop, Interrupted, resume_command
+from gen.launcher import GracefulStop, Interrupted, resolve_precision, resume_command
 from gen.rundir import check_resumable, init_run_dir, provenance, start_run
 from gen.tracking import accelerator_kwargs, start_trackers
 
@@ -113,8 +113,8 @@ def main(argv: list[str] | None = None) -> None:
     except (SpecError, ManifestError, ValueError, FileNotFoundError) as e:
         sys.exit(f"classify/train.py: error: {e}")
     cuda = torch.cuda.is_available()
-    accelerator = Accelerator(cpu=not cuda, mixed_precision=cfg.mixed_precision if cuda else "no",
-                              **accelerator_kwargs(cfg.log_with, cfg.out))
+    mp, mp_from = resolve_precision(cfg.mixed_precision, cuda, cuda and torch.cuda.is_bf16_supported())
+    accelerator = Accelerator(cpu=not cuda, mixed_precision=mp, **accelerator_kwargs(cfg.log_with, cfg.out))
     main_proc = accelerator.is_main_process
     config = to_dict(cfg)
     holder = [None]
@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     if main_proc:
         write_json(run / "data.json", {"train": train.info, "eval": {n: {"n": len(s), "class_counts": s.class_counts()}
                                                                       for n, s in evals.items()}})
-        print(f"run directory: {run}\ntraining set {cfg.train}: {train.class_counts()} ({len(train)} images)")
+        print(f"run directory: {run}\ntraining set {cfg.train}: {train.class_counts()} ({len(train)} images), "
+              f"precision {mp} ({mp_from})")
     per_seed, training = [], []
     for seed in cfg.seeds:
         seed_dir = run / f"seed-{seed}"
