@@ -32,6 +32,17 @@ def big_test_split(tmp_path_factory):
     return root / "split"
 
 
+STEPS = 60
+
+
+@pytest.fixture(scope="module")
+def true_labels_run(big_test_split, tmp_path_factory):
+    """small_cnn on the full training split, 2 seeds of STEPS steps."""
+    out = tmp_path_factory.mktemp("true") / "run"
+    _train(big_test_split, f"real:{big_test_split / 'train.csv'}", out, STEPS, "0,1", ["--precise_bn", "512"])
+    return out
+
+
 def _train(split, train_spec: str, out, steps: int, seeds: str = "0", extra=()) -> dict:
     run_cli([PYTHON, "classify/train.py", *RUN, "--train", train_spec, "--val", f"val={split / 'val.csv'}",
              "--test", f"test={split / 'test.csv'}", "--steps", str(steps), "--eval_every", str(max(1, steps // 2)),
@@ -49,21 +60,21 @@ def test_budget_in_steps_ignores_the_set_size():
     assert (by_epochs.steps, by_epochs.eval_every, by_epochs.per_step_schedule) == (12, 4, False)
 
 
-def test_two_training_sets_of_different_sizes_get_the_same_optimizer_steps(big_test_split, tmp_path):
+def test_two_training_sets_of_different_sizes_get_the_same_optimizer_steps(big_test_split, true_labels_run, tmp_path):
     split = big_test_split
     n_full = len(pd.read_csv(split / "train.csv"))
     assert n_full > 300
-    small = _train(split, f"real:{split / 'train_100.csv'}", tmp_path / "small", 12)
-    full = _train(split, f"real:{split / 'train.csv'}", tmp_path / "full", 12)
+    small = _train(split, f"real:{split / 'train_100.csv'}", tmp_path / "small", STEPS, "0,1", ["--precise_bn", "512"])
+    full = json.loads((true_labels_run / "summary.json").read_text())
     for summary, n in ((small, 100), (full, n_full)):
         t = summary["training"]
-        assert t["optimizer_steps"] == {"0": 12} and t["images"] == n and t["budget"] == "steps"
-        assert t["epochs"] == pytest.approx(12 / -(-n // 32), abs=1e-3)
+        assert t["optimizer_steps"] == {"0": STEPS, "1": STEPS} and t["images"] == n and t["budget"] == "steps"
+        assert t["epochs"] == pytest.approx(STEPS / -(-n // 32), abs=1e-3)
         assert t["selected_on"] == "val"  # best checkpoint on validation: findings must use test
-    for run in ("small", "full"):
-        stats = [json.loads(x) for x in (tmp_path / run / "seed-0" / "stats.jsonl").read_text().splitlines()]
-        assert [r["step"] for r in stats] == [6, 12]
-        assert json.loads((tmp_path / run / "seed-0" / "training.json").read_text())["optimizer_steps"] == 12
+    for run in (tmp_path / "small", true_labels_run):
+        stats = [json.loads(x) for x in (run / "seed-0" / "stats.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in stats] == [STEPS // 2, STEPS]
+        assert json.loads((run / "seed-0" / "training.json").read_text())["optimizer_steps"] == STEPS
 
 
 def test_precise_bn_recomputes_running_statistics_from_training_images():
@@ -92,16 +103,14 @@ def test_precise_bn_recomputes_running_statistics_from_training_images():
     assert first.momentum == 0.1 and net.training  # restored
 
 
-def test_classifier_gate_flags_shuffled_labels_not_true_labels(big_test_split, tmp_path):
+def test_classifier_gate_flags_shuffled_labels_not_true_labels(big_test_split, true_labels_run, tmp_path):
     split = big_test_split
     train = pd.read_csv(split / "train.csv", dtype=str, keep_default_na=False)
     shuffled = train.copy()
     shuffled["view"] = np.random.default_rng(0).permutation(train["view"].to_numpy())
     shuffled.to_csv(split / "train_shuffled.csv", index=False)
-    true = tmp_path / "true"
-    _train(split, f"real:{split / 'train.csv'}", true, 80, "0,1", ["--precise_bn", "512"])
-    _train(split, f"real:{split / 'train_shuffled.csv'}", tmp_path / "shuffled", 80, "0,1", ["--precise_bn", "512"])
-    good, bad = classifier_gate(true), classifier_gate(tmp_path / "shuffled")
+    _train(split, f"real:{split / 'train_shuffled.csv'}", tmp_path / "shuffled", STEPS, "0,1", ["--precise_bn", "512"])
+    good, bad = classifier_gate(true_labels_run), classifier_gate(tmp_path / "shuffled")
     assert good["eval_set"] == bad["eval_set"] == "test"  # validation selected the checkpoints
     assert good["status"] == "learned" and good["ci"][0] > 0.25, good["summary"]
     assert bad["status"] == "did not learn", bad["summary"]
