@@ -1,11 +1,14 @@
-"""Benchmark the diffusion UNet: FLOPs per forward, training images/s, sampling images/s, fraction of peak.
+"""Benchmark the diffusion UNet: FLOPs per forward, training images/s, sampling images/s, share of bf16 peak.
 
   python benchmarks/ddpm_speed.py                                   # CPU: tiny, writes ddpm_speed_cpu.json
   python benchmarks/ddpm_speed.py --preset thesis --batch 128 --sample_batch 512 \\
-      --compile true --peak_tflops 790 --out benchmarks/results/ddpm_speed_h100.json   # one GPU
+      --out benchmarks/results/ddpm_speed_h100.json                  # one GPU: bf16 + compile + dpm++2m
 
-FLOPs are counted with torch.utils.flop_counter (2 per multiply-add) on the meta device, so
-even the thesis preset is counted on a CPU. Training costs ~3 forwards per image.
+Precision (`auto`: bf16 where native), compile (`auto`: on CUDA) and the sampler (default dpm++2m,
+`--sample_evals` model evaluations per image, the thesis study's setting) are what the study uses.
+The share of peak is against the device's dense bf16 TFLOP/s (`--peak_tflops`, or looked up for
+known GPUs). FLOPs are counted with torch.utils.flop_counter (2 per multiply-add) on the meta
+device, so even the thesis preset is counted on a CPU. Training costs ~3 forwards per image.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ import numpy as np
 import torch
 
 from gen.config import field, parse_config, to_dict
+from gen.configs import COMPILE_CHOICES, PRECISIONS, SAMPLERS
 from gen.diffusion import Diffusion
+from gen.hardware import Compiled, autocast, resolve_for
 from gen.io import write_json
 from gen.model import PRESETS, ClassUNet, count_params
 from gen.rundir import package_versions
@@ -36,12 +41,15 @@ class BenchConfig:
     batch: int = field(16, help="training batch", min=1)
     train_steps: int = field(10, help="timed training steps", min=1)
     sample_batch: int = field(16, help="sampling batch", min=1)
-    sample_steps: int = field(10, help="timed sampling steps (rates are reported per 100-step chain)", min=1)
+    sample_steps: int = field(10, help="timed sampling steps (rates are reported per chain of --sample_evals)", min=1)
+    sample_evals: int = field(20, help="model evaluations per sampled image (the sampler's steps)", min=1)
+    sampler: str = field("dpm++2m", help="sampler", choices=SAMPLERS)
     warmup: int = field(3, help="untimed warm-up iterations (compilation happens here)", min=0)
-    compile: bool = field(False, help="torch.compile the UNet (CUDA)")
+    precision: str = field("auto", help="autocast: auto = bf16 where native", choices=PRECISIONS)
+    compile: bool | str = field("auto", help="torch.compile the UNet (auto: on CUDA)", choices=COMPILE_CHOICES)
     channels_last: bool = field(True, help="channels_last on CUDA")
     threads: int = field(0, help="CPU threads (0 = torch default)", min=0)
-    peak_tflops: float = field(0.0, help="device peak (bf16 dense) TFLOP/s for the fraction reached; 0 = unknown", min=0.0)
+    peak_tflops: float = field(0.0, help="device peak (bf16 dense) TFLOP/s for the share reached; 0 = look up known GPUs", min=0.0)
     flops_presets: list[str] = field(default_factory=lambda: list(PRESETS), help="presets whose FLOPs per forward are counted")
     out: str = field("", help="output JSON (default benchmarks/results/ddpm_speed_<cpu|cuda>.json)")
 
@@ -63,16 +71,22 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _autocast(device: torch.device):
-    import contextlib
+BF16_PEAK_TFLOPS = {"H100 SXM": 989.0, "H100 NVL": 835.0, "H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0,
+                    "A100": 312.0, "L40S": 362.0, "L4": 121.0}  # dense, vendor data sheets
 
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+
+def bf16_peak(device: torch.device) -> float:
+    """Dense bf16 TFLOP/s of a known GPU (first name fragment that matches), 0 if unknown or CPU."""
+    if device.type != "cuda":
+        return 0.0
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in BF16_PEAK_TFLOPS.items() if all(part in name for part in k.split())), 0.0)
 
 
 def time_training(model, diffusion, cfg: BenchConfig, S: int, device: torch.device) -> tuple[float, float]:
     """(median, fastest) seconds per training step (forward, hybrid loss, backward, AdamW) at cfg.batch."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    fwd = torch.compile(model) if cfg.compile and device.type == "cuda" else model
+    fwd = Compiled(model, log=print) if cfg.use_compile else model
     g = torch.Generator().manual_seed(0)
     x0 = (torch.rand(cfg.batch, 1, S, S, generator=g) * 2 - 1).to(device)
     y = torch.randint(0, 4, (cfg.batch,), generator=g).to(device)
@@ -85,7 +99,7 @@ def time_training(model, diffusion, cfg: BenchConfig, S: int, device: torch.devi
         xt = diffusion.q_sample(x0, t, noise)
         if cfg.channels_last and device.type == "cuda":
             xt = xt.contiguous(memory_format=torch.channels_last)
-        with _autocast(device):
+        with autocast(device, cfg.mp):
             out = fwd(xt, t, y)
         loss = diffusion.losses(out.float(), x0, noise, t)["loss"].mean()
         loss.backward()
@@ -100,13 +114,14 @@ def time_training(model, diffusion, cfg: BenchConfig, S: int, device: torch.devi
 def time_sampling(model, diffusion, cfg: BenchConfig, S: int, device: torch.device) -> tuple[float, float, float]:
     """(s per sampling step of cfg.sample_batch images incl. scheduler, median and fastest s per bare UNet forward)."""
     model.eval()
-    run = LoadedRun(torch.compile(model) if cfg.compile and device.type == "cuda" else model, diffusion,
+    run = LoadedRun(Compiled(model, log=print) if cfg.use_compile else model, diffusion,
                     ["A2C", "A4C", "PLAX", "PSAX"], S, None, 0, Path("."), "ema")
     labels, seeds = np.arange(cfg.sample_batch) % 4, np.arange(cfg.sample_batch)
-    sample_images(run, labels, seeds, steps=max(cfg.warmup, 1), batch_size=cfg.sample_batch, device=device)
+    kw = dict(sampler=cfg.sampler, batch_size=cfg.sample_batch, device=device, precision=cfg.mp)
+    sample_images(run, labels, seeds, steps=max(cfg.warmup, 1), **kw)
     _sync(device)
     t0 = time.perf_counter()
-    sample_images(run, labels, seeds, steps=cfg.sample_steps, batch_size=cfg.sample_batch, device=device)
+    sample_images(run, labels, seeds, steps=cfg.sample_steps, **kw)
     _sync(device)
     per_step = (time.perf_counter() - t0) / cfg.sample_steps
     x = torch.randn(cfg.sample_batch, 1, S, S, device=device)
@@ -116,7 +131,7 @@ def time_sampling(model, diffusion, cfg: BenchConfig, S: int, device: torch.devi
         for i in range(cfg.warmup + cfg.sample_steps):
             _sync(device)
             t0 = time.perf_counter()
-            with _autocast(device):
+            with autocast(device, cfg.mp):
                 run.model(x, tt, yy)
             _sync(device)
             if i >= cfg.warmup:
@@ -135,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
     S = cfg.image_size or PRESETS[cfg.preset].image_size
+    cfg.mp, mp_from = resolve_for(cfg.precision, device)
+    cfg.use_compile = cfg.compile is True or cfg.compile == "true" or (cfg.compile == "auto" and device.type == "cuda")
+    peak = cfg.peak_tflops or bf16_peak(device)
     flops = {name: flops_per_forward(name, PRESETS[name].image_size) for name in cfg.flops_presets}
     flops_here = flops_per_forward(cfg.preset, S)
     torch.manual_seed(0)
@@ -142,26 +160,30 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.channels_last and device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     diffusion = Diffusion(1000, "linear", True)
-    print(f"{cfg.preset} at {S}×{S}: {count_params(model) / 1e6:.2f} M params, {flops_here / 1e9:.2f} GFLOP/forward; device {device}")
+    print(f"{cfg.preset} at {S}×{S}: {count_params(model) / 1e6:.2f} M params, {flops_here / 1e9:.2f} GFLOP/forward; "
+          f"device {device}, precision {cfg.mp} ({mp_from}), compile {cfg.use_compile}, sampler {cfg.sampler} × {cfg.sample_evals}")
     t_train, t_train_min = time_training(model, diffusion, cfg, S, device)
     t_step, t_fwd, t_fwd_min = time_sampling(model, diffusion, cfg, S, device)
     train_tflops = 3 * flops_here * cfg.batch / t_train / 1e12
     fwd_tflops = flops_here * cfg.sample_batch / t_fwd / 1e12
-    sample_ips = cfg.sample_batch / (t_step * 100)
+    sample_ips = cfg.sample_batch / (t_step * cfg.sample_evals)
     res = {
         "train_s_per_step": t_train, "train_images_per_s": cfg.batch / t_train, "train_tflops": train_tflops,
         "train_s_per_step_fastest": t_train_min, "train_images_per_s_fastest": cfg.batch / t_train_min,
-        "sample_s_per_step": t_step, "unet_forward_s": t_fwd, "unet_forward_s_fastest": t_fwd_min, "sample_images_per_s_100_steps": sample_ips,
+        "sample_s_per_step": t_step, "unet_forward_s": t_fwd, "unet_forward_s_fastest": t_fwd_min, "sample_images_per_s": sample_ips,
+        "sample_evals_per_image": cfg.sample_evals,
         "unet_forward_tflops": fwd_tflops,
-        "hours_for_32000_images_100_steps": 32000 / sample_ips / 3600,
+        "hours_for_32000_images": 32000 / sample_ips / 3600,
     }
-    if cfg.peak_tflops:
-        res["unet_forward_fraction_of_peak"] = fwd_tflops / cfg.peak_tflops
-        res["train_fraction_of_peak"] = train_tflops / cfg.peak_tflops
+    if peak:
+        res["bf16_peak_tflops"] = peak
+        res["unet_forward_share_of_bf16_peak"] = fwd_tflops / peak
+        res["train_share_of_bf16_peak"] = train_tflops / peak
     record = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": sys.argv, "config": to_dict(cfg),
         "device": torch.cuda.get_device_name(0) if device.type == "cuda" else f"cpu: {platform.processor() or platform.machine()}",
-        "threads": torch.get_num_threads(), "load_average_1min": os.getloadavg()[0], "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
+        "threads": torch.get_num_threads(), "load_average_1min": os.getloadavg()[0], "precision": cfg.mp, "precision_from": mp_from,
+        "compile": cfg.use_compile, "sampler": cfg.sampler,
         "versions": {k: v for k, v in package_versions().items() if k in ("torch", "diffusers", "accelerate", "numpy")},
         "preset": cfg.preset, "image_size": S, "params": count_params(model),
         "gflops_per_forward": {k: v / 1e9 for k, v in flops.items()} | {f"{cfg.preset}@{S}": flops_here / 1e9},

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, run_cli
+from conftest import PYTHON, REPO, run_cli
 from gen.config import build
 from gen.diffusion import Diffusion
 from gen.hardware import Compiled, autocast, want_compile
@@ -112,3 +112,17 @@ def test_compile_decision_and_eager_fallback_warns_once():
 def _failing_backend(gm, example_inputs):
     raise RuntimeError("no compiler here")
 
+
+
+def test_ddpm_speed_benchmark_runs_with_precision_compile_and_sampler(tmp_path):
+    """benchmarks/ddpm_speed.py (the prepared GPU benchmark) runs on CPU at a tiny size and records its settings."""
+    import json
+
+    out = tmp_path / "speed.json"
+    run_cli([PYTHON, "benchmarks/ddpm_speed.py",
+             "--preset", "tiny", "--image_size", "16", "--batch", "2", "--train_steps", "1", "--sample_batch", "2",
+             "--sample_steps", "1", "--sample_evals", "2", "--warmup", "0", "--flops_presets", "tiny",
+             "--peak_tflops", "1", "--out", str(out)], env={"OMP_NUM_THREADS": "1"}, timeout=300)
+    rec = json.loads(out.read_text())
+    assert rec["sampler"] == "dpm++2m" and rec["compile"] is False and rec["precision"] in ("no", "bf16")
+    assert rec["results"]["sample_images_per_s"] > 0 and 0 < rec["results"]["unet_forward_share_of_bf16_peak"] < 1
