@@ -30,9 +30,10 @@ from gen.io import read_json, write_json
 from gen.launcher import cpu_flags
 from gen.rundir import cpu_name
 
-DEFAULT_SETTINGS = ["dpm++2m:5", "unipc:5", "dpm++2m:10", "unipc:10", "ddim:10", "dpm++2m:15", "unipc:15",
-                    "dpm++2m:20", "unipc:20", "ddpm:25", "ddim:25", "dpm++2m:25", "unipc:25", "ddpm:50", "ddim:50",
-                    "dpm++2m:50", "unipc:50", "ddpm:100", "ddpm:1000"]
+# the reference (ddpm 1000) early, so that a cut-short sweep can still be judged against it
+DEFAULT_SETTINGS = ["ddpm:50", "dpm++2m:10", "dpm++2m:20", "unipc:10", "unipc:20", "ddpm:1000", "dpm++2m:5", "unipc:5",
+                    "dpm++2m:15", "unipc:15", "dpm++2m:25", "unipc:25", "ddim:10", "ddim:25", "ddim:50", "ddpm:25",
+                    "ddpm:100", "dpm++2m:50", "unipc:50", "ddim:100", "ddpm:250", "dpm++2m:100", "unipc:100"]
 
 
 @dataclass
@@ -45,6 +46,9 @@ class SweepConfig:
     precision: str = field("bf16", help="autocast of the UNet", choices=("no", "bf16"))
     batch_size: int = field(200, help="images per forward", min=1)
     n_boot: int = field(200, help="bootstrap resamples of the reference's interval", min=10)
+    reference: str = field("ddpm:1000", help="the setting whose bootstrap interval a faster one must reach")
+    timing_rounds: int = field(3, help="interleaved timing rounds of a few settings against ddpm 50 fp32 (0 = none)", min=0)
+    timing_images: int = field(64, help="images per timing run", min=1)
     out: str = field("benchmarks/results/sampler_sweep.json", help="output JSON")
     plot: str = field("docs/img/sampler_sweep.png", help="output plot")
 
@@ -78,6 +82,43 @@ def _reference_band(c: dict, ref: dict, n_boot: int) -> dict:
             "outside_mean": [float(np.percentile(outs, 2.5)), float(np.percentile(outs, 97.5))]}
 
 
+def _judge_rows(record: dict, c: dict, ref: dict | None, n_boot: int) -> None:
+    """Mark each row within the reference's band or not, and name the fastest setting within it."""
+    if ref is None:
+        return
+    if "reference_band" not in record:
+        record["reference_band"] = _reference_band(c, ref, n_boot)
+    band = record["reference_band"]
+    for r in record["rows"]:
+        r["within_reference"] = within(r, band)
+    ok = sorted((r for r in record["rows"] if r["within_reference"]), key=lambda r: (r["evals"], r["seconds_per_image"]))
+    record["fastest_within_reference"] = {k: ok[0][k] for k in ("sampler", "evals")} if ok else None
+
+
+TIMED = [("ddpm", 50, "no"), ("ddpm", 50, "bf16"), ("dpm++2m", 10, "bf16"), ("unipc", 10, "bf16"),
+         ("dpm++2m", 20, "bf16"), ("unipc", 20, "bf16")]
+
+
+def time_settings(loaded, cfg: SweepConfig) -> dict:
+    """Seconds per image of a few settings on `timing_images` images, interleaved rounds, ratios to ddpm 50 fp32."""
+    from gen.sampling import image_seeds, sample_images
+
+    labels = np.arange(cfg.timing_images) % len(loaded.classes)
+    seeds = image_seeds(0, range(len(labels)))
+    per: dict[str, list[float]] = {f"{s}:{e}:{p}": [] for s, e, p in TIMED}
+    for r in range(cfg.timing_rounds):
+        for s, e, p in TIMED:
+            t0 = time.perf_counter()
+            sample_images(loaded, labels, seeds, steps=e, sampler=s, batch_size=len(labels), precision=p)
+            per[f"{s}:{e}:{p}"].append((time.perf_counter() - t0) / len(labels))
+        print(f"timing round {r + 1}: " + ", ".join(f"{k} {v[-1] * 1000:.0f} ms/img" for k, v in per.items()), flush=True)
+    base = per["ddpm:50:no"]
+    return {k: {"seconds_per_image": float(np.median(v)),
+                "speedup_vs_ddpm50_fp32": float(np.median([b / a for a, b in zip(v, base)])), "per_round": v}
+            for k, v in per.items()} | {"images": cfg.timing_images, "rounds": cfg.timing_rounds,
+                                        "load_average_1min": os.getloadavg()[0]}
+
+
 def within(row: dict, band: dict) -> bool:
     """As good as the reference within its interval: ratio ≥ low end, FID/floor and outside mean ≤ high end."""
     return (row["ratio"] is not None and row["ratio"] >= band["ratio"][0]
@@ -100,7 +141,7 @@ def plot(record: dict, path: Path) -> None:
             rs = sorted((r for r in rows if r["sampler"] == s and r.get(key) is not None), key=lambda r: r["evals"])
             ax.plot([r["evals"] for r in rs], [r[key] for r in rs], marker="o", ms=3, label=s)
         if band and key in band:
-            ax.axhspan(*band[key], color="grey", alpha=0.25, label="ddpm 1000 steps: 95 % interval")
+            ax.axhspan(*band[key], color="grey", alpha=0.25, label=f"{record['reference']}: 95 % interval")
         ax.set_xscale("log")
         ax.set_xlabel("model evaluations")
         ax.set_title(title, fontsize=10)
@@ -132,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     c = {"judge": Judge.load(work / "judge"), "echo": echo, "val": val, "m": m, "mask": sector_mask(train.images),
          "real_feats": rf[subsample(len(real), m, 1)]}
     c["floor"] = fid(c["real_feats"], vf[subsample(len(val), m, 2)])
-    key = {"run": str(run.resolve()), "per_class": cfg.per_class, "precision": cfg.precision}
+    key = {"run": str(run.resolve()), "per_class": cfg.per_class, "precision": cfg.precision, "reference": cfg.reference}
     old = read_json(cfg.out) if Path(cfg.out).is_file() else {}
     done = {(r["sampler"], r["evals"]): r for r in old.get("rows", [])} if old.get("key") == key else {}
     loaded = load_run(run, "ema")
@@ -145,12 +186,18 @@ def main(argv: list[str] | None = None) -> int:
               "device": f"cpu: {cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads",
               "cpu_bf16_flags": sorted(f for f in cpu_flags() if "bf16" in f), "fid_floor": c["floor"], "n_floor": m,
               "rows": list(done.values())}
-    ref_cache = None
+    ref_path = Path(cfg.out).with_suffix(".reference.npz")  # the reference's features, to rebuild its band on a rerun
+    ref = None
+    ref_key = (cfg.reference.partition(":")[0], int(cfg.reference.partition(":")[2]))
+    record["reference"] = cfg.reference
+    if ref_key in done and ref_path.is_file():
+        with np.load(ref_path) as z:
+            ref = {"_feats": z["feats"], "_outside": z["outside"], "ratio_ci": done[ref_key]["ratio_ci"]}
     for item in cfg.settings:
         sampler, _, evals = item.partition(":")
         evals = int(evals)
-        need_feats = (sampler, evals) == ("ddpm", 1000)
-        if (sampler, evals) in done and not need_feats:
+        is_ref = (sampler, evals) == ref_key
+        if (sampler, evals) in done and not (is_ref and ref is None):
             continue
         load0 = os.getloadavg()[0]
         t0 = time.perf_counter()
@@ -158,22 +205,20 @@ def main(argv: list[str] | None = None) -> int:
                              precision=cfg.precision)
         secs = time.perf_counter() - t0
         s = _score(c, imgs, views)
-        if need_feats:
-            ref_cache = s
+        if is_ref:
+            ref = s
+            np.savez(ref_path, feats=s["_feats"], outside=s["_outside"])
         row = {"sampler": sampler, "evals": evals, "seconds_per_image": secs / len(labels), "load_average_1min": load0,
                **{k: v for k, v in s.items() if not k.startswith("_")}}
         record["rows"] = [r for r in record["rows"] if (r["sampler"], r["evals"]) != (sampler, evals)] + [row]
         print(f"{sampler:8s} {evals:5d} evals: ratio {s['ratio']:.2f}, FID/floor {s['fid_over_floor']:.2f}, "
               f"outside {s['outside_mean']:.2f}/255, {secs / len(labels) * 1000:.0f} ms/img (load {load0:.1f})", flush=True)
+        _judge_rows(record, c, ref, cfg.n_boot)
         write_json(cfg.out, record)
-    if ref_cache is not None:
-        band = _reference_band(c, ref_cache, cfg.n_boot)
-        record["reference_band"] = band
-        for r in record["rows"]:
-            r["within_reference"] = within(r, band)
-        ok = sorted((r for r in record["rows"] if r["within_reference"]), key=lambda r: r["evals"])
-        record["fastest_within_reference"] = {k: ok[0][k] for k in ("sampler", "evals")} if ok else None
-        print(f"reference band {band}; fastest within it: {record['fastest_within_reference']}")
+        plot(record, Path(cfg.plot))
+    _judge_rows(record, c, ref, cfg.n_boot)
+    if cfg.timing_rounds:
+        record["timing"] = time_settings(loaded, cfg)
     write_json(cfg.out, record)
     plot(record, Path(cfg.plot))
     print(f"wrote {cfg.out} and {cfg.plot}")
