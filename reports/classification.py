@@ -111,7 +111,9 @@ def _arms(study: Study, tables) -> list[str]:
         ci = g.get("ci") or [None, None]
         bacc = ("–" if g["balanced_accuracy"] is None else f"{g['balanced_accuracy']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
                 if ci[0] is not None else f"{g['balanced_accuracy']:.3f}")
-        t.rows.append([s.name, s.meta.get("spec", "").split("/")[-1] if s.meta.get("spec") else s.experiment,
+        spec = s.meta.get("spec", "")
+        kind = spec.split(":", 1)[0] if ":" in spec else s.experiment
+        t.rows.append([s.name, f"{kind} {spec.split('/')[-1]}" if spec else s.experiment,
                        info.get("images"), "/".join(map(str, steps)) or "–", info.get("epochs"), chosen,
                        len(seed_dirs(s.run_dir)), split, bacc, mean_sd(m, sd, k), g["status"]])
         c = _curve(s.run_dir)

@@ -273,12 +273,12 @@ def _interval(x: np.ndarray, n_boot: int) -> tuple[float | None, float | None]:
 
 
 def _how(arms: list[list[Predictions]], sets: list[str], paired: bool) -> str:
-    seeds = " and ".join(str(len(a)) for a in arms)
+    seeds = " and ".join(str(len(a)) for a in arms) + (" seed" if len(arms) == 1 and len(arms[0]) == 1 else " seeds")
     if paired:
-        return (f"nested bootstrap: {seeds} seeds × the same {len(arms[0][0].paths)} {sets[0]} images "
+        return (f"nested bootstrap: {seeds} × the same {len(arms[0][0].paths)} {sets[0]} images "
                 f"({class_counts(arms[0][0])})")
     parts = [f"{len(a[0].paths)} {s} images ({class_counts(a[0])})" for a, s in zip(arms, sets)]
-    return f"nested bootstrap: {seeds} seeds × " + " and ".join(parts)
+    return f"nested bootstrap: {seeds} × " + " and ".join(parts)
 
 
 def metric_interval(run_dir: Path, eval_set: str, metric: str = "balanced_accuracy", n_boot: int = N_BOOT,
