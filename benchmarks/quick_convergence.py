@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from gen.config import field, parse_config, to_dict
+from gen.configs import SAMPLERS
 from gen.io import read_json, read_jsonl, write_json
 from gen.rundir import cpu_name
 
@@ -58,7 +59,7 @@ class ConvergenceConfig:
     every: int = field(250, help="score a checkpoint every N steps", min=1)
     subset: int = field(100, help="real training subset the DDPM learns from (the demo's)", min=10)
     per_class: int = field(50, help="synthetic images per class and checkpoint (the demo's per_class)", min=2)
-    sampler: str = field("ddpm", help="sampler", choices=("ddpm", "ddim"))
+    sampler: str = field("ddpm", help="sampler", choices=SAMPLERS)
     sample_steps: int = field(50, help="sampling steps", min=1)
     guidance: float = field(1.0, help="classifier-free guidance (variants trained with cfg_dropout only)", min=0.0)
     jobs: int = field(2, help="variants trained at once (one thread each)", min=1)

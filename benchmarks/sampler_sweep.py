@@ -47,6 +47,7 @@ class SweepConfig:
     batch_size: int = field(200, help="images per forward", min=1)
     n_boot: int = field(200, help="bootstrap resamples of the reference's interval", min=10)
     reference: str = field("ddpm:1000", help="the setting whose bootstrap interval a faster one must reach")
+    threads: int = field(1, help="torch threads (1: OpenMP spinning slows small convolutions on a busy machine)", min=1)
     timing_rounds: int = field(3, help="interleaved timing rounds of a few settings against ddpm 50 fp32 (0 = none)", min=0)
     timing_images: int = field(64, help="images per timing run", min=1)
     out: str = field("benchmarks/results/sampler_sweep.json", help="output JSON")
@@ -181,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     views = np.array(loaded.classes)[labels]
     seeds = image_seeds(0, range(len(labels)))
     torch.set_flush_denormal(True)
+    torch.set_num_threads(cfg.threads)
     record = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": sys.argv, "config": to_dict(cfg), "key": key,
               "run_name": run.name, "checkpoint_step": loaded.step,
               "device": f"cpu: {cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads",
