@@ -167,7 +167,11 @@ def test_torch_free_config_names_match_the_registries():
     from gen.diffusion import SCHEDULES as DIFFUSION_SCHEDULES
 
     assert set(SCHEDULES) == set(BETA_SCHEDULES) == set(DIFFUSION_SCHEDULES)
-    assert SAMPLERS == ("ddpm", "ddim")  # the two branches of gen.sampling.sample_images / make_scheduler
+    assert SAMPLERS == ("ddpm", "ddim", "dpm++2m", "unipc")  # the branches of gen.diffusion.make_scheduler
+    from gen.diffusion import Diffusion, make_scheduler
+
+    for sampler in SAMPLERS:
+        make_scheduler(Diffusion(10, "linear", True), sampler)
 
 
 DRY_RUN = {"gen/train.py": ["--data", "x.csv"], "gen/sample.py": ["--run", "r", "--out", "o", "--per_class", "1"],
