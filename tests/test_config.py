@@ -171,7 +171,7 @@ def test_torch_free_config_names_match_the_registries():
     from gen.diffusion import Diffusion, make_scheduler
 
     for sampler in SAMPLERS:
-        make_scheduler(Diffusion(10, "linear", True), sampler)
+        make_scheduler(Diffusion(1000, "linear", True), sampler)
 
 
 DRY_RUN = {"gen/train.py": ["--data", "x.csv"], "gen/sample.py": ["--run", "r", "--out", "o", "--per_class", "1"],
