@@ -253,15 +253,19 @@ class GraphBuilder:
             for f in ex.mixing:
                 self.classifier(f"clf-mix-n{n}-f{f:g}", f"mixed:{real}+{fake_csv}@{f:g}", [real, fake_csv],
                                 [f"sample-n{n}"], "mixing", {"subset": n, "fraction": f})
+            # The resampling baselines need no synthetic set, but they wait for it: started beside the DDPM
+            # (which takes every job slot when it runs on several processes) they would keep it waiting for
+            # two free slots at once, and the DDPM is the study's critical path.
+            after = [f"sample-n{n}"]
             if ex.upsampling:
-                self.classifier(f"clf-upmajority-n{n}", f"upsampled:{real}@majority", [real], [], "upsampling",
+                self.classifier(f"clf-upmajority-n{n}", f"upsampled:{real}@majority", [real], after, "upsampling",
                                 {"subset": n, "target": "majority"})
                 # @N is per class: every class up to the synthetic set's per-class count (same total).
                 k = cfg.ddpm.per_class
-                self.classifier(f"clf-upsynth-n{n}", f"upsampled:{real}@{k}", [real], [], "upsampling",
+                self.classifier(f"clf-upsynth-n{n}", f"upsampled:{real}@{k}", [real], after, "upsampling",
                                 {"subset": n, "target": k, "target_total": k * self._n_classes()})
             if ex.smote:
-                self.classifier(f"clf-smote-n{n}", f"smote:{real}", [real], [], "upsampling",
+                self.classifier(f"clf-smote-n{n}", f"smote:{real}", [real], after, "upsampling",
                                 {"subset": n, "target": "smote"})
         self.diffusion_curves()
         self.final_and_features()
