@@ -36,6 +36,8 @@ class CurveConfig:
     split: str = field("", help="a gen/prepare.py split directory (the quick study's data/split)")
     synthetic: str = field("", help="synthetic manifest.csv of the smallest subset's DDPM (empty: real arm only)")
     subset: int = field(100, min=1, help="real subset size (train_<subset>.csv)")
+    arms: list[str] = field(default_factory=lambda: ["real", "synthetic"], choices=("real", "synthetic"),
+                            help="arms to measure (synthetic needs --synthetic)")
     archs: list[str] = field(default_factory=lambda: ["small_cnn", "resnet18"], help="architectures")
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], help="seeds of the first architecture's arms")
     other_seeds: list[int] = field(default_factory=lambda: [0], help="seeds of the other architectures' arms")
@@ -52,6 +54,8 @@ class CurveConfig:
     out: str = field("benchmarks/results/classify_curve.json", help="JSON results file")
     plot: str = field("docs/img/classify_curve.png", help="plot file (empty: none)")
     merge: bool = field(False, help="keep the other runs already in --out (e.g. add the synthetic arm later)")
+    redraw: bool = field(False, help="only redraw --plot from --out's runs")
+    mark_step: int = field(300, min=0, help="draw a line at the chosen budget (0: none)")
 
 
 def run_args(cfg: CurveConfig, arm: str, arch: str, seeds: list[int], steps: int) -> list[str]:
@@ -95,7 +99,7 @@ def plateau(curve: dict, tolerance: float) -> dict:
             "seconds_per_step": round(float(np.mean([s["seconds"] for s in seeds])) / steps[-1], 4)}
 
 
-def draw(results: dict, path: Path) -> None:
+def draw(results: dict, path: Path, mark_step: int = 0) -> None:
     """Seed-mean validation balanced accuracy and macro AUPRC against steps, one line per arm and arch."""
     import matplotlib
 
@@ -109,6 +113,9 @@ def draw(results: dict, path: Path) -> None:
             ax.plot(p["step"], p[metric], label=f"{key} ({len(r['seeds'])} seed{'s' * (len(r['seeds']) > 1)})")
     for ax, title in zip(axes, ("validation balanced accuracy", "validation macro AUPRC")):
         ax.axhline(0.25, color="grey", lw=0.8, ls=":")
+        if mark_step:
+            ax.axvline(mark_step, color="black", lw=0.8, ls="--")
+            ax.text(mark_step, 0.27, f" quick recipe: {mark_step} steps", fontsize=8)
         ax.set_xlabel("optimizer steps (batch 32)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
@@ -121,14 +128,18 @@ def draw(results: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(CurveConfig, argv, description=__doc__.split("\n")[0])
+    if cfg.redraw:
+        draw(json.loads(Path(cfg.out).read_text())["runs"], Path(cfg.plot), cfg.mark_step)
+        return 0
     jobs = []
     for i, arch in enumerate(cfg.archs):
         seeds, steps = (cfg.seeds, cfg.steps) if i == 0 else (cfg.other_seeds, cfg.other_steps)
-        for arm in ("real", "synthetic") if cfg.synthetic else ("real",):
+        for arm in [a for a in cfg.arms if a == "real" or cfg.synthetic]:
             jobs.append((arm, arch, seeds, steps))
     if cfg.judge_steps:
         jobs.append(("judge", cfg.archs[0], [0], cfg.judge_steps))
     running, results, t_all = [], {}, time.time()
+    this_command = "python benchmarks/classify_curve.py " + " ".join(argv if argv is not None else sys.argv[1:])
     Path(cfg.work).mkdir(parents=True, exist_ok=True)
     while jobs or running:
         while jobs and len(running) < cfg.jobs:
@@ -147,20 +158,25 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{arm} {arch}: classify/train.py failed; see {log.name}", file=sys.stderr)
                 continue
             curve = read_curve(Path(cfg.work) / f"{arm}-{arch}")
-            results[f"{arm} {arch}"] = {"arm": arm, "arch": arch, "seeds": curve,
-                                        "summary": plateau(curve, cfg.tolerance),
-                                        "wall_seconds": round(time.time() - t0, 1)}
-            s = results[f"{arm} {arch}"]["summary"]
-            print(f"{arm} {arch}: best val balanced accuracy {s['best']:.3f}, plateau at step {s['plateau_step']}, "
+            key = f"{arm} {arch} lr {cfg.lr:g}"
+            results[key] = {"arm": arm, "arch": arch, "lr": cfg.lr, "command": this_command, "seeds": curve,
+                            "summary": plateau(curve, cfg.tolerance),
+                            "wall_seconds": round(time.time() - t0, 1)}
+            s = results[key]["summary"]
+            print(f"{key}: best val balanced accuracy {s['best']:.3f}, plateau at step {s['plateau_step']}, "
                   f"{s['seconds_per_step']} s/step")
     import platform
 
     import torch
 
     old = json.loads(Path(cfg.out).read_text()) if cfg.merge and Path(cfg.out).is_file() else {}
-    results = {**old.get("runs", {}), **results}
-    commands = old.get("commands", []) + ["python benchmarks/classify_curve.py "
-                                          + " ".join(argv if argv is not None else sys.argv[1:])]
+    kept = {}
+    for key, r in old.get("runs", {}).items():  # name every run by its learning rate
+        r.setdefault("lr", old.get("settings", {}).get("lr"))
+        r.setdefault("command", (old.get("commands") or [None])[0])
+        kept[key if " lr " in key else f"{key} lr {r['lr']:g}"] = r
+    results = {**kept, **results}
+    commands = old.get("commands", []) + [this_command]
     write_json(Path(cfg.out), {
         "benchmark": "benchmarks/classify_curve.py: validation metric vs optimizer steps (constant LR)",
         "commands": commands,
@@ -168,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{torch.get_num_threads()} threads available, shared with other jobs",
         "settings": dataclasses.asdict(cfg), "wall_seconds": round(time.time() - t_all, 1), "runs": results})
     if cfg.plot:
-        draw(results, Path(cfg.plot))
+        draw(results, Path(cfg.plot), cfg.mark_step)
     print(f"wrote {cfg.out}" + (f" and {cfg.plot}" if cfg.plot else ""))
     return 0
 
