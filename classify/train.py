@@ -93,11 +93,12 @@ def make_run_dir(cfg: ClassifierTrainConfig, config: dict, kind: str, inputs: di
 
 def main(argv: list[str] | None = None) -> None:
     """Parse the config, build the sets, train every seed, write the summary."""
-    cfg = parse_config(ClassifierTrainConfig, argv, description=__doc__.split("\n")[0], epilog=SPEC_DOC)
-    given = {a.split("=", 1)[0] for a in (sys.argv[1:] if argv is None else argv) if a.startswith("--")}
-    if cfg.steps and "--epochs" in given and not given & {"--steps", "--eval_every"}:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    given = {a.split("=", 1)[0] for a in argv if a.startswith("--")}
+    if "--epochs" in given and not given & {"--steps", "--eval_every"}:
         # --epochs on the command line asks for an epoch budget over a config file's step budget
-        cfg.steps, cfg.eval_every = 0, 0
+        argv += ["--steps", "0", "--eval_every", "0"]
+    cfg = parse_config(ClassifierTrainConfig, argv, description=__doc__.split("\n")[0], epilog=SPEC_DOC)
     import torch
     from accelerate import Accelerator
     from accelerate.utils import broadcast_object_list
