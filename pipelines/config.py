@@ -168,6 +168,9 @@ class StudyConfig:
                     raise ConfigError(f"{key}: {item!r} is not key=value (e.g. epochs=3)")
         if not self.dataset.subsets:
             raise ConfigError("dataset.subsets: give at least one real subset size")
+        fr = self.dataset.fractions
+        if len(fr) != 3 or any(f < 0 for f in fr) or abs(sum(fr) - 1) > 1e-6:
+            raise ConfigError(f"dataset.fractions: give three non-negative train,val,test shares summing to 1, got {fr}")
         if sorted(self.dataset.subsets) != list(self.dataset.subsets):
             raise ConfigError(f"dataset.subsets: list the sizes in increasing order, got {self.dataset.subsets}")
         for f in self.experiments.mixing:
