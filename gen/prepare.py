@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"nested training subsets: {info['subsets']}" +
                   (f" (dropped, larger than the training split: {info['dropped_subsets']})" if info["dropped_subsets"] else ""))
         else:
-            run_import(cfg)  # prints its own report (counts, exclusions, colour groups)
+            run_import(cfg, progress=progress_wanted())  # prints its own report (counts, exclusions, colour groups)
     except (FileExistsError, FileNotFoundError, ValueError) as e:
         print(f"prepare.py: error: {e}", file=sys.stderr)
         return 2

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import time
 import traceback
 from collections import Counter
@@ -49,7 +50,6 @@ from gen.io import (
     write_json,
     write_text,
 )
-from gen.launcher import progress_wanted
 
 # Reasons written to excluded.csv.
 UNREADABLE = "unreadable"
@@ -393,7 +393,7 @@ def import_dataset(importer: Importer, cfg: Any, progress: bool | None = None) -
     source = cfg.source or importer.source or _SAFE.sub("-", src.resolve().name.lower()).strip("-") or "folder"
     cone = importer.cone if cfg.cone == "auto" else cfg.cone == "on"
     settings = settings_of(cfg, importer, source, cone)
-    progress = progress_wanted() if progress is None else progress
+    progress = sys.stderr.isatty() if progress is None else progress  # gen/prepare.py passes its own decision
     _claim_output(out, src, settings, cfg.overwrite)
 
     items, excluded = importer.scan(cfg, source)
