@@ -264,7 +264,8 @@ def run_epochs(accelerator, cfg: ClassifierTrainConfig, net: Classifier, trainab
             if budget.per_step_schedule:
                 sched.step()
             losses.append(float(loss.detach()))
-            check_stop(accelerator, f"seed {seed} {phase} step {g + 1}/{budget.steps}")
+            check_stop(accelerator, f"seed {seed} {phase} step {g + 1}/{budget.steps}" if budget.per_step_schedule
+                       else f"seed {seed} {phase} epoch {epoch + 1}, step {s + 1}/{spe}")
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
         if not budget.per_step_schedule:
             sched.step()
