@@ -105,7 +105,7 @@ class ClassifierTrainConfig:
     steps: int = field(0, min=0, help="optimizer-step budget: every training set gets exactly this many steps whatever "
                                       "its size, so arms compare data, not step counts (0: --epochs passes instead)")
     eval_every: int = field(0, min=0, help="with --steps: optimizer steps between validation scores and checkpoints "
-                                           "(0: one pass over the training set)")
+                                           "(0: one pass over the training set); without --steps every epoch is scored")
     precise_bn: int = field(0, min=0, help="before each validation: recompute BatchNorm running statistics over up to "
                                            "this many training images (0: off; running averages lag fast-moving weights)")
     checkpoint: str = field("best", choices=("best", "last"),
@@ -153,8 +153,6 @@ class ClassifierTrainConfig:
             raise ConfigError(f"classes must be at least 2 distinct names, got {self.classes}")
         if self.select_metric == "grade_mse" and self.task != "quality":
             raise ConfigError("select_metric grade_mse needs --task quality")
-        if self.eval_every and not self.steps:
-            raise ConfigError("--eval_every needs a step budget: set --steps too (or drop --eval_every)")
         if len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds must be distinct, got {self.seeds}")
         if self.image_size < min_image_size(self.arch):
