@@ -290,7 +290,7 @@ def run_epochs(accelerator, cfg: ClassifierTrainConfig, net: Classifier, trainab
             rec["best_epoch"] = best_epoch  # the round of the best validation score (an epoch without --steps)
             rec["best_step"] = min(best_epoch * budget.eval_every, budget.steps) if best_epoch > 0 else None
             append_jsonl(seed_dir / "stats.jsonl", rec)
-            log_metrics(accelerator, rec, f"{seed_dir.name}/{phase}", last)
+            log_metrics(accelerator, rec, f"{seed_dir.name}/{phase}", last if budget.per_step_schedule else r + 1)
             history.append(rec)
             if cfg.progress:
                 v = m.get(select)

@@ -119,7 +119,7 @@ def test_frozen_baseline_trains_through_classify_train(tiny_split, tmp_path):
     assert stats[1]["train_seconds"] < 0.5 * stats[0]["train_seconds"], stats
     assert stats[-1]["loss"] < stats[0]["loss"]
     summary = json.loads((run / "summary.json").read_text())
-    assert set(summary) == {"val", "test"}
+    assert set(summary) == {"val", "test", "training"} and summary["training"]["budget"] == "epochs"
     model, info = load_classifier(run)
     assert info["arch"] == "fid_inception_frozen"
     with torch.no_grad():
