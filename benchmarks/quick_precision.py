@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         record["runs"][name] = rec
         for ax, key in zip(axes[:2], ("loss", "mse")):
             y = _smooth(np.array([r[key] for r in rows]))
-            ax.plot(steps[len(steps) - len(y):], y, label=f"{name} (trained in {rec['precision']})")
+            ax.plot(steps[len(steps) - len(y):], y, label=f"{name} autocast" if name == "bf16" else name)
             ax.set_yscale("log")
             ax.set_xlabel("training step")
             ax.set_title(f"{key} (moving mean of 10 log points)", fontsize=10)
