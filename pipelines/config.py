@@ -66,6 +66,8 @@ class EvaluateConfig:
     membership: bool = field(False, help="privacy audit also runs the membership-inference attack on each DDPM")
     embed_args: list[str] = field(default_factory=list, help="extra evaluate/embed.py settings as key=value items")
     judge: bool = field(True, help="class fidelity: a judge classifier on the full real training split scores every synthetic set")
+    judge_arch: str = field("", help="architecture of the judge (empty: the first of classify.archs); its penultimate "
+                                     "features are the echo features of FID and the privacy audit")
     judge_args: list[str] = field(default_factory=lambda: ["balance=sampler"],
                                   help="extra classify/train.py settings of the judge as key=value items "
                                        "(empty + largest subset = full split: the real classifier is the judge)")

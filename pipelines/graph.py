@@ -164,11 +164,12 @@ class GraphBuilder:
 
         The largest real classifier is the judge when that subset is the whole split and no
         judge_args are set; otherwise `clf-judge-<arch>` trains one with judge_args."""
-        ev, arch = self.cfg.evaluate, self.cfg.classify.archs[0]
+        ev, arch = self.cfg.evaluate, self.cfg.evaluate.judge_arch or self.cfg.classify.archs[0]
         if not ev.judge:
             return None
         full, n = self.split_dir / "train.csv", self.cfg.dataset.subsets[-1]
-        if self.cfg.experiments.real and not ev.judge_args and self.train_manifest(n) == full:
+        if (self.cfg.experiments.real and not ev.judge_args and self.train_manifest(n) == full
+                and arch in self.cfg.classify.archs):
             return f"clf-real-n{n}-{arch}"
         if f"clf-judge-{arch}" not in {s.name for s in self.stages}:
             # one seed: evaluate/class_fidelity.py judges with the run's first seed
