@@ -300,7 +300,8 @@ def thesis_directions(study: Study, gates: dict[int, dict] | None = None,
     real, syn = _run(study, "real", subset=n, arch=a), _run(study, "synthetic", subset=n, arch=a, filtered=False)
     out = []
 
-    def row(direction: str, thesis: str, d: Diff | None, arms: list, want: str = "gain", extra: str = "") -> None:
+    def row(direction: str, thesis: str, d: Diff | None, arms: list, want: str = "gain", extra: str = "",
+            metric: str = "macro AUPRC") -> None:
         dead = not_evidence(Finding("", [], [r for r in arms if r]), {}, clf_gates)[1]
         if d is None:
             out.append((direction, "not run", f"thesis: {thesis}; the runs it needs are missing"))
@@ -310,13 +311,14 @@ def thesis_directions(study: Study, gates: dict[int, dict] | None = None,
         else:
             ok = d.verdict == want
             out.append((direction, "reproduced" if ok else "not reproduced",
-                        f"thesis: {thesis}; here {_what(d)} {d.text()}{extra}"))
+                        f"thesis: {thesis}; here {_what(d, metric)} {d.text()}{extra}"))
 
     row("synthetic-only vs real-only", "synthetic-only beat real-only at 1k real (VGG16 0.64 → 0.93)",
         compare_runs(real, syn) if real and syn else None, [real, syn])
     minority = _minority(study, n)
     row(f"minority-class recall ({', '.join(minority)})", "synthetic training raised A2C 0 → 0.83 and PSAX 0 → 0.77",
-        compare_recall(real, syn, minority) if real and syn and minority else None, [real, syn])
+        compare_recall(real, syn, minority) if real and syn and minority else None, [real, syn],
+        metric="mean recall of these classes")
     mix_runs = _runs(study, "mixing", subset=n, arch=a) if real else []
     mixes = [(r.meta["fraction"], compare_runs(real, r.run_dir), r.run_dir) for r in mix_runs]
     mixes = [(f, d, r) for f, d, r in mixes if d is not None]
