@@ -43,11 +43,13 @@ def autocast(device: torch.device | str, precision: str):
 COMPILE_MIN_CPU_EVALS = 20000  # model evaluations a CPU run must make before `auto` compiles (see docs/ddpm.md)
 
 
-def want_compile(setting: str | bool, device: torch.device | str, evals: int) -> tuple[bool, str]:
+def want_compile(setting: str | bool, device: torch.device | str, evals: int, training: bool = False) -> tuple[bool, str]:
     """(compile?, why) for a `compile` setting (auto/true/false) and a run of `evals` UNet evaluations per process.
 
-    `auto`: always on CUDA; on CPU only from COMPILE_MIN_CPU_EVALS evaluations, where the measured
-    gain (benchmarks/results/ddpm_precision.json) outweighs the one-off compile time.
+    `auto`: always on CUDA. On CPU, sampling compiles from COMPILE_MIN_CPU_EVALS evaluations (measured
+    break-even about 5,300: benchmarks/results/ddpm_compile_cpu.json); training never does, since a
+    compiled training step measured no faster than eager bf16 there (0.99×) after about 2 minutes of
+    compiling.
     """
     if setting is False or setting == "false":
         return False, "compile false"
@@ -55,6 +57,8 @@ def want_compile(setting: str | bool, device: torch.device | str, evals: int) ->
         return True, "compile true"
     if torch.device(device).type == "cuda":
         return True, "compile auto: CUDA"
+    if training:
+        return False, "compile auto: off for training on CPU (measured no faster than eager, benchmarks/results/ddpm_compile_cpu.json)"
     if evals >= COMPILE_MIN_CPU_EVALS:
         return True, f"compile auto: {evals} UNet evaluations on CPU (≥ {COMPILE_MIN_CPU_EVALS})"
     return False, f"compile auto: off, {evals} UNet evaluations on CPU are too few to amortise compiling (< {COMPILE_MIN_CPU_EVALS})"
@@ -94,7 +98,8 @@ class Compiled(torch.nn.Module):
             self._fall_back(e)
             return self.module(*args, **kwargs)
         self._warm = True
-        self._log(f"compile: warm-up (first call, compiling) took {time.perf_counter() - t0:.1f} s")
+        self._log(f"compile: warm-up (first call, compiling the forward) took {time.perf_counter() - t0:.1f} s"
+                  + ("; the backward compiles during the first backward()" if torch.is_grad_enabled() else ""))
         return out
 
     def __getattr__(self, name: str):

@@ -296,7 +296,7 @@ def train(cfg: TrainConfig, stop=None) -> Path:
         raw.to(memory_format=torch.channels_last)
     ema.model.to(device)
     model, opt = accelerator.prepare(raw, opt)
-    use_compile, compile_why = want_compile(cfg.compile, device, (cfg.steps - start) * accum)
+    use_compile, compile_why = want_compile(cfg.compile, device, (cfg.steps - start) * accum, training=True)
     if use_compile:  # falls back to eager with one warning; the warm-up (compiling) is logged with its time
         model = Compiled(model, log=log)
     diffusion = Diffusion(cfg.diffusion.num_timesteps, cfg.diffusion.schedule, cfg.diffusion.learn_sigma, cfg.diffusion.lambda_vlb)

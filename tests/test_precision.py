@@ -96,6 +96,8 @@ def test_bf16_hybrid_loss_terms_stay_near_fp32():
 def test_compile_decision_and_eager_fallback_warns_once():
     assert want_compile("auto", "cuda", 10)[0] and not want_compile("auto", "cpu", 100)[0]
     assert want_compile("auto", "cpu", 10**6)[0] and want_compile(True, "cpu", 1)[0] and not want_compile(False, "cuda", 10**6)[0]
+    assert not want_compile("auto", "cpu", 10**6, training=True)[0] and want_compile("auto", "cuda", 10, training=True)[0]
+    assert want_compile(True, "cpu", 1, training=True)[0]
     net = torch.nn.Linear(3, 2)
     logged: list[str] = []
     # a backend that cannot compile: the first call falls back to eager, with one warning and one log line
