@@ -18,7 +18,7 @@ from pathlib import Path
 from classify.configs import SPEC_DOC, ClassifierTrainConfig
 from gen.config import parse_config, run_script, to_dict
 from gen.io import read_json, write_json
-from gen.launcher import GracefulStop, Interrupted, resolve_precision, resume_command
+from gen.launcher import GracefulStop, Interrupted, resume_command
 from gen.rundir import check_resumable, init_run_dir, provenance, start_run
 from gen.tracking import accelerator_kwargs, start_trackers
 
@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     from classify.datasets import SpecError
     from classify.metrics import summarize_seeds
     from gen.data.manifest import ManifestError
+    from gen.hardware import resolve_for
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     except (SpecError, ManifestError, ValueError, FileNotFoundError) as e:
         sys.exit(f"classify/train.py: error: {e}")
     cuda = torch.cuda.is_available()
-    mp, mp_from = resolve_precision(cfg.mixed_precision, cuda, cuda and torch.cuda.is_bf16_supported())
+    mp, mp_from = resolve_for(cfg.mixed_precision, "cuda" if cuda else "cpu")
     accelerator = Accelerator(cpu=not cuda, mixed_precision=mp, **accelerator_kwargs(cfg.log_with, cfg.out))
     main_proc = accelerator.is_main_process
     config = to_dict(cfg)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shlex
 import signal
+import stat
 import sys
 from pathlib import Path
 
@@ -239,8 +240,6 @@ def _is_terminal_path(path: str) -> bool:
 
 
 def _is_pipe(stream) -> bool:
-    import stat
-
     try:
         return stat.S_ISFIFO(os.fstat(stream.fileno()).st_mode)
     except (AttributeError, OSError, ValueError):

@@ -39,9 +39,9 @@ from gen.data.dataset import ManifestDataset
 from gen.data.manifest import ManifestError, read_manifest
 from gen.diffusion import Diffusion
 from gen.ema import EMA
-from gen.hardware import Compiled, want_compile
+from gen.hardware import Compiled, resolve_for, want_compile
 from gen.io import append_jsonl, read_json, read_jsonl, write_json, write_text
-from gen.launcher import Interrupted, progress_wanted, resolve_precision, resume_command
+from gen.launcher import Interrupted, progress_wanted, resume_command
 from gen.model import build_model, count_params, preset_image_size
 from gen.rundir import check_resumable, init_run_dir, start_run
 from gen.runs import LoadedRun
@@ -231,7 +231,7 @@ def train(cfg: TrainConfig, stop=None) -> Path:
     if run is not None and (run / "config.json").is_file():
         check_resume_compatible(run, config, classes)
     cuda = torch.cuda.is_available()
-    mp, mp_from = resolve_precision(cfg.mixed_precision, cuda, cuda and torch.cuda.is_bf16_supported())
+    mp, mp_from = resolve_for(cfg.mixed_precision, "cuda" if cuda else "cpu")
     accelerator = Accelerator(cpu=not cuda, mixed_precision=mp, **accelerator_kwargs(cfg.log_with, cfg.out))
     if not cuda:
         torch.set_flush_denormal(True)  # denormal floats made CPU steps 5-20x slower in measurements
