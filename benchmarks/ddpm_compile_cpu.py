@@ -23,13 +23,14 @@ import time
 
 import numpy as np
 import torch
+from ddpm_precision import (
+    Arm,  # the same timed arm, run as a sibling script (benchmarks/ is on sys.path)
+)
 
 from gen.config import field, parse_config, to_dict
-from gen.diffusion import Diffusion
-from gen.hardware import COMPILE_MIN_CPU_EVALS, Compiled, autocast
+from gen.hardware import COMPILE_MIN_CPU_EVALS
 from gen.io import read_json, write_json
 from gen.launcher import NATIVE_BF16_FLAGS, cpu_flags
-from gen.model import ClassUNet
 from gen.rundir import cpu_name, package_versions
 
 
@@ -48,45 +49,12 @@ class CompileBenchConfig:
     out: str = field("benchmarks/results/ddpm_compile_cpu.json", help="output JSON")
 
 
-class Arm:
-    def __init__(self, cfg: CompileBenchConfig, compiled: bool, log) -> None:
-        torch.manual_seed(0)
-        self.model = ClassUNet(cfg.preset, cfg.image_size, 4, True)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
-        self.eval_model = ClassUNet(cfg.preset, cfg.image_size, 4, True).eval()
-        self.eval_model.load_state_dict(self.model.state_dict())
-        self.train_fn = Compiled(self.model, log) if compiled else self.model
-        self.sample_fn = Compiled(self.eval_model, log) if compiled else self.eval_model
-        self.diffusion = Diffusion(1000, "linear", True)
-        g = torch.Generator().manual_seed(0)
-        self.x0 = torch.rand(cfg.batch, 1, cfg.image_size, cfg.image_size, generator=g) * 2 - 1
-        self.y = torch.arange(cfg.batch) % 4
-        self.t = torch.randint(0, 1000, (cfg.batch,), generator=g)
-        self.noise = torch.randn(self.x0.shape, generator=g)
-
-    def train_step(self) -> float:
-        t0 = time.perf_counter()
-        x_t = self.diffusion.q_sample(self.x0, self.t, self.noise)
-        with autocast("cpu", "bf16"):
-            out = self.train_fn(x_t, self.t, self.y)
-        self.diffusion.losses(out.float(), self.x0, self.noise, self.t)["loss"].mean().backward()
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        return time.perf_counter() - t0
-
-    @torch.no_grad()
-    def sample_forward(self) -> float:
-        t0 = time.perf_counter()
-        with autocast("cpu", "bf16"):
-            self.sample_fn(self.x0, self.t, self.y).float()
-        return time.perf_counter() - t0
-
-
 def measure(cfg: CompileBenchConfig, record: dict) -> None:
     """The child: warm-ups, then interleaved rounds; the JSON is rewritten after every stage."""
     logs: list[str] = []
     record["compile_log"] = logs
-    eager, comp = Arm(cfg, False, logs.append), Arm(cfg, True, logs.append)
+    eager, comp = (Arm(cfg.preset, cfg.image_size, "bf16", compiled, cfg.batch, log=logs.append)
+                   for compiled in (False, True))
     eager.train_step(), eager.sample_forward()
     eager_train = float(np.median([eager.train_step() for _ in range(2)]))
     eager_sample = float(np.median([eager.sample_forward() for _ in range(2)]))

@@ -50,15 +50,15 @@ def _arm_name(precision: str, compiled: bool) -> str:
 class Arm:
     """One (precision, compile) setting over one UNet: a train step and a sampling forward, timed."""
 
-    def __init__(self, preset: str, size: int, precision: str, compiled: bool, batch: int) -> None:
+    def __init__(self, preset: str, size: int, precision: str, compiled: bool, batch: int, log=None) -> None:
         torch.manual_seed(0)
         self.model = ClassUNet(preset, size, 4, True)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
         self.precision, self.compiled = precision, compiled
-        self.train_fn = Compiled(self.model) if compiled else self.model
+        self.train_fn = Compiled(self.model, log) if compiled else self.model
         self.eval_model = ClassUNet(preset, size, 4, True).eval()
         self.eval_model.load_state_dict(self.model.state_dict())
-        self.sample_fn = Compiled(self.eval_model) if compiled else self.eval_model
+        self.sample_fn = Compiled(self.eval_model, log) if compiled else self.eval_model
         self.diffusion = Diffusion(1000, "linear", True)
         g = torch.Generator().manual_seed(0)
         self.x0 = torch.rand(batch, 1, size, size, generator=g) * 2 - 1
