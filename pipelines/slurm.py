@@ -481,8 +481,9 @@ def describe_request(job: SlurmJobConfig) -> str:
 def unrunnable(stages: list[Any], names: list[str], cfg: SlurmConfig, cluster: Cluster) -> list[str]:
     """One line per resource kind that the selected stages need and no node can satisfy."""
     by_kind: dict[str, list[str]] = {}
+    wanted = set(names)
     for s in stages:
-        if s.name in set(names):
+        if s.name in wanted:
             by_kind.setdefault(stage_kind(s), []).append(s.name)
     lines = []
     for kind, stage_names in by_kind.items():
