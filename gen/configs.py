@@ -16,7 +16,7 @@ from gen.tracking import LOG_WITH_HELP, TRACKERS, check_tracker
 # Names of gen.diffusion.BETA_SCHEDULES and of gen.sampling's samplers, kept here without torch
 # (tests/test_config.py checks they agree).
 SCHEDULES = ("linear", "cosine")
-SAMPLERS = ("ddpm", "ddim", "dpm++2m", "unipc")
+SAMPLERS = ("ddpm", "ddim", "dpm++2m", "dpm++2m-sde", "unipc")
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 PRECISION_HELP = "auto = bf16 on CUDA with bf16 and on CPUs with AMX/AVX512-BF16, fp32 elsewhere; an accelerate launch flag wins over auto"
 COMPILE_CHOICES = ("auto", True, False)
@@ -108,7 +108,7 @@ class SampleConfig:
     counts: str = cfg_field("", help="explicit counts instead, e.g. A2C=500,PSAX=300")
     steps: int = cfg_field(100, help="sampling steps (respaced chain)", min=1)
     sampler: str = cfg_field("ddpm", choices=SAMPLERS,
-                             help="ddpm (ancestral, learned variances), ddim, dpm++2m (DPM-Solver++ 2M) or unipc; the last three use ε only")
+                             help="ddpm (ancestral, learned variances), ddim, dpm++2m (DPM-Solver++ 2M), dpm++2m-sde (its stochastic form) or unipc; all but ddpm use ε only")
     eta: float = cfg_field(0.0, help="DDIM η (0 = deterministic)", min=0.0, max=1.0)
     guidance: float = cfg_field(1.0, help="classifier-free guidance scale w on ε (1 = conditional only)", min=0.0)
     spacing: str = cfg_field("linspace", help="which timesteps a short chain keeps", choices=("linspace", "leading"))

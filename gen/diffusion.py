@@ -238,13 +238,17 @@ class Diffusion:
 
 
 def make_scheduler(diffusion: Diffusion, sampler: str = "ddpm", spacing: str = "linspace"):
-    """The diffusers scheduler over the same β: DDPM (learned_range / fixed_small), DDIM, DPM-Solver++ (2M) or UniPC.
+    """The diffusers scheduler over the same β: DDPM (learned_range / fixed_small), DDIM, DPM-Solver++ (2M, ODE or SDE) or UniPC.
 
     All but `ddpm` take the ε half of the model output only (gen.sampling passes it): diffusers'
     multistep schedulers would slice `model_output[:, :3]` for learned variances, which is wrong
     for a 1-channel UNet. DPM-Solver++ 2M (Lu et al. 2022, Alg. 2, midpoint) and UniPC (bh2,
     Zhao et al. 2023) are second-order multistep solvers of the probability-flow ODE in x̂₀ form;
-    both end with a first-order step (to σ = 0), and neither draws noise.
+    both end with a first-order step (to σ = 0), and neither draws noise. `dpm++2m-sde` is
+    SDE-DPM-Solver++ 2M (Lu et al. 2022, §5; Gonzalez et al. 2023): the same data-prediction
+    multistep update with the exact noise of the variance-preserving SDE added each step, so
+    like ancestral sampling it can correct an imperfect model's errors; its noise is drawn from
+    each image's own generator (gen.sampling passes them).
     """
     from diffusers import (
         DDIMScheduler,
@@ -263,7 +267,10 @@ def make_scheduler(diffusion: Diffusion, sampler: str = "ddpm", spacing: str = "
     if sampler == "dpm++2m":
         return DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2, solver_type="midpoint",
                                            lower_order_final=True, final_sigmas_type="zero", **common)
+    if sampler == "dpm++2m-sde":
+        return DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++", solver_order=2, solver_type="midpoint",
+                                           lower_order_final=True, final_sigmas_type="zero", **common)
     if sampler == "unipc":
         return UniPCMultistepScheduler(solver_order=2, predict_x0=True, solver_type="bh2", lower_order_final=True,
                                        final_sigmas_type="zero", **common)
-    raise ValueError(f"unknown sampler {sampler!r}; use ddpm, ddim, dpm++2m or unipc")
+    raise ValueError(f"unknown sampler {sampler!r}; use ddpm, ddim, dpm++2m, dpm++2m-sde or unipc")

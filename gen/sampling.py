@@ -79,7 +79,7 @@ def sample_images(loaded_run, labels, seeds, steps: int = 100, sampler: str = "d
     """Sample one image per (label, seed) with a `steps`-evaluation chain; uint8 (N, H, W).
 
     `ddpm` is the ancestral sampler with learned variances over a respaced chain; `ddim`,
-    `dpm++2m` and `unipc` see only ε. The model runs under `precision`'s autocast (a resolved
+    `dpm++2m`, `dpm++2m-sde` and `unipc` see only ε. The model runs under `precision`'s autocast (a resolved
     value: no, bf16 or fp16); its output and the solver's arithmetic are float32.
     `on_step(images)` is called after every denoising step with the images' share of progress
     (the batch size / steps), so a caller's bar moves per step, not per batch."""
@@ -112,6 +112,8 @@ def sample_images(loaded_run, labels, seeds, steps: int = 100, sampler: str = "d
                 x = sched.step(mo, t, x, generator=gens).prev_sample
             elif sampler == "ddim":
                 x = sched.step(mo[:, :C], t, x, eta=eta, generator=gens).prev_sample
+            elif sampler == "dpm++2m-sde":  # ε only; per-image noise from each image's generator
+                x = sched.step(mo[:, :C].contiguous(), t, x, generator=gens).prev_sample
             else:  # deterministic ODE solvers: ε only (see gen.diffusion.make_scheduler)
                 x = sched.step(mo[:, :C].contiguous(), t, x).prev_sample
             if on_step is not None:

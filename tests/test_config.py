@@ -167,7 +167,7 @@ def test_torch_free_config_names_match_the_registries():
     from gen.diffusion import SCHEDULES as DIFFUSION_SCHEDULES
 
     assert set(SCHEDULES) == set(BETA_SCHEDULES) == set(DIFFUSION_SCHEDULES)
-    assert SAMPLERS == ("ddpm", "ddim", "dpm++2m", "unipc")  # the branches of gen.diffusion.make_scheduler
+    assert SAMPLERS == ("ddpm", "ddim", "dpm++2m", "dpm++2m-sde", "unipc")  # the branches of gen.diffusion.make_scheduler
     from gen.diffusion import Diffusion, make_scheduler
 
     for sampler in SAMPLERS:
