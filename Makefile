@@ -23,10 +23,6 @@ venv: $(STAMP)
 # load its TorchScript file and never import the package (its deps would pull torchvision).
 define install_into
 	@test -x $(1)/bin/python || $(PY) -m venv $(1)
-	@if $(1)/bin/python -m pip show -q evaluate >/dev/null 2>&1 && \
-	    ! $(1)/bin/python -m pip show evaluate 2>/dev/null | grep -q '^Name: echosynth'; then \
-	  echo "error: Hugging Face's 'evaluate' is installed in $(1); echosynth's top-level package"; \
-	  echo "       'evaluate' would collide with it. Use a separate environment (see README)."; exit 1; fi
 	{ echo "$(TORCH_PIN)"; $(2); } > $(1)/constraints.txt
 	$(1)/bin/python -m pip install -q -c $(1)/constraints.txt --upgrade pip
 	$(1)/bin/python -m pip install -q "$(TORCH_PIN)"

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gen.config import field, parse_config
-from gen.io import write_json
+from echosynth.gen.core.config import field, parse_config
+from echosynth.gen.core.io import write_json
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -3,10 +3,10 @@
     .venv/bin/python benchmarks/classify_precision.py                       # small_cnn and resnet18 at 32 px, batch 32
     .venv/bin/python benchmarks/classify_precision.py --archs small_cnn --rounds 2 --steps 1 --out /tmp/c.json
 
-Arms fp32 and bf16 (gen.hardware.autocast) of the same architecture run alternately (fp32, bf16, fp32, bf16 ...)
+Arms fp32 and bf16 (echosynth.gen.core.hardware.autocast) of the same architecture run alternately (fp32, bf16, fp32, bf16 ...)
 in `--rounds` rounds of `--steps` timed steps each, one torch thread by default; the ratio of a round is
 fp32 time / bf16 time of that round, and the reported ratio is the median over rounds (every round is in
-the JSON). The loss is computed on `.float()` logits, as classify/training.py does. Random inputs: model
+the JSON). The loss is computed on `.float()` logits, as classify/trainer.py does. Random inputs: model
 step only, no data loading. Records the CPU's bf16 flags, load average, torch version and date.
 Writes benchmarks/results/classify_precision.json.
 """
@@ -22,12 +22,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from classify.models import MODELS, build_classifier
-from gen.config import field, parse_config, to_dict
-from gen.hardware import autocast
-from gen.io import write_json
-from gen.launcher import NATIVE_BF16_FLAGS, cpu_flags
-from gen.rundir import cpu_name, package_versions
+from echosynth.classify.models import MODELS, build_classifier
+from echosynth.gen.core.config import field, parse_config, to_dict
+from echosynth.gen.core.hardware import autocast
+from echosynth.gen.core.io import write_json
+from echosynth.gen.core.launcher import NATIVE_BF16_FLAGS, cpu_flags
+from echosynth.gen.core.rundir import cpu_name, package_versions
 
 
 @dataclasses.dataclass

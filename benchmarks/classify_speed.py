@@ -11,9 +11,9 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from classify.models import MODELS, build_classifier, count_parameters
-from gen.config import field, parse_config
-from gen.io import write_json
+from echosynth.classify.models import MODELS, build_classifier, count_parameters
+from echosynth.gen.core.config import field, parse_config
+from echosynth.gen.core.io import write_json
 
 
 @dataclasses.dataclass
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     """Time every requested architecture and write the results."""
     import torch
 
-    from gen.rundir import hardware
+    from echosynth.gen.core.rundir import hardware
 
     cfg = parse_config(SpeedConfig, argv, description=__doc__.split("\n")[0])
     if cfg.threads:

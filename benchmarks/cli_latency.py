@@ -19,8 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from gen.io import write_json
-from gen.rundir import cpu_name
+from echosynth.gen.core.io import write_json
+from echosynth.gen.core.rundir import cpu_name
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = {

@@ -5,12 +5,12 @@
 
 The measurement runs in a subprocess killed after `--timeout_s`; if compiling does not finish in time the
 JSON says so (`finished: false`) with whatever was measured. Arms bf16 eager and bf16 compiled
-(gen.hardware.Compiled, as `compile: true` runs it), each on its own copy of the same UNet: a training step
+(echosynth.gen.core.hardware.Compiled, as `compile: true` runs it), each on its own copy of the same UNet: a training step
 (q_sample, forward under autocast, hybrid loss in fp32, backward, AdamW) and a no-grad sampling forward.
 Warm-up = first call of the compiled arm minus the eager arm's median. Then `--rounds` interleaved rounds
 (eager, compiled, eager, compiled ...); ratio per round = eager time / compiled time, median reported.
 Break-even = warm-up / (eager − compiled seconds per UNet evaluation), to compare with
-gen.hardware.COMPILE_MIN_CPU_EVALS. Writes benchmarks/results/ddpm_compile_cpu.json.
+echosynth.gen.core.hardware.COMPILE_MIN_CPU_EVALS. Writes benchmarks/results/ddpm_compile_cpu.json.
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from ddpm_precision import (
     Arm,  # the same timed arm, run as a sibling script (benchmarks/ is on sys.path)
 )
 
-from gen.config import field, parse_config, to_dict
-from gen.hardware import COMPILE_MIN_CPU_EVALS
-from gen.io import read_json, write_json
-from gen.launcher import NATIVE_BF16_FLAGS, cpu_flags
-from gen.rundir import cpu_name, package_versions
+from echosynth.gen.core.config import field, parse_config, to_dict
+from echosynth.gen.core.hardware import COMPILE_MIN_CPU_EVALS
+from echosynth.gen.core.io import read_json, write_json
+from echosynth.gen.core.launcher import NATIVE_BF16_FLAGS, cpu_flags
+from echosynth.gen.core.rundir import cpu_name, package_versions
 
 
 @dataclasses.dataclass

@@ -21,13 +21,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from gen.config import field, parse_config, to_dict
-from gen.diffusion import Diffusion
-from gen.hardware import Compiled, autocast
-from gen.io import write_json
-from gen.launcher import NATIVE_BF16_FLAGS, cpu_flags
-from gen.model import ClassUNet
-from gen.rundir import cpu_name, package_versions
+from echosynth.gen.core.config import field, parse_config, to_dict
+from echosynth.gen.core.hardware import Compiled, autocast
+from echosynth.gen.core.io import write_json
+from echosynth.gen.core.launcher import NATIVE_BF16_FLAGS, cpu_flags
+from echosynth.gen.core.rundir import cpu_name, package_versions
+from echosynth.gen.diffusion.process import Diffusion
+from echosynth.gen.diffusion.unet import ClassUNet
 
 ARMS = [("no", False), ("bf16", False), ("no", True), ("bf16", True)]  # (precision, compile)
 

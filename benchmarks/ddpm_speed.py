@@ -23,15 +23,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gen.config import field, parse_config, to_dict
-from gen.configs import COMPILE_CHOICES, PRECISIONS, SAMPLERS
-from gen.diffusion import Diffusion
-from gen.hardware import Compiled, autocast, resolve_for
-from gen.io import write_json
-from gen.model import PRESETS, ClassUNet, count_params
-from gen.rundir import package_versions
-from gen.runs import LoadedRun
-from gen.sampling import sample_images
+from echosynth.gen.core.config import field, parse_config, to_dict
+from echosynth.gen.core.hardware import Compiled, autocast, resolve_for
+from echosynth.gen.core.io import write_json
+from echosynth.gen.core.rundir import package_versions
+from echosynth.gen.diffusion.process import Diffusion
+from echosynth.gen.diffusion.settings import COMPILE_CHOICES, PRECISIONS, SAMPLERS
+from echosynth.gen.diffusion.synthesis import sample_images
+from echosynth.gen.diffusion.trained import LoadedRun
+from echosynth.gen.diffusion.unet import PRESETS, ClassUNet, count_params
 
 
 @dataclass

@@ -46,10 +46,10 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from gen.data import phantom
-from gen.data import phantom_overlay as ovl
-from gen.io import write_json
-from gen.rundir import cpu_name, load_average
+from echosynth.gen.core.io import write_json
+from echosynth.gen.core.rundir import cpu_name, load_average
+from echosynth.gen.data import phantom
+from echosynth.gen.data import phantom_overlay as ovl
 
 REPO = Path(__file__).resolve().parent.parent
 KINDS = ("mono", "rgb", "rle", "jpeg")

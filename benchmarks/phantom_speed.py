@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import scipy
 
-from gen.data import phantom
-from gen.io import write_json
-from gen.rundir import cpu_name, load_average
+from echosynth.gen.core.io import write_json
+from echosynth.gen.core.rundir import cpu_name, load_average
+from echosynth.gen.data import phantom
 
 
 def _render_chunk(args: tuple[list, int, int]) -> int:

@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from gen.config import field, parse_config
+from echosynth.gen.core.config import field, parse_config
 
 
 @dataclass
@@ -51,10 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
 
-    from evaluate.copy_detection import screen_candidates, tolerant_distance
-    from evaluate.neighbours import knn
-    from gen.io import write_json
-    from gen.rundir import hardware, package_versions
+    from echosynth.evaluate.copy_detection import screen_candidates, tolerant_distance
+    from echosynth.evaluate.neighbours import knn
+    from echosynth.gen.core.io import write_json
+    from echosynth.gen.core.rundir import hardware, package_versions
 
     rng = np.random.default_rng(cfg.seed)
     train = rng.integers(0, 256, (cfg.n_ref, cfg.size, cfg.size), dtype=np.uint8)

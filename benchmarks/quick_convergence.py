@@ -31,10 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-from gen.config import field, parse_config, to_dict
-from gen.configs import SAMPLERS
-from gen.io import read_json, read_jsonl, write_json
-from gen.rundir import cpu_name
+from echosynth.gen.core.config import field, parse_config, to_dict
+from echosynth.gen.core.io import read_json, read_jsonl, write_json
+from echosynth.gen.core.rundir import cpu_name
+from echosynth.gen.diffusion.settings import SAMPLERS
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -83,7 +83,7 @@ def check(proc: subprocess.Popen, log: Path) -> None:
 
 def prepare(cfg: ConvergenceConfig, work: Path) -> tuple[Path, Path]:
     """Phantom + split as the quick study makes them; the judge on the full training split."""
-    from gen.data.build import build_phantom, build_splits
+    from echosynth.gen.data.build import build_phantom, build_splits
 
     split = work / "data" / "split"
     if not (split / "splits.json").is_file():
@@ -132,14 +132,14 @@ def score_run(cfg: ConvergenceConfig, run_dir: Path, split: Path, judge_dir: Pat
     """Gate metrics of every kept checkpoint's samples (cached in RUN/convergence.json)."""
     import torch
 
-    from evaluate.class_fidelity import Judge, class_fidelity
-    from evaluate.features import build_extractor, run_extractor
-    from evaluate.metrics import fid, subsample
-    from evaluate.sector import sector_fidelity
-    from gen.checkpoint import list_checkpoints
-    from gen.data.image_sets import load_image_set
-    from gen.runs import load_run
-    from gen.sampling import image_seeds, plan_labels, sample_images, save_grid
+    from echosynth.evaluate.class_fidelity import Judge, class_fidelity
+    from echosynth.evaluate.features import build_extractor, run_extractor
+    from echosynth.evaluate.metrics import fid, subsample
+    from echosynth.evaluate.sector import sector_fidelity
+    from echosynth.gen.core.checkpoint import list_checkpoints
+    from echosynth.gen.data.image_sets import load_image_set
+    from echosynth.gen.diffusion.synthesis import image_seeds, plan_labels, sample_images, save_grid
+    from echosynth.gen.diffusion.trained import load_run
 
     torch.set_num_threads(1)
     key = {k: getattr(cfg, k) for k in ("per_class", "sampler", "sample_steps", "guidance")}

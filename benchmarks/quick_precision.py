@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gen.config import field, parse_config, to_dict
-from gen.io import read_json, read_jsonl, write_json
+from echosynth.gen.core.config import field, parse_config, to_dict
+from echosynth.gen.core.io import read_json, read_jsonl, write_json
 
 
 @dataclass

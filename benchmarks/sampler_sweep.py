@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from gen.config import field, parse_config, to_dict
-from gen.io import read_json, write_json
-from gen.launcher import cpu_flags
-from gen.rundir import cpu_name
+from echosynth.gen.core.config import field, parse_config, to_dict
+from echosynth.gen.core.io import read_json, write_json
+from echosynth.gen.core.launcher import cpu_flags
+from echosynth.gen.core.rundir import cpu_name
 
 # the reference (ddpm 1000) early, so that a cut-short sweep can still be judged against it
 DEFAULT_SETTINGS = ["ddpm:50", "dpm++2m:10", "dpm++2m:20", "unipc:10", "unipc:20", "ddpm:1000", "ddpm:250", "dpm++2m:5",
@@ -55,10 +55,10 @@ class SweepConfig:
 
 
 def _score(c: dict, imgs: np.ndarray, views: np.ndarray) -> dict:
-    from evaluate.class_fidelity import class_fidelity
-    from evaluate.features import run_extractor
-    from evaluate.metrics import fid, subsample
-    from evaluate.sector import outside_means
+    from echosynth.evaluate.class_fidelity import class_fidelity
+    from echosynth.evaluate.features import run_extractor
+    from echosynth.evaluate.metrics import fid, subsample
+    from echosynth.evaluate.sector import outside_means
 
     cf = class_fidelity(c["judge"], imgs, views, c["val"].images, c["val"].views, n_boot=200)
     f = run_extractor(c["echo"], imgs).astype(np.float64)
@@ -70,7 +70,7 @@ def _score(c: dict, imgs: np.ndarray, views: np.ndarray) -> dict:
 
 def _reference_band(c: dict, ref: dict, n_boot: int) -> dict:
     """95 % bootstrap band of the reference's FID/floor and outside mean (resampled images); the ratio's from class_fidelity."""
-    from evaluate.metrics import fid
+    from echosynth.evaluate.metrics import fid
 
     rng = np.random.default_rng(0)
     f, o, n = ref["_feats"], ref["_outside"], len(ref["_outside"])
@@ -102,7 +102,7 @@ TIMED = [("ddpm", 50, "no"), ("ddpm", 50, "bf16"), ("ddpm", 25, "bf16"), ("ddpm"
 
 def time_settings(loaded, cfg: SweepConfig) -> dict:
     """Seconds per image of a few settings on `timing_images` images, interleaved rounds, ratios to ddpm 50 fp32."""
-    from gen.sampling import image_seeds, sample_images
+    from echosynth.gen.diffusion.synthesis import image_seeds, sample_images
 
     labels = np.arange(cfg.timing_images) % len(loaded.classes)
     seeds = image_seeds(0, range(len(labels)))
@@ -157,13 +157,13 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(SweepConfig, argv, description=__doc__)
     import torch
 
-    from evaluate.class_fidelity import Judge
-    from evaluate.features import build_extractor, run_extractor
-    from evaluate.metrics import fid, subsample
-    from evaluate.sector import sector_mask
-    from gen.data.image_sets import load_image_set
-    from gen.runs import load_run
-    from gen.sampling import image_seeds, plan_labels, sample_images
+    from echosynth.evaluate.class_fidelity import Judge
+    from echosynth.evaluate.features import build_extractor, run_extractor
+    from echosynth.evaluate.metrics import fid, subsample
+    from echosynth.evaluate.sector import sector_mask
+    from echosynth.gen.data.image_sets import load_image_set
+    from echosynth.gen.diffusion.synthesis import image_seeds, plan_labels, sample_images
+    from echosynth.gen.diffusion.trained import load_run
 
     work, run = Path(cfg.work), Path(cfg.run)
     split = work / "data" / "split"

@@ -19,9 +19,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from evaluate.gate import GateConfig, gate_verdict
-from gen.config import field, parse_config, to_dict
-from gen.io import read_json, write_json
+from echosynth.evaluate.gate import GateConfig, gate_verdict
+from echosynth.gen.core.config import field, parse_config, to_dict
+from echosynth.gen.core.io import read_json, write_json
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_TARGETS = GateConfig(min_class_ratio=0.8, max_fid_over_floor=3.0, outside_factor=1.0, outside_margin=5.0)

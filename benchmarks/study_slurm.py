@@ -26,9 +26,9 @@ from pathlib import Path
 
 import yaml
 
-from gen.io import write_json
-from gen.rundir import cpu_name
-from pipelines.config import SLURM_KINDS
+from echosynth.gen.core.io import write_json
+from echosynth.gen.core.rundir import cpu_name
+from echosynth.pipelines.config import SLURM_KINDS
 
 REPO = Path(__file__).resolve().parent.parent
 

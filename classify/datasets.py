@@ -1,6 +1,6 @@
 """Classifier training sets, built by a SPEC string from the data layer's image sets (gen/data/image_sets.py).
 
-The SPEC grammar is `classify.configs.SPEC_DOC` (shown by `classify/train.py --help`).
+The SPEC grammar is `echosynth.classify.settings.SPEC_DOC` (shown by `classify/train.py --help`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gen.data.image_sets import ImageSet, ManifestRef, load_image_set
+from echosynth.gen.data.image_sets import ImageSet, ManifestRef, load_image_set
 
 KINDS = ("real", "synthetic", "mixed", "upsampled", "smote")
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from gen.io import sha1_file
+from echosynth.gen.core.io import sha1_file
 
 INCEPTION_SIZE = 299
 DEFAULT_INCEPTION_FILE = "default_1.pt"

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from classify.classifier import Classifier
-from classify.fid_inception import FidInception
+from echosynth.classify.classifier import Classifier
+from echosynth.classify.fid_inception import FidInception
 
 FEATURE_DIM = 2048
 MLP_WIDTH = 512

@@ -23,7 +23,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from gen.io import atomic_path
+from echosynth.gen.core.io import atomic_path
 
 SCALAR_METRICS = ("macro_auprc", "macro_f1", "balanced_accuracy", "roc_auc", "accuracy", "top_prediction_share",
                   "video_accuracy", "grade_mse", "grade_mae", "grade_spearman")

@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from classify.classifier import Classifier
-from classify.configs import inception_min_size, min_image_size
-from classify.frozen_features import FrozenInception
-from gen.io import read_json
+from echosynth.classify.classifier import Classifier
+from echosynth.classify.frozen_features import FrozenInception
+from echosynth.classify.settings import inception_min_size, min_image_size
+from echosynth.gen.core.io import read_json
 
 # ----------------------------------------------------------------------------------------------
 # Shared initialisation (the base class, Classifier, is in classify/classifier.py)

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gen.config import ConfigError, field, parse_config, run_script
-from gen.configs import PRECISION_HELP, PRECISIONS
-from gen.data.manifest import ManifestError, load_gray, read_manifest
-from gen.io import atomic_path
+from echosynth.gen.core.config import ConfigError, field, parse_config, run_script
+from echosynth.gen.core.io import atomic_path
+from echosynth.gen.data.manifest import ManifestError, load_gray, read_manifest
+from echosynth.gen.diffusion.settings import PRECISION_HELP, PRECISIONS
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -78,7 +78,7 @@ def predict_images(model, info: dict, files: list[Path], batch: int = 256, worke
     """
     import torch
 
-    from gen.hardware import autocast
+    from echosynth.gen.core.hardware import autocast
 
     size, classes = info["image_size"], info["classes"]
     device = next(model.parameters()).device
@@ -117,8 +117,8 @@ def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(PredictConfig, argv, description=__doc__.split("\n")[0])
     import torch  # after parsing: --help and config errors answer without it
 
-    from classify.models import load_classifier
-    from gen.hardware import resolve_for
+    from echosynth.classify.models import load_classifier
+    from echosynth.gen.core.hardware import resolve_for
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     try:

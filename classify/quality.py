@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from gen.data.image_sets import ImageSet
+from echosynth.gen.data.image_sets import ImageSet
 
 
 def grade_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

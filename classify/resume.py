@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from gen.checkpoint import (
+from echosynth.gen.core.checkpoint import (
     CheckpointError,
     clean_stale_temp,
     load_tensors,
@@ -26,8 +26,8 @@ from gen.checkpoint import (
     set_rng_states,
     verify_checkpoint,
 )
-from gen.io import atomic_dir, read_json, read_jsonl, write_json, write_text
-from gen.launcher import Interrupted, active_stop
+from echosynth.gen.core.io import atomic_dir, read_json, read_jsonl, write_json, write_text
+from echosynth.gen.core.launcher import Interrupted, active_stop
 
 _EPOCH_RE = re.compile(r"^epoch-(?P<phase>[a-z]+)-(?P<epoch>\d{4})$")
 FILES = ("model.safetensors", "optimizer.safetensors", "optimizer.json", "scheduler.json", "state.json")
@@ -96,7 +96,7 @@ def load_epoch_state(seed_dir: Path, phase: str, net: torch.nn.Module, opt, sche
 
 
 def check_stop(accelerator, where: str) -> None:
-    """Raise gen.launcher.Interrupted on every process once any of them got SIGINT/SIGTERM (call between steps)."""
+    """Raise echosynth.gen.core.launcher.Interrupted on every process once any of them got SIGINT/SIGTERM (call between steps)."""
     stop = active_stop()
     if stop is None:
         return

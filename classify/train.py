@@ -15,22 +15,27 @@ import os
 import sys
 from pathlib import Path
 
-from classify.configs import SPEC_DOC, ClassifierTrainConfig
-from gen.config import parse_config, run_script, to_dict
-from gen.io import read_json, write_json
-from gen.launcher import GracefulStop, Interrupted, resume_command
-from gen.rundir import check_resumable, init_run_dir, provenance, start_run
-from gen.tracking import accelerator_kwargs, start_trackers
+from echosynth.classify.settings import SPEC_DOC, ClassifierTrainConfig
+from echosynth.gen.core.config import parse_config, run_script, to_dict
+from echosynth.gen.core.io import read_json, write_json
+from echosynth.gen.core.launcher import GracefulStop, Interrupted, resume_command
+from echosynth.gen.core.rundir import check_resumable, init_run_dir, provenance, start_run
+from echosynth.gen.core.tracking import accelerator_kwargs, start_trackers
 
 # torch, the image sets and the models are imported after parsing, so --help and config errors answer fast
 
 
 def load_data(cfg: ClassifierTrainConfig):
     """Training set and evaluation sets (val first), checked for class coverage and patient leakage."""
-    from classify.datasets import build_training_set, check_no_leakage, parse_eval_arg, parse_spec
-    from classify.quality import check_grades
-    from gen.data.image_sets import ManifestRef, load_image_set
-    from gen.data.manifest import verify_manifest
+    from echosynth.classify.datasets import (
+        build_training_set,
+        check_no_leakage,
+        parse_eval_arg,
+        parse_spec,
+    )
+    from echosynth.classify.quality import check_grades
+    from echosynth.gen.data.image_sets import ManifestRef, load_image_set
+    from echosynth.gen.data.manifest import verify_manifest
 
     spec = parse_spec(cfg.train)
     if cfg.verify:  # before anything is decoded: a changed file is named by its manifest line
@@ -103,10 +108,10 @@ def main(argv: list[str] | None = None) -> None:
     from accelerate import Accelerator
     from accelerate.utils import broadcast_object_list
 
-    from classify.datasets import SpecError
-    from classify.metrics import summarize_seeds
-    from gen.data.manifest import ManifestError
-    from gen.hardware import resolve_for
+    from echosynth.classify.datasets import SpecError
+    from echosynth.classify.metrics import summarize_seeds
+    from echosynth.gen.core.hardware import resolve_for
+    from echosynth.gen.data.manifest import ManifestError
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -180,7 +185,7 @@ def training_summary(per_seed: list[dict]) -> dict:
 
 def _train_seed_or_stop(run: Path, *args):
     """train_seed; on Ctrl-C/SIGTERM, Interrupted carrying the command that continues this run."""
-    from classify.training import train_seed
+    from echosynth.classify.trainer import train_seed
 
     try:
         return train_seed(*args)

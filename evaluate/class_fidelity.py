@@ -24,9 +24,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from classify.models import load_classifier
-from evaluate.features import Extractor, run_extractor
-from gen.sampling import make_grid
+from echosynth.classify.models import load_classifier
+from echosynth.evaluate.features import Extractor, run_extractor
+from echosynth.gen.diffusion.synthesis import make_grid
 
 CI_LEVEL = 0.95
 

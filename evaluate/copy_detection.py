@@ -2,7 +2,7 @@
 
 Spaces (all against the training set):
 
-- pixel L2 on [0, 1] (`dcr_pixel_l2`): exact, chunked (`evaluate.neighbours.knn`); its 50 nearest give
+- pixel L2 on [0, 1] (`dcr_pixel_l2`): exact, chunked (`echosynth.evaluate.neighbours.knn`); its 50 nearest give
   the nearest-neighbour distance ratio and the Carlini et al. (2023) criterion;
 - tolerant pixel distance (`dcr_pixel`, the one that flags): min over translations
   |dy|, |dx| ≤ `max_shift` of √(2 − 2ρ), ρ the Pearson correlation of the overlapping pixels, so
@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from evaluate.neighbours import knn
+from echosynth.evaluate.neighbours import knn
 
 
 @dataclass

@@ -13,7 +13,7 @@ import os
 import numpy as np
 import torch
 
-from evaluate.metrics import FeatureStats
+from echosynth.evaluate.metrics import FeatureStats
 
 
 class Dist:

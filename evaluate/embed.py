@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from gen.config import ConfigError, build, field, parse_config, run_script, to_dict
-from gen.io import atomic_path, write_json
-from gen.launcher import progress_wanted
-from gen.rundir import init_run_dir
+from echosynth.gen.core.config import ConfigError, build, field, parse_config, run_script, to_dict
+from echosynth.gen.core.io import atomic_path, write_json
+from echosynth.gen.core.launcher import progress_wanted
+from echosynth.gen.core.rundir import init_run_dir
 
 # torch, pandas, sklearn and matplotlib modules are imported in the functions that use them, so
 # --help and config errors answer without them
@@ -95,12 +95,12 @@ def embed(cfg: EmbedConfig | None = None, **overrides) -> dict:
     """Compute the embeddings, write OUT/embedding.csv, the PNGs and OUT/embed.json; return the summary."""
     import pandas as pd
 
-    from evaluate.distributed import resolve_device
-    from evaluate.features import build_extractor, features_for
-    from evaluate.image_sets import check_same_size
-    from evaluate.metrics import subsample
-    from evaluate.plots import density_panels, scatter
-    from gen.data.image_sets import load_image_set
+    from echosynth.evaluate.distributed import resolve_device
+    from echosynth.evaluate.features import build_extractor, features_for
+    from echosynth.evaluate.image_sets import check_same_size
+    from echosynth.evaluate.metrics import subsample
+    from echosynth.evaluate.plots import density_panels, scatter
+    from echosynth.gen.data.image_sets import load_image_set
 
     cfg = build(EmbedConfig, overrides=overrides) if cfg is None else cfg
     device = resolve_device(cfg.device)
@@ -150,7 +150,7 @@ def embed(cfg: EmbedConfig | None = None, **overrides) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(EmbedConfig, argv, description=__doc__)
-    from evaluate.features import FeatureError
+    from echosynth.evaluate.features import FeatureError
 
     try:
         summary = embed(cfg)

@@ -23,13 +23,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from classify.fid_inception import (  # FeatureError: evaluate's callers catch it from here
+from echosynth.classify.fid_inception import (  # FeatureError: evaluate's callers catch it from here
     FeatureError,
     FidInception,
 )
-from classify.models import load_classifier
-from gen.hardware import autocast
-from gen.io import sha1_file, write_bytes
+from echosynth.classify.models import load_classifier
+from echosynth.gen.core.hardware import autocast
+from echosynth.gen.core.io import sha1_file, write_bytes
 
 # ----------------------------------------------------------------------------------------------
 # Extractors: callables on float images N×1×S×S in [-1, 1] returning N×D
@@ -79,7 +79,7 @@ EXTRACTORS: dict[str, Callable[..., Extractor]] = {
 
 def build_extractor(name: str, device: str | torch.device = "cpu", precision: str = "no", **options) -> Extractor:
     """Build a registered extractor (options: inception_weights, classifier, classifier_which) on `device`,
-    running in a resolved `precision` (no, bf16, fp16; see gen.hardware.resolve_for)."""
+    running in a resolved `precision` (no, bf16, fp16; see echosynth.gen.core.hardware.resolve_for)."""
     if name not in EXTRACTORS:
         raise FeatureError(f"unknown feature extractor {name!r}; choose from {', '.join(EXTRACTORS)}")
     ex = EXTRACTORS[name](**options).to(device).eval()

@@ -22,13 +22,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from evaluate.gate import GateConfig, gate_verdict
-from evaluate.sector import sector_fidelity
-from gen.config import ConfigError, build, field, parse_config, run_script, to_dict
-from gen.configs import PRECISION_HELP, PRECISIONS, SAMPLERS
-from gen.io import save_png, write_bytes, write_json
-from gen.launcher import progress_wanted
-from gen.rundir import init_run_dir
+from echosynth.evaluate.gate import GateConfig, gate_verdict
+from echosynth.evaluate.sector import sector_fidelity
+from echosynth.gen.core.config import ConfigError, build, field, parse_config, run_script, to_dict
+from echosynth.gen.core.io import save_png, write_bytes, write_json
+from echosynth.gen.core.launcher import progress_wanted
+from echosynth.gen.core.rundir import init_run_dir
+from echosynth.gen.diffusion.settings import PRECISION_HELP, PRECISIONS, SAMPLERS
 
 # torch, pandas and matplotlib modules are imported in the functions that use them, so --help and
 # config errors answer without them
@@ -112,11 +112,11 @@ def default_holdout(real: str) -> str:
 
 def compute_fidelity(cfg: FidelityConfig | None = None, **overrides) -> dict:
     """Score a synthetic set (and/or a run's checkpoints); write OUT/fidelity.json and the curves; return the result."""
-    from evaluate import scoring
-    from evaluate.distributed import Dist
-    from evaluate.features import build_extractor
-    from evaluate.image_sets import check_same_size
-    from gen.data.image_sets import load_image_set
+    from echosynth.evaluate import scoring
+    from echosynth.evaluate.distributed import Dist
+    from echosynth.evaluate.features import build_extractor
+    from echosynth.evaluate.image_sets import check_same_size
+    from echosynth.gen.data.image_sets import load_image_set
 
     cfg = build(FidelityConfig, overrides=overrides) if cfg is None else cfg
     dist = Dist(cfg.device)
@@ -141,10 +141,10 @@ def compute_fidelity(cfg: FidelityConfig | None = None, **overrides) -> dict:
             "max_manifold": cfg.max_manifold, "device": str(dist.device)}
     judge = None
     if cfg.judge and "fake" in sets and dist.is_main:  # load before the slow part: a bad run fails at once
-        from evaluate.class_fidelity import Judge
+        from echosynth.evaluate.class_fidelity import Judge
 
         judge = Judge.load(cfg.judge, cfg.judge_which, str(dist.device))
-    from gen.hardware import resolve_for  # loads torch
+    from echosynth.gen.core.hardware import resolve_for  # loads torch
 
     mp, mp_from = resolve_for(cfg.mixed_precision, dist.device)
     extractors = {name: build_extractor(name, dist.device, mp, inception_weights=cfg.inception_weights or None,
@@ -186,7 +186,7 @@ def compute_fidelity(cfg: FidelityConfig | None = None, **overrides) -> dict:
 
 def _class_and_sector(cfg: FidelityConfig, sets, result: dict, judge) -> bytes:
     """Class fidelity (with a judge) and sector fidelity into `result`; the per-class grid PNG."""
-    from evaluate.class_fidelity import class_fidelity, class_grid
+    from echosynth.evaluate.class_fidelity import class_fidelity, class_grid
 
     fake, real, holdout = sets["fake"], sets["real"], sets.get("holdout")
     if cfg.sector:
@@ -203,8 +203,8 @@ def _class_and_sector(cfg: FidelityConfig, sets, result: dict, judge) -> bytes:
 
 
 def _checkpoint_curve(cfg: FidelityConfig, sets, feats, extractors, dist, progress):
-    from evaluate import scoring
-    from gen.checkpoint import list_checkpoints
+    from echosynth.evaluate import scoring
+    from echosynth.gen.core.checkpoint import list_checkpoints
 
     kept = list_checkpoints(cfg.run)
     if not kept:
@@ -226,7 +226,7 @@ def _checkpoint_curve(cfg: FidelityConfig, sets, feats, extractors, dist, progre
 
 
 def _torch_fidelity(extractors, sets, cfg: FidelityConfig, ours: dict) -> dict:
-    from evaluate.torch_fidelity_backend import torch_fidelity_metrics
+    from echosynth.evaluate.torch_fidelity_backend import torch_fidelity_metrics
 
     out = {}
     for name, ex in extractors.items():
@@ -241,8 +241,8 @@ def _torch_fidelity(extractors, sets, cfg: FidelityConfig, ours: dict) -> dict:
 
 
 def _write_outputs(out: Path, result: dict, strip, grid: bytes | None = None) -> None:
-    from evaluate.plots import line_plot
-    from gen.sampling import make_grid
+    from echosynth.evaluate.plots import line_plot
+    from echosynth.gen.diffusion.synthesis import make_grid
 
     curves = result["curves"]
     floors = {k: (m["overall"].get("floor") or {}).get("fid") for k, m in result["metrics"].items()}
@@ -295,8 +295,8 @@ def _fmt(v) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(FidelityConfig, argv, description=__doc__)
-    from evaluate.features import FeatureError
-    from evaluate.torch_fidelity_backend import BackendError
+    from echosynth.evaluate.features import FeatureError
+    from echosynth.evaluate.torch_fidelity_backend import BackendError
 
     try:
         result = compute_fidelity(cfg)

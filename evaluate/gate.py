@@ -17,7 +17,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from gen.config import field
+from echosynth.gen.core.config import field
 
 
 @dataclass

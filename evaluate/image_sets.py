@@ -6,7 +6,7 @@ feature, so they need one image size, which `--size N` sets.
 
 from __future__ import annotations
 
-from gen.data.image_sets import ImageSet
+from echosynth.gen.data.image_sets import ImageSet
 
 
 def check_same_size(**sets: ImageSet) -> int:

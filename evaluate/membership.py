@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from evaluate.metrics import subsample
-from gen.data.image_sets import ImageSet
+from echosynth.evaluate.metrics import subsample
+from echosynth.gen.data.image_sets import ImageSet
 
 
 def _noise(seed: int, index: int, shape: tuple[int, ...]) -> torch.Tensor:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from evaluate.neighbours import knn, knn_radius_counts
+from echosynth.evaluate.neighbours import knn, knn_radius_counts
 
 # ----------------------------------------------------------------------------------------------
 # Moments

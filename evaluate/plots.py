@@ -11,8 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from gen.data.manifest import sort_views  # noqa: E402
-from gen.io import save_png, write_bytes  # noqa: E402
+from echosynth.gen.core.io import save_png, write_bytes  # noqa: E402
+from echosynth.gen.data.manifest import sort_views  # noqa: E402
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> None:

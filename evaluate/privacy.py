@@ -17,12 +17,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from evaluate.fidelity import default_holdout
-from gen.config import ConfigError, build, field, parse_config, run_script, to_dict
-from gen.configs import PRECISION_HELP, PRECISIONS
-from gen.io import atomic_path, write_json
-from gen.launcher import progress_wanted
-from gen.rundir import init_run_dir
+from echosynth.evaluate.fidelity import default_holdout
+from echosynth.gen.core.config import ConfigError, build, field, parse_config, run_script, to_dict
+from echosynth.gen.core.io import atomic_path, write_json
+from echosynth.gen.core.launcher import progress_wanted
+from echosynth.gen.core.rundir import init_run_dir
+from echosynth.gen.diffusion.settings import PRECISION_HELP, PRECISIONS
 
 # torch, pandas and matplotlib modules are imported in the functions that use them, so --help and
 # config errors answer without them
@@ -76,10 +76,10 @@ def audit(cfg: PrivacyConfig | None = None, **overrides) -> dict:
     """Run the privacy audit; write OUT/privacy.json and its figures (and the filtered set); return the result."""
     import numpy as np
 
-    from evaluate import copy_detection
-    from evaluate.distributed import resolve_device
-    from evaluate.image_sets import check_same_size
-    from gen.data.image_sets import load_image_set, write_sample_dir
+    from echosynth.evaluate import copy_detection
+    from echosynth.evaluate.distributed import resolve_device
+    from echosynth.evaluate.image_sets import check_same_size
+    from echosynth.gen.data.image_sets import load_image_set, write_sample_dir
 
     cfg = build(PrivacyConfig, overrides=overrides) if cfg is None else cfg
     device = resolve_device(cfg.device)
@@ -139,8 +139,8 @@ def audit(cfg: PrivacyConfig | None = None, **overrides) -> dict:
 
 
 def _echo_features(cfg: PrivacyConfig, sets: dict, device: str, progress: bool) -> dict:
-    from evaluate.features import build_extractor, features_for
-    from gen.hardware import resolve_for
+    from echosynth.evaluate.features import build_extractor, features_for
+    from echosynth.gen.core.hardware import resolve_for
 
     ex = build_extractor("echo", device, resolve_for(cfg.mixed_precision, device)[0], classifier=cfg.classifier,
                          classifier_which=cfg.classifier_which)
@@ -181,7 +181,7 @@ def _write_nearest_csv(path: Path, fake, train, nb, sc: dict, flags: dict) -> No
 def _figures(out: Path, cfg: PrivacyConfig, fake, train, nb, sc: dict, tau: dict, flags: dict) -> None:
     import numpy as np
 
-    from evaluate.plots import distance_histogram, pair_grid
+    from echosynth.evaluate.plots import distance_histogram, pair_grid
 
     labels = {"pixel": "shift/intensity-tolerant pixel distance √(2−2ρ)", "pixel_l2": "pixel L2 distance on [0, 1]",
               "feature": "echo-feature cosine distance"}
@@ -201,9 +201,9 @@ def _figures(out: Path, cfg: PrivacyConfig, fake, train, nb, sc: dict, tau: dict
 
 
 def _membership(cfg: PrivacyConfig, train, holdout, device: str, progress: bool, out: Path) -> dict:
-    from evaluate.membership import loss_threshold_attack
-    from evaluate.plots import distance_histogram
-    from gen.runs import load_run
+    from echosynth.evaluate.membership import loss_threshold_attack
+    from echosynth.evaluate.plots import distance_histogram
+    from echosynth.gen.diffusion.trained import load_run
 
     run = load_run(cfg.run, checkpoint=cfg.mia_weights, step=cfg.mia_step or None, device=device)
     res = loss_threshold_attack(run, train, holdout, timesteps=cfg.mia_timesteps, max_images=cfg.mia_max, seed=cfg.seed,
@@ -216,7 +216,7 @@ def _membership(cfg: PrivacyConfig, train, holdout, device: str, progress: bool,
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(PrivacyConfig, argv, description=__doc__)
-    from evaluate.features import FeatureError
+    from echosynth.evaluate.features import FeatureError
 
     try:
         r = audit(cfg)

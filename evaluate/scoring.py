@@ -13,12 +13,25 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from evaluate.distributed import Dist
-from evaluate.features import Extractor, check_size, load_cached, run_extractor, save_cached
-from evaluate.metrics import FeatureStats, all_metrics, fid, fid_from_stats, kid, subsample
-from gen.data.image_sets import ImageSet
-from gen.runs import load_run
-from gen.sampling import image_seeds, plan_labels, sample_images
+from echosynth.evaluate.distributed import Dist
+from echosynth.evaluate.features import (
+    Extractor,
+    check_size,
+    load_cached,
+    run_extractor,
+    save_cached,
+)
+from echosynth.evaluate.metrics import (
+    FeatureStats,
+    all_metrics,
+    fid,
+    fid_from_stats,
+    kid,
+    subsample,
+)
+from echosynth.gen.data.image_sets import ImageSet
+from echosynth.gen.diffusion.synthesis import image_seeds, plan_labels, sample_images
+from echosynth.gen.diffusion.trained import load_run
 
 THESIS_CURVE_SIZES = (1000, 2000, 4000, 6000, 8000, 10000, 15000, 20000, 30000, 40000, 50000)  # Fig 5.1
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from evaluate.features import Extractor
+from echosynth.evaluate.features import Extractor
 
 INSTALL_HELP = (
     "torch-fidelity cannot be imported here{why}. It needs torchvision, which does not work beside the "

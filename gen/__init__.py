@@ -1,5 +1,2 @@
-"""echosynth's base layer: data, run directories, configs, diffusion maths, UNet, training, sampling."""
-
-from gen._guard import check_evaluate_name_clash
-
-check_evaluate_name_clash()
+"""echosynth.gen: the foundation (core/), the data layer (data/) and the diffusion model (diffusion/),
+with the scripts prepare.py, train.py, sample.py and export.py. See docs/architecture.md."""

@@ -18,9 +18,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from gen.config import ConfigError, parse_config, run_script
-from gen.config import field as cfg_field
-from gen.io import check_writable_output, temp_dir, write_json, write_text
+from echosynth.gen.core.config import ConfigError, parse_config, run_script
+from echosynth.gen.core.config import field as cfg_field
+from echosynth.gen.core.io import check_writable_output, temp_dir, write_json, write_text
 
 
 @dataclass
@@ -44,7 +44,7 @@ def training_data(cfg) -> dict:
     """Manifest, split, subset and per-class image counts of a run's training data (counts None if it is gone)."""
     info = {"manifest": cfg.data, "split": cfg.split or "all", "subset": cfg.subset or "all", "class_counts": None}
     try:
-        from gen.data.manifest import read_manifest  # here: --help answers without pandas
+        from echosynth.gen.data.manifest import read_manifest  # here: --help answers without pandas
 
         m = read_manifest(cfg.data).filter(split=cfg.split or None, subset=cfg.subset or None)
         info["class_counts"] = {str(k): int(v) for k, v in m.df["view"].value_counts().sort_index().items()}
@@ -106,7 +106,7 @@ with torch.no_grad():
 images = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 ```
 
-With a per-image generator seeded as echosynth seeds image i (`gen.sampling.image_seeds`),
+With a per-image generator seeded as echosynth seeds image i (`echosynth.gen.diffusion.synthesis.image_seeds`),
 this reproduces `gen/sample.py`'s images. The scheduler clips x̂₀ to [−1, 1]
 (improved DDPM's `clip_denoised`), as echosynth does.
 """
@@ -115,8 +115,8 @@ this reproduces `gen/sample.py`'s images. The scheduler clips x̂₀ to [−1, 1
 def export(cfg: ExportConfig) -> Path:
     """Write the diffusers folder for cfg.run into cfg.out (assembled in a temporary directory, then renamed)."""
     # here, not at the top: --help and config errors answer without torch
-    from gen.diffusion import make_scheduler
-    from gen.runs import load_run
+    from echosynth.gen.diffusion.process import make_scheduler
+    from echosynth.gen.diffusion.trained import load_run
 
     out = check_writable_output(cfg.out, cfg.overwrite)
     loaded = load_run(cfg.run, cfg.checkpoint, cfg.step or None)

@@ -11,8 +11,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from gen.config import ConfigError, field, parse_config, run_script
-from gen.launcher import progress_wanted
+from echosynth.gen.core.config import ConfigError, field, parse_config, run_script
+from echosynth.gen.core.launcher import progress_wanted
 
 COMMANDS = ("phantom", "split", "import")
 
@@ -66,7 +66,7 @@ class PrepareConfig:
             raise ConfigError("import needs a FORMAT and --src PATH, e.g. `prepare.py import tmed2 --src /data/TMED2 --out DIR`")
         if self.command == "import":
             # here: only `import` pays for pandas and the readers
-            from gen.data.importers import FORMATS
+            from echosynth.gen.data.importers import FORMATS
 
             if self.format not in FORMATS:
                 raise ConfigError(f"format: {self.format!r} is not one of {', '.join(FORMATS)}")
@@ -75,9 +75,9 @@ class PrepareConfig:
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(PrepareConfig, argv, description=__doc__, positional=("command", "format"))
     # after parsing: --help and config errors answer without pandas and scipy
-    from gen.data.build import build_phantom, build_splits, print_summary
-    from gen.data.importers import run_import
-    from gen.data.manifest import read_manifest
+    from echosynth.gen.data.build import build_phantom, build_splits, print_summary
+    from echosynth.gen.data.importers import run_import
+    from echosynth.gen.data.manifest import read_manifest
 
     try:
         if cfg.command == "phantom":

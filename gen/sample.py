@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import sys
 
-from gen.config import ConfigError, parse_config, run_script
-from gen.configs import SampleConfig
+from echosynth.gen.core.config import ConfigError, parse_config, run_script
+from echosynth.gen.diffusion.settings import SampleConfig
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     # after parsing: --help and config errors answer without torch
     from accelerate import PartialState
 
-    from gen.sampling import sample_to_dir
+    from echosynth.gen.diffusion.synthesis import sample_to_dir
 
     try:
         out = sample_to_dir(cfg)

@@ -14,21 +14,21 @@ from __future__ import annotations
 import os
 import sys
 
-from gen.config import ConfigError, parse_config, run_script
-from gen.configs import TrainConfig
-from gen.launcher import GracefulStop, Interrupted
-from gen.presets import preset_summary
+from echosynth.gen.core.config import ConfigError, parse_config, run_script
+from echosynth.gen.core.launcher import GracefulStop, Interrupted
+from echosynth.gen.diffusion.presets import preset_summary
+from echosynth.gen.diffusion.settings import TrainConfig
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse (without torch: --help and config errors answer at once), then train."""
     cfg = parse_config(TrainConfig, argv, description=__doc__,
-                       epilog="UNet presets (parameter counts: the run's log.txt, or gen.model.preset_table()):\n"
+                       epilog="UNet presets (parameter counts: the run's log.txt, or echosynth.gen.diffusion.unet.preset_table()):\n"
                               + preset_summary())
     # after parsing: --help and config errors answer without torch
-    from gen.checkpoint import CheckpointError
-    from gen.data.manifest import ManifestError
-    from gen.training import train
+    from echosynth.gen.core.checkpoint import CheckpointError
+    from echosynth.gen.data.manifest import ManifestError
+    from echosynth.gen.diffusion.trainer import train
 
     main_process = os.environ.get("RANK", "0") == "0"
     with GracefulStop() as stop:

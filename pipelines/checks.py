@@ -14,19 +14,19 @@ import io
 import re
 from typing import Any
 
-from gen.config import parse_config
-from pipelines.stages import Stage
+from echosynth.gen.core.config import parse_config
+from echosynth.pipelines.stages import Stage
 
 # script -> (module, config class, positional keys): the class each script passes to parse_config.
 CLIS = {
-    "gen/prepare.py": ("gen.prepare", "PrepareConfig", ("command", "format")),
-    "gen/train.py": ("gen.training", "TrainConfig", ()),
-    "gen/sample.py": ("gen.sampling", "SampleConfig", ()),
-    "classify/train.py": ("classify.training", "ClassifierTrainConfig", ()),
-    "evaluate/fidelity.py": ("evaluate.fidelity", "FidelityConfig", ()),
-    "evaluate/privacy.py": ("evaluate.privacy", "PrivacyConfig", ()),
-    "evaluate/embed.py": ("evaluate.embed", "EmbedConfig", ()),
-    "reports/build.py": ("reports.build", "ReportConfig", ("study",)),
+    "gen/prepare.py": ("echosynth.gen.prepare", "PrepareConfig", ("command", "format")),
+    "gen/train.py": ("echosynth.gen.diffusion.trainer", "TrainConfig", ()),
+    "gen/sample.py": ("echosynth.gen.diffusion.synthesis", "SampleConfig", ()),
+    "classify/train.py": ("echosynth.classify.trainer", "ClassifierTrainConfig", ()),
+    "evaluate/fidelity.py": ("echosynth.evaluate.fidelity", "FidelityConfig", ()),
+    "evaluate/privacy.py": ("echosynth.evaluate.privacy", "PrivacyConfig", ()),
+    "evaluate/embed.py": ("echosynth.evaluate.embed", "EmbedConfig", ()),
+    "reports/build.py": ("echosynth.reports.build", "ReportConfig", ("study",)),
 }
 
 # Where a stage's flag comes from in the study config, when it is not in a *_args list.

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from evaluate.gate import GateConfig
-from gen.config import ConfigError, field
+from echosynth.evaluate.gate import GateConfig
+from echosynth.gen.core.config import ConfigError, field
 
 
 def kv(items: list[str]) -> dict[str, str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from pipelines import study
+from echosynth.pipelines import study
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -21,7 +21,7 @@ Local: each stage is a subprocess in its own session, so a terminal's Ctrl-C rea
 only, and the runner stops each stage's whole process group (launcher, workers, pool processes):
 SIGINT first (the CLIs checkpoint and exit), SIGTERM after `grace_s`, SIGKILL after as long
 again. A runner killed outright (SIGKILL, the OOM killer) cannot stop anyone, so a small guard
-process (`python -m pipelines.executor`, in a session of its own) watches it through a pipe: the
+process (`python -m echosynth.pipelines.executor`, in a session of its own) watches it through a pipe: the
 runner tells it each group it starts and ends, and when the pipe closes because the runner is
 gone, the guard stops the groups still listed (SIGTERM, then SIGKILL) and exits. The guard also
 holds the study lock's file open (`keep_fds`), so the next `study.py` on that directory waits
@@ -125,7 +125,7 @@ class LocalExecutor:
         self.grace_s = grace_s
         self._running: dict[str, subprocess.Popen] = {}
         # The guard: its stdin is the only pipe to it; when this process dies, it reads EOF.
-        self._guard = subprocess.Popen([sys.executable, "-m", "pipelines.executor", str(grace_s)], cwd=str(REPO),
+        self._guard = subprocess.Popen([sys.executable, "-m", "echosynth.pipelines.executor", str(grace_s)], cwd=str(REPO),
                                        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True,
                                        pass_fds=keep_fds, text=True)
 

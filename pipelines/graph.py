@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from gen.io import read_json
-from pipelines.config import StudyConfig, kv
-from pipelines.stages import Stage, accelerate_cmd, python_cmd
+from echosynth.gen.core.io import read_json
+from echosynth.pipelines.config import StudyConfig, kv
+from echosynth.pipelines.stages import Stage, accelerate_cmd, python_cmd
 
 ABLATION_VARIANTS = {  # name -> gen/train.py flags (thesis Table 5.2)
     "learned-linear": {"diffusion.learn_sigma": "true", "diffusion.schedule": "linear"},

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from gen.io import read_jsonl
+from echosynth.gen.core.io import read_jsonl
 
 
 def fmt_seconds(s: float) -> str:

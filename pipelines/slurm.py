@@ -38,10 +38,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gen.config import ConfigError
-from gen.io import read_json
-from pipelines.config import SLURM_KINDS, SlurmConfig, SlurmJobConfig
-from pipelines.executor import REPO, ExecutorError, Job
+from echosynth.gen.core.config import ConfigError
+from echosynth.gen.core.io import read_json
+from echosynth.pipelines.config import SLURM_KINDS, SlurmConfig, SlurmJobConfig
+from echosynth.pipelines.executor import REPO, ExecutorError, Job
 
 ACCELERATE = "accelerate.commands.launch"
 KIND_BY_SCRIPT = {"gen/train.py": "ddpm_train", "gen/sample.py": "sample", "gen/prepare.py": "data",

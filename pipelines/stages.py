@@ -39,9 +39,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gen.io import append_jsonl, fingerprint, read_json, write_json
-from pipelines.executor import Executor, ExecutorError, Job, LocalExecutor
-from pipelines.progress import Progress
+from echosynth.gen.core.io import append_jsonl, fingerprint, read_json, write_json
+from echosynth.pipelines.executor import Executor, ExecutorError, Job, LocalExecutor
+from echosynth.pipelines.progress import Progress
 
 DONE = "STAGE_DONE.json"
 LOG_TAIL_LINES = 40

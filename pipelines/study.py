@@ -20,15 +20,15 @@ import sys
 import time
 from pathlib import Path
 
-from gen.config import ConfigError, parse_config, to_dict
-from gen.io import run_main, write_json
-from gen.rundir import provenance
-from pipelines.checks import StageConfigError, check_stages
-from pipelines.config import StudyConfig
-from pipelines.executor import ExecutorError, LocalExecutor, default_jobs
-from pipelines.graph import build_graph
-from pipelines.progress import Progress, load_history
-from pipelines.slurm import (
+from echosynth.gen.core.config import ConfigError, parse_config, to_dict
+from echosynth.gen.core.io import run_main, write_json
+from echosynth.gen.core.rundir import provenance
+from echosynth.pipelines.checks import StageConfigError, check_stages
+from echosynth.pipelines.config import StudyConfig
+from echosynth.pipelines.executor import ExecutorError, LocalExecutor, default_jobs
+from echosynth.pipelines.graph import build_graph
+from echosynth.pipelines.progress import Progress, load_history
+from echosynth.pipelines.slurm import (
     SlurmExecutor,
     check_config,
     cluster_info,
@@ -36,7 +36,7 @@ from pipelines.slurm import (
     status_table,
     unrunnable,
 )
-from pipelines.stages import Runner, StageFailed, StudyLock, StudyLocked, select
+from echosynth.pipelines.stages import Runner, StageFailed, StudyLock, StudyLocked, select
 
 REPO = Path(__file__).resolve().parent.parent
 

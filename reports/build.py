@@ -12,10 +12,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from gen.config import ConfigError, field, parse_config
-from gen.io import run_main, write_text
-from reports.collect import load_study
-from reports.render import esc, page, section
+from echosynth.gen.core.config import ConfigError, field, parse_config
+from echosynth.gen.core.io import run_main, write_text
+from echosynth.reports.collect import load_study
+from echosynth.reports.render import esc, page, section
 
 
 @dataclass
@@ -24,7 +24,7 @@ class ReportConfig:
     out: str = field("", help="report file (default STUDY/report.html)")
 
 
-SECTIONS = (  # anchor, title, builder name in reports.sections
+SECTIONS = (  # anchor, title, builder name in echosynth.reports.sections
     ("dataset", "Dataset", "dataset"),
     ("diffusion", "Diffusion model", "diffusion"),
     ("privacy", "Privacy", "privacy"),
@@ -38,8 +38,8 @@ SECTIONS = (  # anchor, title, builder name in reports.sections
 def build_report(study_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write report.html, tables/*.csv and summary.md for a study; return the report path."""
     # here: --help answers without matplotlib
-    from reports import sections
-    from reports.findings import (
+    from echosynth.reports import sections
+    from echosynth.reports.findings import (
         classifier_gates,
         findings,
         not_evidence,

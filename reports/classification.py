@@ -5,9 +5,9 @@ matrices and the final model on test and domain shift."""
 
 from __future__ import annotations
 
-from reports import figures
-from reports.classifier_gate import classifier_gate
-from reports.collect import (
+from echosynth.reports import figures
+from echosynth.reports.classifier_gate import classifier_gate
+from echosynth.reports.collect import (
     Study,
     eval_sets,
     mean_confusion,
@@ -15,8 +15,8 @@ from reports.collect import (
     read_jsonl,
     seed_dirs,
 )
-from reports.compare import training_info
-from reports.render import Table, absent, esc, img_tag, mean_sd
+from echosynth.reports.compare import training_info
+from echosynth.reports.render import Table, absent, esc, img_tag, mean_sd
 
 METRIC = "macro_auprc"
 

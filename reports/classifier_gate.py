@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reports.compare import N_BOOT, findings_split, load_seed_predictions, metric_interval
+from echosynth.reports.compare import N_BOOT, findings_split, load_seed_predictions, metric_interval
 
 MAX_TOP_SHARE = 0.9
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reports.collect import metric_summary, read_json_or_none, seed_dirs
+from echosynth.reports.collect import metric_summary, read_json_or_none, seed_dirs
 
 LEVEL = 0.95
 N_BOOT = 1000

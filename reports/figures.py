@@ -8,7 +8,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from reports.render import fig_png  # noqa: E402
+from echosynth.reports.render import fig_png  # noqa: E402
 
 
 def lines(series: dict[str, tuple[list[float], list[float | None], list[float | None]]], xlabel: str,

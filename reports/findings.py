@@ -15,10 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reports.classifier_gate import classifier_gate
-from reports.collect import Study, gate_of, per_class_recall, read_json_or_none
-from reports.compare import Diff, compare_recall, compare_runs, findings_split
-from reports.sections import fid_curve, fid_metrics
+from echosynth.reports.classifier_gate import classifier_gate
+from echosynth.reports.collect import Study, gate_of, per_class_recall, read_json_or_none
+from echosynth.reports.compare import Diff, compare_recall, compare_runs, findings_split
+from echosynth.reports.sections import fid_curve, fid_metrics
 
 SPLIT_WORDS = {"test": "test", "val": "validation"}
 

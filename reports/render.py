@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from gen.io import write_text  # atomic write helper (no training code)
+from echosynth.gen.core.io import write_text  # atomic write helper (no training code)
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d2430;background:#fafbfc}

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from reports import figures
-from reports.classification import METRIC, classification  # noqa: F401  (a section like the others)
-from reports.collect import (
+from echosynth.reports import figures
+from echosynth.reports.classification import METRIC, classification  # noqa: F401  (a section like the others)
+from echosynth.reports.collect import (
     Study,
     eval_sets,
     finite,
@@ -24,7 +24,7 @@ from reports.collect import (
     read_json_or_none,
     read_jsonl,
 )
-from reports.render import Table, absent, array_png, esc, fmt, img_file, img_tag, mean_sd
+from echosynth.reports.render import Table, absent, array_png, esc, fmt, img_file, img_tag, mean_sd
 
 
 def flat_scalars(d, prefix: str = "") -> dict[str, float]:

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from gen.data import phantom
-from gen.data import phantom_overlay as ovl
+from echosynth.gen.data import phantom
+from echosynth.gen.data import phantom_overlay as ovl
 
 H, W = 144, 192  # screen size of a fixture frame
 SECTOR = 128  # side of the phantom's prepared B-mode sector pasted at the top centre
@@ -192,7 +192,7 @@ def cases(seed: int = 0, n: int = 4, jpeg_settings=JPEG_SETTINGS) -> list[Case]:
 
 def confusion(case_list: list[Case], threshold: float) -> list[dict]:
     """Per kind: frames, rejected as colour flow, kept, and the detector's flow-fraction range."""
-    from gen.data.preprocess import flow_evidence
+    from echosynth.gen.data.preprocess import flow_evidence
 
     rows: dict[str, dict] = {}
     for c in case_list:
@@ -214,8 +214,8 @@ def markdown(rows: list[dict]) -> str:
 
 
 if __name__ == "__main__":  # python -m tests.colour_fixtures: the table in docs/importers.md
-    from gen.data.preprocess import flow_evidence  # noqa: F401  (fail early without the package)
-    from gen.prepare import PrepareConfig
+    from echosynth.gen.data.preprocess import flow_evidence  # noqa: F401  (fail early without the package)
+    from echosynth.gen.prepare import PrepareConfig
 
     t = PrepareConfig().doppler_threshold
     for seed in (0, 1):

@@ -35,7 +35,7 @@ def one_torch_thread():
 @pytest.fixture(scope="session")
 def phantom_dir(tmp_path_factory) -> Path:
     """A 320-image phantom dataset at 32×32 (manifest.csv + images/)."""
-    from gen.data.build import build_phantom
+    from echosynth.gen.data.build import build_phantom
 
     out = tmp_path_factory.mktemp("phantom") / "data"
     build_phantom(out, n=TINY_N, size=TINY_SIZE, seed=0, workers=1, progress=False)
@@ -45,7 +45,7 @@ def phantom_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def split_dir(phantom_dir, tmp_path_factory) -> Path:
     """Patient splits of `phantom_dir` with nested subsets of 60 and 120 training images."""
-    from gen.data.build import build_splits
+    from echosynth.gen.data.build import build_splits
 
     out = tmp_path_factory.mktemp("split") / "split"
     build_splits(phantom_dir / "manifest.csv", out, subsets=[60, 120], seed=0)

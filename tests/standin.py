@@ -50,11 +50,11 @@ def make_standin_inception(path: str | os.PathLike, dim: int = 64, seed: int = 0
 
 def make_standin_classifier(run_dir: str | os.PathLike, classes: list[str], image_size: int,
                             arch: str = "madani", seed: int = 0) -> Path:
-    """An untrained classifier in the layout `classify.models.load_classifier` reads (RUN/seed-0/)."""
+    """An untrained classifier in the layout `echosynth.classify.models.load_classifier` reads (RUN/seed-0/)."""
     from safetensors.torch import save_file
 
-    from classify.models import build_classifier, model_info
-    from gen.io import write_json
+    from echosynth.classify.models import build_classifier, model_info
+    from echosynth.gen.core.io import write_json
 
     torch.manual_seed(seed)
     model = build_classifier(arch, len(classes), image_size)
@@ -69,12 +69,12 @@ def make_standin_classifier(run_dir: str | os.PathLike, classes: list[str], imag
 
 def make_standin_diffusion_run(run_dir: str | os.PathLike, classes: list[str], steps: list[int] = (1, 2),
                                preset: str = "tiny", seed: int = 0) -> Path:
-    """An untrained diffusion run (config.json, classes.json, checkpoints) that `gen.runs.load_run` loads."""
-    from gen.checkpoint import save_checkpoint
-    from gen.config import build, to_dict
-    from gen.io import write_json
-    from gen.model import build_model
-    from gen.training import TrainConfig
+    """An untrained diffusion run (config.json, classes.json, checkpoints) that `echosynth.gen.diffusion.trained.load_run` loads."""
+    from echosynth.gen.core.checkpoint import save_checkpoint
+    from echosynth.gen.core.config import build, to_dict
+    from echosynth.gen.core.io import write_json
+    from echosynth.gen.diffusion.trainer import TrainConfig
+    from echosynth.gen.diffusion.unet import build_model
 
     run_dir = Path(run_dir)
     cfg = build(TrainConfig, overrides={"data": "standin.csv", "model.preset": preset, "run_dir": str(run_dir)})

@@ -12,12 +12,12 @@ import json
 import numpy as np
 import pytest
 
-from evaluate.class_fidelity import above_chance_ratio, class_fidelity, class_grid
-from evaluate.fidelity import compute_fidelity
-from evaluate.fidelity import main as fidelity_main
-from evaluate.gate import GateConfig, gate_verdict
-from evaluate.sector import outside_means, sector_fidelity, sector_mask
-from gen.data.image_sets import ImageSet, load_image_set, write_sample_dir
+from echosynth.evaluate.class_fidelity import above_chance_ratio, class_fidelity, class_grid
+from echosynth.evaluate.fidelity import compute_fidelity
+from echosynth.evaluate.fidelity import main as fidelity_main
+from echosynth.evaluate.gate import GateConfig, gate_verdict
+from echosynth.evaluate.sector import outside_means, sector_fidelity, sector_mask
+from echosynth.gen.data.image_sets import ImageSet, load_image_set, write_sample_dir
 from tests.standin import make_standin_classifier
 
 CLASSES = ["A2C", "A4C", "PLAX", "PSAX"]
@@ -155,7 +155,7 @@ def phantom_sets(tmp_path_factory):
     candidates (120), and a 16-frame reference for the error cases."""
     from sklearn.linear_model import LogisticRegression
 
-    from gen.data.phantom import plan, render
+    from echosynth.gen.data.phantom import plan, render
 
     items = plan(720, seed=1)
     ims = np.stack([render(it, 1, 32) for it in items])

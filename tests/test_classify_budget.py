@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from classify.configs import ClassifierTrainConfig
-from classify.training import make_budget
-from reports.classifier_gate import classifier_gate
+from echosynth.classify.settings import ClassifierTrainConfig
+from echosynth.classify.trainer import make_budget
+from echosynth.reports.classifier_gate import classifier_gate
 from tests.conftest import PYTHON, run_cli
 
 RUN = ["--config", "configs/classify/quick.yaml", "--arch", "small_cnn", "--threads", "1", "--workers", "1",
@@ -24,7 +24,7 @@ RUN = ["--config", "configs/classify/quick.yaml", "--arch", "small_cnn", "--thre
 @pytest.fixture(scope="module")
 def big_test_split(tmp_path_factory):
     """A 900-frame phantom split 50/10/40 by patient, with a 100-image training subset."""
-    from gen.data.build import build_phantom, build_splits
+    from echosynth.gen.data.build import build_phantom, build_splits
 
     root = tmp_path_factory.mktemp("budget")
     build_phantom(root / "phantom", n=900, size=32, seed=0, workers=1, progress=False)
@@ -80,8 +80,8 @@ def test_two_training_sets_of_different_sizes_get_the_same_optimizer_steps(big_t
 def test_precise_bn_recomputes_running_statistics_from_training_images():
     import torch
 
-    from classify.models import build_classifier
-    from classify.training import precise_bn
+    from echosynth.classify.models import build_classifier
+    from echosynth.classify.trainer import precise_bn
 
     class Acc:  # the two members precise_bn uses
         device = torch.device("cpu")

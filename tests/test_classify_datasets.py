@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from classify.augment import apply_affine, epoch_params
-from classify.datasets import (
+from echosynth.classify.augment import apply_affine, epoch_params
+from echosynth.classify.datasets import (
     SpecError,
     balanced_indices,
     build_training_set,
@@ -17,8 +17,8 @@ from classify.datasets import (
     parse_eval_arg,
     parse_spec,
 )
-from gen.data.image_sets import ImageSet, ManifestRef, load_image_set
-from gen.data.manifest import (
+from echosynth.gen.data.image_sets import ImageSet, ManifestRef, load_image_set
+from echosynth.gen.data.manifest import (
     VIEWS,
     data_roots,
     read_manifest,

@@ -17,7 +17,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from classify.metrics import (
+from echosynth.classify.metrics import (
     classification_metrics,
     grade_metrics,
     metrics_from_predictions,

@@ -9,8 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from classify.configs import inception_grid_sizes, inception_min_size, min_image_size
-from classify.models import (
+from echosynth.classify.models import (
     MODELS,
     build_classifier,
     count_parameters,
@@ -18,6 +17,7 @@ from classify.models import (
     model_info,
     view_loss,
 )
+from echosynth.classify.settings import inception_grid_sizes, inception_min_size, min_image_size
 
 # Published ImageNet reference counts (3 channels, 1,000 classes), as in torchvision's model cards.
 PUBLISHED = {
@@ -82,8 +82,8 @@ def test_clear_errors():
 
 
 def test_checkpoint_round_trip(tmp_path):
-    from classify.training import save_state
-    from gen.io import write_json
+    from echosynth.classify.trainer import save_state
+    from echosynth.gen.core.io import write_json
 
     torch.manual_seed(0)
     model = build_classifier("mobilenet_v2", 4, 32).eval()
@@ -155,18 +155,18 @@ def test_inception_aux_pool_is_the_reference_one_at_299px():
 
 
 def test_torch_free_config_names_match_the_registry():
-    # classify/configs.py keeps the architecture names without torch, for a fast --help.
-    from classify.configs import ARCHS, FROZEN_BACKBONES
+    # classify/settings.py keeps the architecture names without torch, for a fast --help.
+    from echosynth.classify.settings import ARCHS, FROZEN_BACKBONES
 
     assert ARCHS == tuple(MODELS)
     assert set(FROZEN_BACKBONES) <= set(MODELS)
 
 
 def test_classifier_help_and_config_errors_do_not_import_torch():
-    code = ("import sys\nfrom classify.configs import ClassifierTrainConfig\nfrom gen.config import parse_config\n"
+    code = ("import sys\nfrom echosynth.classify.settings import ClassifierTrainConfig\nfrom echosynth.gen.core.config import parse_config\n"
             "try:\n    parse_config(ClassifierTrainConfig, ['--train', 'a.csv', '--val', 'b.csv', '--arch', 'inception_v3',"
             " '--image_size', '64'])\nexcept SystemExit as e:\n    assert e.code == 2\n"
-            "assert 'torch' not in sys.modules, 'torch imported'\nimport classify.train\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\nimport echosynth.classify.train\n"
             "assert 'torch' not in sys.modules, 'classify/train.py imports torch before parsing'\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr

@@ -14,8 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from classify.resume import epoch_dirs, load_epoch_state, save_epoch_state
 from conftest import PYTHON, REPO, run_cli
+from echosynth.classify.resume import epoch_dirs, load_epoch_state, save_epoch_state
 
 ENV = {"OMP_NUM_THREADS": "1"}
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # main() in-process sets one thread; restored after
@@ -75,7 +75,7 @@ def test_sigint_then_resume_gives_the_uninterrupted_weights(full_run, split_dir,
 
 
 def test_resuming_a_finished_run_keeps_its_seeds_and_bad_resumes_are_refused(full_run, split_dir, capsys):
-    from classify.train import main
+    from echosynth.classify.train import main
 
     before = (full_run / "summary.json").read_text()
     main(args(split_dir, full_run, "--resume", "latest"))  # in-process: a finished seed trains nothing

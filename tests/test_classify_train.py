@@ -10,7 +10,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, balanced_accuracy_score, f1_score
 
-from classify.models import load_classifier
+from echosynth.classify.models import load_classifier
 from tests.conftest import PYTHON, accelerate_cmd, run_cli
 
 # ResNet18 at 32 px, 8 epochs of batch 16 on the 203 phantom training images (an epoch budget, the best
@@ -89,7 +89,7 @@ def test_load_classifier_features_and_predict_cli(trained_run, split_dir, phanto
     saved = pd.read_csv(trained_run / "seed-0" / "predictions_val.csv")
     assert len(df) == len(saved) and (df["view"].to_numpy() == saved["pred"].to_numpy()).all()
     assert np.allclose(df["prob_A4C"], saved["prob_A4C"], atol=1e-4)  # same preprocessing as training
-    from classify.predict import main as predict_main
+    from echosynth.classify.predict import main as predict_main
 
     predict_main(["--model", str(trained_run), "--images", str(phantom_dir / "images" / "camus")])  # a folder, printed as a table
     printed = capsys.readouterr().out
@@ -116,7 +116,7 @@ def test_two_process_training_with_seeds_and_run_dir(split_dir, tmp_path):
 
 
 def test_clear_cli_errors(split_dir, capsys):
-    from classify.train import main
+    from echosynth.classify.train import main
 
     with pytest.raises(SystemExit) as e:
         main(["--arch", "vgg19", "--train", "x.csv", "--val", "y.csv"])

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from gen.config import ConfigError, build, field, from_dict, parse_config, to_dict
+from echosynth.gen.core.config import ConfigError, build, field, from_dict, parse_config, to_dict
 
 
 @dataclass
@@ -162,13 +162,13 @@ def test_from_dict_refuses_a_non_mapping():
 
 
 def test_torch_free_config_names_match_the_registries():
-    from gen.configs import SAMPLERS, SCHEDULES
-    from gen.diffusion import BETA_SCHEDULES
-    from gen.diffusion import SCHEDULES as DIFFUSION_SCHEDULES
+    from echosynth.gen.diffusion.process import BETA_SCHEDULES
+    from echosynth.gen.diffusion.process import SCHEDULES as DIFFUSION_SCHEDULES
+    from echosynth.gen.diffusion.settings import SAMPLERS, SCHEDULES
 
     assert set(SCHEDULES) == set(BETA_SCHEDULES) == set(DIFFUSION_SCHEDULES)
-    assert SAMPLERS == ("ddpm", "ddim", "dpm++2m", "dpm++2m-sde", "unipc")  # the branches of gen.diffusion.make_scheduler
-    from gen.diffusion import Diffusion, make_scheduler
+    assert SAMPLERS == ("ddpm", "ddim", "dpm++2m", "dpm++2m-sde", "unipc")  # the branches of echosynth.gen.diffusion.process.make_scheduler
+    from echosynth.gen.diffusion.process import Diffusion, make_scheduler
 
     for sampler in SAMPLERS:
         make_scheduler(Diffusion(1000, "linear", True), sampler)

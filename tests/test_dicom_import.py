@@ -19,8 +19,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from gen.data import preprocess as pp
-from gen.data.importers.readers import DICOM_META_TAGS, decode, read_dicom
+from echosynth.gen.data import preprocess as pp
+from echosynth.gen.data.importers.readers import DICOM_META_TAGS, decode, read_dicom
 from tests.conftest import PYTHON, REPO, run_cli
 from tests.importer_fixtures import (
     IDENTIFYING,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy import integrate, stats
 
-from gen.diffusion import (
+from echosynth.gen.diffusion.process import (
     Diffusion,
     cosine_betas,
     discretized_gaussian_log_likelihood,

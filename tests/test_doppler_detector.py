@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gen.data import preprocess as pp
-from gen.prepare import PrepareConfig
+from echosynth.gen.data import preprocess as pp
+from echosynth.gen.prepare import PrepareConfig
 from tests import colour_fixtures as cf
 
 THRESHOLD = PrepareConfig().doppler_threshold
@@ -79,7 +79,7 @@ def test_each_stage_is_needed():
 
 def test_phantom_scanner_clips_jpeg():
     """The phantom's acquired clips (tinted grey map, coloured text and ECG) after JPEG 4:2:0."""
-    from gen.data import phantom
+    from echosynth.gen.data import phantom
 
     item = next(it for it in phantom.plan(40, seed=0) if it.source == "unity")
     gray = phantom.render_clip(item, 0, n_frames=2, doppler=False)

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from evaluate.embed import embed, reduce, tsne_2d, umap_2d
-from gen.config import ConfigError
-from gen.data.image_sets import load_image_set, write_sample_dir
+from echosynth.evaluate.embed import embed, reduce, tsne_2d, umap_2d
+from echosynth.gen.core.config import ConfigError
+from echosynth.gen.data.image_sets import load_image_set, write_sample_dir
 from tests.standin import make_standin_classifier
 
 

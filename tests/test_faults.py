@@ -23,9 +23,9 @@ import pandas as pd
 import pytest
 
 from conftest import PYTHON, REPO, run_cli
-from gen.data.build import build_phantom, build_splits
-from gen.data.manifest import read_manifest
-from gen.io import save_npz, save_png, write_json, write_text
+from echosynth.gen.core.io import save_npz, save_png, write_json, write_text
+from echosynth.gen.data.build import build_phantom, build_splits
+from echosynth.gen.data.manifest import read_manifest
 
 PREPARE = "gen/prepare.py"
 
@@ -77,9 +77,9 @@ def test_gen_train_verify_names_a_changed_image(small_data, tmp_path):
     df = pd.read_csv(data / "manifest.csv", dtype=str, keep_default_na=False)
     victim = data / df["path"][7]
     save_png(victim, np.zeros((32, 32), np.uint8))  # changed after the manifest was written
-    from gen.configs import TrainConfig
-    from gen.data.manifest import ManifestError
-    from gen.training import load_training_data
+    from echosynth.gen.data.manifest import ManifestError
+    from echosynth.gen.diffusion.settings import TrainConfig
+    from echosynth.gen.diffusion.trainer import load_training_data
 
     cfg = TrainConfig(data=str(data / "manifest.csv"), verify=True)
     with pytest.raises(ManifestError, match=rf"manifest.csv: line 9 \({df['path'][7]}\): sha1 mismatch"):
@@ -89,9 +89,9 @@ def test_gen_train_verify_names_a_changed_image(small_data, tmp_path):
 
 
 def test_classify_verify_names_a_changed_image(small_data, tmp_path):
-    from classify.configs import ClassifierTrainConfig
-    from classify.train import load_data
-    from gen.data.manifest import ManifestError
+    from echosynth.classify.settings import ClassifierTrainConfig
+    from echosynth.classify.train import load_data
+    from echosynth.gen.data.manifest import ManifestError
 
     data, split = tmp_path / "data", tmp_path / "split"
     shutil.copytree(small_data, data)  # the split's rows point into it: change a copy, not the shared fixture
@@ -119,7 +119,7 @@ def classifier_run(tmp_path_factory) -> Path:
     """A randomly initialised Madani classifier saved as classify/train.py saves one (predict needs no training)."""
     from safetensors.torch import save_file
 
-    from classify.models import build_classifier, model_info
+    from echosynth.classify.models import build_classifier, model_info
 
     run = tmp_path_factory.mktemp("clf") / "seed-0"
     classes = ["A2C", "A4C", "PLAX", "PSAX"]
@@ -158,8 +158,8 @@ def test_predict_skips_and_names_corrupt_images(small_data, classifier_run, tmp_
 
 
 def test_bomb_in_a_manifest_is_named_by_the_data_layer(small_data, tmp_path):
-    from gen.data.dataset import ManifestDataset
-    from gen.data.manifest import ManifestError
+    from echosynth.gen.data.dataset import ManifestDataset
+    from echosynth.gen.data.manifest import ManifestError
 
     data = tmp_path / "data"
     shutil.copytree(small_data, data)
@@ -227,9 +227,9 @@ def test_read_only_output_directories_give_one_line(small_data, read_only_dir, c
 
 
 def test_outputs_get_the_umask_mode(tmp_path):
-    from gen.checkpoint import save_checkpoint
-    from gen.data.manifest import write_manifest
-    from gen.io import write_bytes
+    from echosynth.gen.core.checkpoint import save_checkpoint
+    from echosynth.gen.core.io import write_bytes
+    from echosynth.gen.data.manifest import write_manifest
 
     old = os.umask(0o022)
     try:
@@ -243,7 +243,7 @@ def test_outputs_get_the_umask_mode(tmp_path):
         import torch
         from safetensors.torch import save_file
 
-        from gen.io import atomic_path
+        from echosynth.gen.core.io import atomic_path
 
         with atomic_path(tmp_path / "weights.safetensors") as tmp:  # a writer that makes its own 0600 file
             save_file({"w": torch.zeros(2)}, str(tmp))
@@ -390,7 +390,7 @@ SOURCES = ["reports/build.py", "reports/render.py", "gen/data/manifest.py", "eva
 
 
 def test_every_default_output_is_ignored_and_no_source_is():
-    from gen.io import git_unignored
+    from echosynth.gen.core.io import git_unignored
 
     if subprocess.run(["git", "rev-parse"], cwd=REPO, capture_output=True).returncode != 0:
         pytest.skip("not a git checkout")

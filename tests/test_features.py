@@ -7,21 +7,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from classify.fid_inception import (
+from echosynth.classify.fid_inception import (
     DEFAULT_INCEPTION_SHA1,
     find_inception_weights,
     tf1_bilinear_resize,
 )
-from evaluate import features as feat
-from evaluate.features import (
+from echosynth.evaluate import features as feat
+from echosynth.evaluate.features import (
     FeatureError,
     InceptionExtractor,
     build_extractor,
     features_for,
     run_extractor,
 )
-from evaluate.metrics import fid
-from gen.data.image_sets import ImageSet
+from echosynth.evaluate.metrics import fid
+from echosynth.gen.data.image_sets import ImageSet
 from tests.standin import make_standin_classifier, make_standin_inception
 
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from conftest import PYTHON, accelerate_cmd, run_cli
-from evaluate.fidelity import compute_fidelity, default_holdout
-from evaluate.fidelity import main as fidelity_main
-from gen.data.image_sets import load_image_set, write_sample_dir
+from echosynth.evaluate.fidelity import compute_fidelity, default_holdout
+from echosynth.evaluate.fidelity import main as fidelity_main
+from echosynth.gen.data.image_sets import load_image_set, write_sample_dir
 from tests.standin import make_standin_diffusion_run, make_standin_inception
 
 METRIC_KEYS = {"n_real", "n_fake", "fid", "kid", "kid_std", "kid_subset_size", "precision", "recall", "density",
@@ -116,7 +116,7 @@ def test_clear_errors_for_sizes_empty_sets_and_missing_inputs(split_dir, standin
 
 def test_torch_fidelity_backend_agrees_or_explains(split_dir, standin, samples, tmp_path, capsys):
     """Where torch-fidelity imports, its numbers (same extractor) match ours; elsewhere the error says where it works."""
-    from evaluate.torch_fidelity_backend import BackendError, import_torch_fidelity
+    from echosynth.evaluate.torch_fidelity_backend import BackendError, import_torch_fidelity
 
     opts = _opts(standin, tmp_path, backend="torch-fidelity", curve=False, per_class=False, kid_subset_size=10)
     try:

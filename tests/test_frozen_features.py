@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
-from classify.configs import ClassifierTrainConfig
-from classify.models import build_classifier, count_parameters, load_classifier
 from conftest import PYTHON, run_cli
-from gen.config import ConfigError, build
+from echosynth.classify.models import build_classifier, count_parameters, load_classifier
+from echosynth.classify.settings import ClassifierTrainConfig
+from echosynth.gen.core.config import ConfigError, build
 
 # The FID Inception costs ~0.2-0.7 s per image on one busy CPU thread: a few dozen images only.
 PER_CLASS = {"train": 5, "val": 2, "test": 2}
@@ -22,7 +22,7 @@ PER_CLASS = {"train": 5, "val": 2, "test": 2}
 @pytest.fixture(scope="module")
 def tiny_split(split_dir, phantom_dir, tmp_path_factory):
     """train/val/test manifests with a handful of images per view, pointing at the phantom images."""
-    from gen.data.manifest import write_data_roots
+    from echosynth.gen.data.manifest import write_data_roots
 
     out = tmp_path_factory.mktemp("tiny-split")
     for name, k in PER_CLASS.items():
@@ -51,7 +51,7 @@ def test_only_the_head_is_trained_and_saved(frozen):
 
 
 def test_features_are_the_fid_inception_pool_features_and_cached(frozen):
-    from evaluate.features import InceptionExtractor
+    from echosynth.evaluate.features import InceptionExtractor
 
     g = torch.Generator().manual_seed(1)
     x = torch.rand(3, 1, 32, 32, generator=g) * 2 - 1

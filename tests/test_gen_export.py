@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from gen.checkpoint import save_checkpoint
-from gen.config import to_dict
-from gen.configs import DiffusionConfig, TrainConfig
-from gen.data.dataset import to_uint8
-from gen.ema import EMA
-from gen.export import main as export_main
-from gen.io import write_json
-from gen.model import ClassUNet, ModelConfig
-from gen.runs import load_run
-from gen.sampling import image_seeds, sample_images
+from echosynth.gen.core.checkpoint import save_checkpoint
+from echosynth.gen.core.config import to_dict
+from echosynth.gen.core.io import write_json
+from echosynth.gen.data.dataset import to_uint8
+from echosynth.gen.diffusion.ema import EMA
+from echosynth.gen.diffusion.settings import DiffusionConfig, TrainConfig
+from echosynth.gen.diffusion.synthesis import image_seeds, sample_images
+from echosynth.gen.diffusion.trained import load_run
+from echosynth.gen.diffusion.unet import ClassUNet, ModelConfig
+from echosynth.gen.export import main as export_main
 
 CLASSES = ["A2C", "A4C", "PSAX"]
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

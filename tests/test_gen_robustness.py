@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import PYTHON, REPO, accelerate_cmd, run_cli
-from gen.checkpoint import (
+from echosynth.gen.core.checkpoint import (
     CheckpointError,
     clean_stale_temp,
     latest_intact,
@@ -27,16 +27,16 @@ from gen.checkpoint import (
     save_checkpoint,
     verify_safetensors,
 )
-from gen.config import build, to_dict
-from gen.configs import DiffusionConfig, TrainConfig
-from gen.ema import EMA
-from gen.io import read_jsonl, write_json
-from gen.launcher import resolve_precision, resume_command
-from gen.model import ClassUNet, ModelConfig
-from gen.runs import load_run
-from gen.sample import main as sample_main
-from gen.train import main as train_main
-from gen.training import resolve_resume
+from echosynth.gen.core.config import build, to_dict
+from echosynth.gen.core.io import read_jsonl, write_json
+from echosynth.gen.core.launcher import resolve_precision, resume_command
+from echosynth.gen.diffusion.ema import EMA
+from echosynth.gen.diffusion.settings import DiffusionConfig, TrainConfig
+from echosynth.gen.diffusion.trained import load_run
+from echosynth.gen.diffusion.trainer import resolve_resume
+from echosynth.gen.diffusion.unet import ClassUNet, ModelConfig
+from echosynth.gen.sample import main as sample_main
+from echosynth.gen.train import main as train_main
 
 ENV = {"OMP_NUM_THREADS": "1"}
 STEPS = 24
@@ -247,11 +247,11 @@ def test_a_signal_checkpoints_prints_the_resume_command_and_resume_matches(sig, 
 def test_resume_command_rewrites_the_run_flags(monkeypatch):
     monkeypatch.setattr("sys.argv", ["gen/train.py", "--data", "a b.csv", "--overwrite", "--resume=x", "--steps", "5",
                                      "--run-dir", "old", "--overwrite", "true"])
-    monkeypatch.setattr("gen.launcher.launcher_cmdline", lambda: [])
+    monkeypatch.setattr("echosynth.gen.core.launcher.launcher_cmdline", lambda: [])
     cmd = resume_command({"--run_dir": "runs/00001-x", "--resume": "latest"})
     assert shlex.split(cmd) == ["python", "gen/train.py", "--data", "a b.csv", "--steps", "5",
                                 "--run_dir", "runs/00001-x", "--resume", "latest"]
-    monkeypatch.setattr("gen.launcher.launcher_cmdline", lambda: ["/v/bin/python", "/v/bin/accelerate", "launch",
+    monkeypatch.setattr("echosynth.gen.core.launcher.launcher_cmdline", lambda: ["/v/bin/python", "/v/bin/accelerate", "launch",
                                                                   "--num_processes", "2", "gen/train.py", "--data", "a b.csv"])
     assert resume_command({}).startswith("accelerate launch --num_processes 2 gen/train.py --data 'a b.csv'")
 
@@ -268,15 +268,15 @@ def test_precision_resolution(monkeypatch, tmp_path):
     launch = ["python", "-m", "accelerate.commands.launch", "--num_processes", "1"]
     monkeypatch.setattr("sys.argv", ["gen/train.py"])
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # no accelerate config file
-    monkeypatch.setattr("gen.launcher.launcher_cmdline", lambda: [*launch, "gen/train.py"])
+    monkeypatch.setattr("echosynth.gen.core.launcher.launcher_cmdline", lambda: [*launch, "gen/train.py"])
     monkeypatch.setattr("accelerate.commands.config.config_args.default_config_file", str(tmp_path / "none.yaml"))
     assert resolve_precision("auto", cuda=True, bf16_ok=True)[0] == "bf16"  # the launcher's default "no" is no choice
-    monkeypatch.setattr("gen.launcher.launcher_cmdline", lambda: [*launch, "--mixed_precision", "no", "gen/train.py"])
+    monkeypatch.setattr("echosynth.gen.core.launcher.launcher_cmdline", lambda: [*launch, "--mixed_precision", "no", "gen/train.py"])
     assert resolve_precision("auto", cuda=True, bf16_ok=True) == ("no", "accelerate launch --mixed_precision")
     cfg_file = tmp_path / "acc.yaml"
     cfg_file.write_text("mixed_precision: fp16\n")
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
-    monkeypatch.setattr("gen.launcher.launcher_cmdline", lambda: [*launch, "--config_file", str(cfg_file), "gen/train.py"])
+    monkeypatch.setattr("echosynth.gen.core.launcher.launcher_cmdline", lambda: [*launch, "--config_file", str(cfg_file), "gen/train.py"])
     assert resolve_precision("auto", cuda=True, bf16_ok=True) == ("fp16", f"accelerate config {cfg_file}")
     mp, where = resolve_precision("no", cuda=True, bf16_ok=True)  # an explicit script value wins, and says so
     assert mp == "no" and "overrides accelerate config" in where
@@ -321,7 +321,7 @@ def _read(fd):
 
 @pytest.mark.parametrize("content", [b"\x89PNG garbage", b"", b'"just a string"'])
 def test_a_garbage_config_json_is_one_clear_error(content, tmp_path, capsys):
-    from gen.training import check_resume_compatible
+    from echosynth.gen.diffusion.trainer import check_resume_compatible
 
     run = fake_run(tmp_path)
     (run / "config.json").write_bytes(content)

@@ -10,14 +10,12 @@ import pytest
 import torch
 
 from conftest import PYTHON, accelerate_cmd, run_cli
-from gen.checkpoint import save_checkpoint
-from gen.config import ConfigError, to_dict
-from gen.data.manifest import load_gray, read_manifest
-from gen.ema import EMA
-from gen.io import save_npz, write_json
-from gen.model import ClassUNet, ModelConfig
-from gen.runs import load_run
-from gen.sampling import (
+from echosynth.gen.core.checkpoint import save_checkpoint
+from echosynth.gen.core.config import ConfigError, to_dict
+from echosynth.gen.core.io import save_npz, write_json
+from echosynth.gen.data.manifest import load_gray, read_manifest
+from echosynth.gen.diffusion.ema import EMA
+from echosynth.gen.diffusion.synthesis import (
     SampleConfig,
     image_seeds,
     parse_counts,
@@ -26,7 +24,9 @@ from gen.sampling import (
     sample_to_dir,
     shard_path,
 )
-from gen.training import DiffusionConfig, TrainConfig
+from echosynth.gen.diffusion.trained import load_run
+from echosynth.gen.diffusion.trainer import DiffusionConfig, TrainConfig
+from echosynth.gen.diffusion.unet import ClassUNet, ModelConfig
 
 CLASSES = ["A2C", "A4C", "PSAX"]
 
@@ -158,8 +158,8 @@ def test_one_and_two_processes_give_identical_sets(tmp_path, run_dir, sampler, p
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm++2m", "unipc"])
 def test_an_oracle_model_is_sampled_back_exactly(sampler):
     """A model that knows each class's x₀ (ε̂ = (x_t − √ᾱ_t x₀)/√(1−ᾱ_t)) must yield x₀ with every sampler."""
-    from gen.diffusion import Diffusion
-    from gen.runs import LoadedRun
+    from echosynth.gen.diffusion.process import Diffusion
+    from echosynth.gen.diffusion.trained import LoadedRun
 
     d, S = Diffusion(1000, "linear", True), 8
     x0s = torch.linspace(-0.8, 0.8, 2 * S * S).view(2, 1, S, S)
@@ -208,8 +208,8 @@ def _vp(t: int):
 
 
 def _run_scheduler(sampler: str, x: np.ndarray, n_steps: int, steps: int):
-    """`n_steps` updates of gen.diffusion.make_scheduler's solver on the toy model, fed a 2-channel output's ε half."""
-    from gen.diffusion import Diffusion, make_scheduler
+    """`n_steps` updates of echosynth.gen.diffusion.process.make_scheduler's solver on the toy model, fed a 2-channel output's ε half."""
+    from echosynth.gen.diffusion.process import Diffusion, make_scheduler
 
     sched = make_scheduler(Diffusion(1000, "linear", True), sampler)
     sched.set_timesteps(steps)

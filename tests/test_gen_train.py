@@ -11,12 +11,11 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import PYTHON, accelerate_cmd, run_cli
-from gen.checkpoint import list_checkpoints
-from gen.config import ConfigError, build, to_dict
-from gen.data.manifest import ManifestError
-from gen.io import read_jsonl
-from gen.train import main as train_main
-from gen.training import (
+from echosynth.gen.core.checkpoint import list_checkpoints
+from echosynth.gen.core.config import ConfigError, build, to_dict
+from echosynth.gen.core.io import read_jsonl
+from echosynth.gen.data.manifest import ManifestError
+from echosynth.gen.diffusion.trainer import (
     TrainConfig,
     batch_plan,
     check_resume_compatible,
@@ -24,6 +23,7 @@ from gen.training import (
     load_training_data,
     resolve_resume,
 )
+from echosynth.gen.train import main as train_main
 
 ENV = {"OMP_NUM_THREADS": "1"}  # OpenMP spinning makes tiny steps 10x slower on a busy 2-core machine
 STEPS = 12

@@ -11,16 +11,22 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from gen.data.dataset import ManifestDataset
-from gen.data.image_sets import (
+from echosynth.gen.core.io import save_png
+from echosynth.gen.data.dataset import ManifestDataset
+from echosynth.gen.data.image_sets import (
     ImageSet,
     ManifestRef,
     load_image_set,
     resize_images,
     write_sample_dir,
 )
-from gen.data.manifest import VIEWS, ManifestError, load_gray, read_manifest, write_manifest
-from gen.io import save_png
+from echosynth.gen.data.manifest import (
+    VIEWS,
+    ManifestError,
+    load_gray,
+    read_manifest,
+    write_manifest,
+)
 
 CLASSES = list(VIEWS)
 
@@ -175,6 +181,6 @@ def test_unreadable_and_odd_sized_images_are_named_by_row(tmp_path):
 
 
 def test_the_image_set_layer_imports_no_torch():
-    code = "import sys, gen.data.image_sets\nassert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)"
+    code = "import sys, echosynth.gen.data.image_sets\nassert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from gen.config import build
-from gen.data import preprocess as pp
-from gen.data.importers import IMPORTERS, import_dataset
-from gen.data.manifest import read_manifest
-from gen.prepare import PrepareConfig
+from echosynth.gen.core.config import build
+from echosynth.gen.data import preprocess as pp
+from echosynth.gen.data.importers import IMPORTERS, import_dataset
+from echosynth.gen.data.manifest import read_manifest
+from echosynth.gen.prepare import PrepareConfig
 from tests.conftest import PYTHON, run_cli
 from tests.importer_fixtures import (
     corrupt,
@@ -410,7 +410,7 @@ def test_cli_import_then_split(tmp_path, capsys):
     assert "A4C" in proc.stdout and "unreadable 1" in proc.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_images"] == 6 and summary["by_source"] == {"dynamic": 6}
-    from gen.prepare import main  # the error paths in-process: a subprocess costs seconds
+    from echosynth.gen.prepare import main  # the error paths in-process: a subprocess costs seconds
 
     assert main(["import", "echonet-dynamic", "--src", str(src), "--out", str(out), "--size", "48"]) == 2
     assert "--overwrite" in capsys.readouterr().err
@@ -425,7 +425,7 @@ def test_cli_import_then_split(tmp_path, capsys):
 
 def test_videos_from_phantom_clips(tmp_path):
     """Realistic clips from the phantom's video mode (EchoNet-Dynamic style, 112×112 with colour)."""
-    phantom = pytest.importorskip("gen.data.phantom")
+    phantom = pytest.importorskip("echosynth.gen.data.phantom")
     if not hasattr(phantom, "render_clip"):
         pytest.skip("the phantom has no video mode yet")
     items = [it for it in phantom.plan(60, seed=0) if it.source == "dynamic"][:3]
@@ -442,7 +442,7 @@ def test_videos_from_phantom_clips(tmp_path):
 
 
 def test_interrupted_import_resumes_and_relabelled_files_are_redone(tmp_path):
-    from gen.data.importers.base import _cache_path
+    from echosynth.gen.data.importers.base import _cache_path
 
     root, out = tmp_path / "clips", tmp_path / "out"
     for k in range(3):

@@ -1,4 +1,4 @@
-"""gen/io.py's atomic directory: renamed into place whole, or not at all, with the umask's modes."""
+"""gen/core/io.py's atomic directory: renamed into place whole, or not at all, with the umask's modes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from gen.io import atomic_dir
+from echosynth.gen.core.io import atomic_dir
 
 
 def _write(path, text: str, mode: int | None = None) -> None:

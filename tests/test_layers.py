@@ -1,10 +1,11 @@
-"""The import layers of DESIGN.md, read from the source with `ast` (function-local imports included).
+"""The import layers of docs/architecture.md, read from the source with `ast` (function-local imports included).
 
-    foundation (gen, gen._guard, gen.config, gen.io, gen.rundir)
-      <- data (gen.data.*) <- diffusion (the rest of gen) <- classify <- evaluate <- pipelines
+    foundation (echosynth.gen.core.*) <- data (echosynth.gen.data.*) <- diffusion (echosynth.gen.diffusion.*
+      and the gen scripts) <- classify <- evaluate <- pipelines <- the echosynth command (echosynth.cli)
 
 A module may import its own layer and the layers below it. `reports` builds HTML from run-directory
 files and imports the foundation only. Imports form no cycle, not even through function-local ones.
+Every import of a repository module names it under `echosynth.`.
 
 Imports of repository modules are at the module top, except where a script defers a heavy one until
 after parsing, so that --help and config errors answer without torch (test_local_imports_defer_heavy_modules).
@@ -18,9 +19,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-PACKAGES = ("gen", "classify", "evaluate", "pipelines", "reports")
-FOUNDATION = {"gen", "gen._guard", "gen.config", "gen.io", "gen.rundir"}
-RANK = {"foundation": 0, "data": 1, "diffusion": 2, "classify": 3, "evaluate": 4, "pipelines": 5}
+PACKAGES = ("gen", "classify", "evaluate", "pipelines", "reports")  # folders at the top, echosynth.<folder> installed
+RANK = {"foundation": 0, "data": 1, "diffusion": 2, "classify": 3, "evaluate": 4, "pipelines": 5, "command": 6}
 
 # Imports that break the layers, (src, dst) -> why, each to be removed with its fix; the test fails
 # when one disappears, so the dict only shrinks. Empty: every import follows the layers.
@@ -37,24 +37,27 @@ LOCAL_IMPORT_EXCEPTIONS: dict[tuple[str, str], str] = {}
 
 
 def layer(module: str) -> str:
-    """The layer a module of the repository belongs to."""
-    if module in FOUNDATION:
-        return "foundation"
-    top = module.split(".")[0]
-    if top == "gen":
-        return "data" if module == "gen.data" or module.startswith("gen.data.") else "diffusion"
-    return top
+    """The layer a module of the repository belongs to (its folder inside gen/, else its package)."""
+    parts = module.split(".")
+    if parts[0] != "echosynth":
+        raise ValueError(f"{module}: not an echosynth module")
+    if len(parts) == 1 or parts[1] not in PACKAGES:
+        return "command"  # echosynth, echosynth.cli
+    if parts[1] == "gen":
+        sub = parts[2] if len(parts) > 2 else "core"  # echosynth.gen itself: an empty package
+        return {"core": "foundation", "data": "data"}.get(sub, "diffusion")
+    return parts[1]
 
 
 def modules() -> dict[str, Path]:
-    """Every module of the five packages: dotted name -> file."""
+    """Every module of echosynth (the five folders and echosynth/): dotted name under echosynth -> file."""
     out = {}
-    for pkg in PACKAGES:
+    for pkg in (*PACKAGES, "echosynth"):
         for path in sorted((REPO / pkg).rglob("*.py")):
             parts = list(path.relative_to(REPO).with_suffix("").parts)
             if parts[-1] == "__init__":
                 parts = parts[:-1]
-            out[".".join(parts)] = path
+            out[".".join(parts if pkg == "echosynth" else ["echosynth", *parts])] = path
     return out
 
 
@@ -71,9 +74,9 @@ def _targets(node: ast.Import | ast.ImportFrom, module: str, is_package: bool, k
         names = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names]
     out = []
     for name in names:
-        while name and name not in known:  # `import gen.data.phantom.x` -> the longest known prefix
+        while name and name not in known:  # `import echosynth.gen.data.phantom.x` -> the longest known prefix
             name = name.rpartition(".")[0]
-        if name and name.split(".")[0] in PACKAGES:
+        if name:
             out.append(name)
     return out
 
@@ -153,14 +156,16 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_graph_reader_resolves_imports():
     """The reader sees function-local and relative imports and maps names to modules."""
     graph = import_graph()
-    assert "gen.io" in graph["gen.rundir"]
-    assert "gen.data.manifest" in graph["gen.data.dataset"] or "gen.data.manifest" in graph["gen.data.build"]
-    assert "gen.training" in graph["gen.train"]  # `from gen.training import train` inside main(), after parsing
-    assert "gen.training" not in import_graph(module_level_only=True)["gen.train"]
-    assert layer("gen.data.phantom") == "data" and layer("gen.config") == "foundation"
-    assert layer("gen.training") == "diffusion" and layer("reports.build") == "reports"
-    assert not allowed("gen.training", "classify.models") and allowed("evaluate.fidelity", "gen.training")
-    assert not allowed("reports.build", "gen.training") and allowed("reports.build", "gen.io")
+    assert "echosynth.gen.core.io" in graph["echosynth.gen.core.rundir"]
+    assert "echosynth.gen.data.manifest" in graph["echosynth.gen.data.dataset"] or "echosynth.gen.data.manifest" in graph["echosynth.gen.data.build"]
+    assert "echosynth.gen.diffusion.trainer" in graph["echosynth.gen.train"]  # `from echosynth.gen.diffusion.trainer import train` inside main(), after parsing
+    assert "echosynth.gen.diffusion.trainer" not in import_graph(module_level_only=True)["echosynth.gen.train"]
+    assert layer("echosynth.gen.data.phantom") == "data" and layer("echosynth.gen.core.config") == "foundation"
+    assert layer("echosynth.gen.diffusion.trainer") == "diffusion" and layer("echosynth.reports.build") == "reports"
+    assert not allowed("echosynth.gen.diffusion.trainer", "echosynth.classify.models") and allowed("echosynth.evaluate.fidelity", "echosynth.gen.diffusion.trainer")
+    assert not allowed("echosynth.reports.build", "echosynth.gen.diffusion.trainer") and allowed("echosynth.reports.build", "echosynth.gen.core.io")
+    assert layer("echosynth.gen.train") == "diffusion" and layer("echosynth.cli") == "command"
+    assert not allowed("echosynth.pipelines.study", "echosynth.cli")
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
@@ -182,8 +187,9 @@ def test_no_import_cycles_at_module_level():
 @pytest.mark.parametrize("package", PACKAGES)
 def test_no_import_cycles_at_all(package):
     """Within these packages not even function-local imports go round in a circle."""
-    graph = {m: {t for t in ts if t.split(".")[0] == package}
-             for m, ts in import_graph().items() if m.split(".")[0] == package}
+    inside = f"echosynth.{package}"
+    graph = {m: {t for t in ts if t.split(".")[:2] == inside.split(".")}
+             for m, ts in import_graph().items() if m.split(".")[:2] == inside.split(".")}
     found = cycles(graph)
     assert not found, "import cycles (function-local imports included): " + "; ".join(" <-> ".join(c) for c in found)
 
@@ -268,11 +274,11 @@ def local_import_problems() -> tuple[list[str], set[tuple[str, str]]]:
 def test_module_level_loads():
     """The reader finds torch behind repository imports, and which modules run before a script parses."""
     loads, runs = module_level_loads()
-    assert "torch" in loads["gen.training"] and "torch" in loads["evaluate.scoring"]  # directly; via gen.sampling
-    assert "pandas" in loads["gen.data.manifest"] and "torch" not in loads["gen.data.manifest"]
-    assert loads["gen.config"] == set() and loads["gen.train"] == set()
-    assert {"gen", "gen.config", "gen.configs", "gen.io"} <= runs["gen.train"]
-    assert "gen.training" not in runs["gen.train"]  # imported after parsing
+    assert "torch" in loads["echosynth.gen.diffusion.trainer"] and "torch" in loads["echosynth.evaluate.scoring"]  # directly; via echosynth.gen.diffusion.synthesis
+    assert "pandas" in loads["echosynth.gen.data.manifest"] and "torch" not in loads["echosynth.gen.data.manifest"]
+    assert loads["echosynth.gen.core.config"] == set() and loads["echosynth.gen.train"] == set()
+    assert {"echosynth.gen", "echosynth.gen.core.config", "echosynth.gen.diffusion.settings", "echosynth.gen.core.io"} <= runs["echosynth.gen.train"]
+    assert "echosynth.gen.diffusion.trainer" not in runs["echosynth.gen.train"]  # imported after parsing
     assert _heavy("safetensors.torch") == "torch" and _heavy("safetensors") is None
     assert _heavy("matplotlib.pyplot") == "matplotlib" and _heavy("scipyx") is None
 
@@ -283,3 +289,15 @@ def test_local_imports_defer_heavy_modules():
     assert not problems, "function-local imports with no latency reason:\n" + "\n".join(problems)
     stale = [f"{src} -> {dst}" for src, dst in LOCAL_IMPORT_EXCEPTIONS if (src, dst) not in pairs]
     assert not stale, "no longer needed, delete from LOCAL_IMPORT_EXCEPTIONS: " + ", ".join(stale)
+
+
+def test_every_import_names_the_echosynth_package():
+    """No `import gen...` or `from evaluate import ...`: the bare folder names are not installed (and
+    `evaluate` is Hugging Face's)."""
+    bare = []
+    for path in modules().values():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) and not node.level and node.module else [])
+            bare += [f"{path.relative_to(REPO)}:{node.lineno}: {n}" for n in names if n.split(".")[0] in PACKAGES]
+    assert not bare, "imports of the bare folder names (write echosynth.<package>):\n" + "\n".join(bare)

@@ -8,7 +8,7 @@ import scipy.linalg
 import torch
 from scipy.spatial.distance import cdist
 
-from evaluate.metrics import (
+from echosynth.evaluate.metrics import (
     FeatureStats,
     all_metrics,
     density_coverage,
@@ -19,7 +19,7 @@ from evaluate.metrics import (
     mmd2_unbiased,
     precision_recall,
 )
-from evaluate.neighbours import knn, knn_radius_counts
+from echosynth.evaluate.neighbours import knn, knn_radius_counts
 
 
 def _gauss(n, d, seed, shift=0.0, scale=1.0):

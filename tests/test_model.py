@@ -6,13 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from gen.checkpoint import list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
-from gen.config import ConfigError, to_dict
-from gen.ema import EMA, ema_decay_at
-from gen.io import write_json
-from gen.model import PRESETS, ClassUNet, ModelConfig, count_params, preset_table
-from gen.runs import load_run
-from gen.training import DiffusionConfig, TrainConfig
+from echosynth.gen.core.checkpoint import (
+    list_checkpoints,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
+from echosynth.gen.core.config import ConfigError, to_dict
+from echosynth.gen.core.io import write_json
+from echosynth.gen.diffusion.ema import EMA, ema_decay_at
+from echosynth.gen.diffusion.trained import load_run
+from echosynth.gen.diffusion.trainer import DiffusionConfig, TrainConfig
+from echosynth.gen.diffusion.unet import PRESETS, ClassUNet, ModelConfig, count_params, preset_table
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

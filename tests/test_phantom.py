@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from gen.data import phantom as P
+from echosynth.gen.data import phantom as P
 
 SEED = 7
 

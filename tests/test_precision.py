@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from conftest import PYTHON, REPO, run_cli
-from gen.config import build
-from gen.diffusion import Diffusion
-from gen.hardware import Compiled, autocast, want_compile
-from gen.launcher import auto_precision, cpu_native_bf16, resolve_precision
+from echosynth.gen.core.config import build
+from echosynth.gen.core.hardware import Compiled, autocast, want_compile
+from echosynth.gen.core.launcher import auto_precision, cpu_native_bf16, resolve_precision
+from echosynth.gen.diffusion.process import Diffusion
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -31,7 +31,7 @@ def test_auto_is_bf16_exactly_on_cpus_with_native_bf16(tmp_path, monkeypatch, ex
     monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)  # not under a launcher
     info = _cpuinfo(tmp_path, extra)
     assert cpu_native_bf16(info) == flag
-    monkeypatch.setattr("gen.launcher.CPUINFO", Path(info))
+    monkeypatch.setattr("echosynth.gen.core.launcher.CPUINFO", Path(info))
     mp, where = resolve_precision("auto", cuda=False, bf16_ok=False)
     if flag:
         assert (mp, where) == ("bf16", f"auto: bf16 on a CPU with native bf16 ({flag})")
@@ -46,8 +46,8 @@ def test_auto_is_bf16_exactly_on_cpus_with_native_bf16(tmp_path, monkeypatch, ex
 
 def test_a_study_ddpm_stage_runs_in_the_studys_precision(split_dir, tmp_path):
     """The launcher no longer forces fp32: the stage command carries the study's precision to the script."""
-    from pipelines.config import StudyConfig
-    from pipelines.graph import build_graph
+    from echosynth.pipelines.config import StudyConfig
+    from echosynth.pipelines.graph import build_graph
 
     def ddpm_stage(precision):
         cfg = build(StudyConfig, None, {"name": "t", "dataset.subsets": [60], "ddpm.mixed_precision": precision})
@@ -74,7 +74,7 @@ def test_a_study_ddpm_stage_runs_in_the_studys_precision(split_dir, tmp_path):
 
 def test_bf16_hybrid_loss_terms_stay_near_fp32():
     """The UNet forward in bf16, the loss in fp32: mse and vb within a few per cent of the fp32 terms."""
-    from gen.model import ClassUNet
+    from echosynth.gen.diffusion.unet import ClassUNet
 
     torch.manual_seed(0)
     d = Diffusion(1000, "linear", True)

@@ -7,8 +7,8 @@ import json
 import pandas as pd
 
 from conftest import PYTHON, run_cli
-from gen.data.manifest import read_manifest
-from gen.io import write_json
+from echosynth.gen.core.io import write_json
+from echosynth.gen.data.manifest import read_manifest
 
 
 def _phantom(out, *extra, check=True):

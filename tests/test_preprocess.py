@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage, stats
 
-from gen.data import preprocess as pp
+from echosynth.gen.data import preprocess as pp
 from tests.importer_fixtures import echo_clip, echo_frame, sector_mask
 
 
@@ -179,7 +179,7 @@ def test_cap_per_group_keeps_limit_independent_of_order():
 
 def test_cone_and_doppler_on_a_raw_phantom_frame():
     """The phantom's acquired-looking frames (overlays, ECG, colour text) against the detectors."""
-    phantom = pytest.importorskip("gen.data.phantom")
+    phantom = pytest.importorskip("echosynth.gen.data.phantom")
     if not hasattr(phantom, "render_clip"):
         pytest.skip("the phantom has no video mode yet")
     item = next(it for it in phantom.plan(40, seed=0) if it.source == "unity")

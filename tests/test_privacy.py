@@ -10,12 +10,18 @@ import pytest
 import torch
 from scipy.ndimage import shift as nd_shift
 
-from evaluate.copy_detection import calibrate, carlini_ratio, flag, nndr, tolerant_distance
-from evaluate.membership import loss_threshold_attack, roc_summary
-from evaluate.privacy import audit
-from evaluate.privacy import main as privacy_main
-from gen.data.image_sets import ImageSet, load_image_set, write_sample_dir
-from gen.data.manifest import read_manifest
+from echosynth.evaluate.copy_detection import (
+    calibrate,
+    carlini_ratio,
+    flag,
+    nndr,
+    tolerant_distance,
+)
+from echosynth.evaluate.membership import loss_threshold_attack, roc_summary
+from echosynth.evaluate.privacy import audit
+from echosynth.evaluate.privacy import main as privacy_main
+from echosynth.gen.data.image_sets import ImageSet, load_image_set, write_sample_dir
+from echosynth.gen.data.manifest import read_manifest
 from tests.standin import make_standin_classifier, make_standin_diffusion_run
 
 CLASSES = ["A2C", "A4C", "PLAX", "PSAX"]
@@ -24,7 +30,7 @@ CLASSES = ["A2C", "A4C", "PLAX", "PSAX"]
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """A larger phantom (1,000 frames at 32 px, split by patient) so that calibration sets have ~100 images."""
-    from gen.data.build import build_phantom, build_splits
+    from echosynth.gen.data.build import build_phantom, build_splits
 
     root = tmp_path_factory.mktemp("privacy")
     build_phantom(root / "phantom", n=1000, size=32, seed=3, workers=1, progress=False)
@@ -126,7 +132,7 @@ def test_calibration_keeps_the_whole_rule_within_the_percentile():
 
 def test_loss_threshold_attack_catches_a_memorising_model(data):
     """An oracle that denoises by snapping to the nearest member image: members have zero loss, so AUC ≈ 1."""
-    from gen.diffusion import Diffusion
+    from echosynth.gen.diffusion.process import Diffusion
 
     members, others = load_image_set(data / "train.csv"), load_image_set(data / "val.csv")
     diffusion = Diffusion(1000, "linear", learn_sigma=False)

@@ -16,9 +16,9 @@ import threading
 import pytest
 
 from conftest import PYTHON, REPO, accelerate_cmd
-from gen.launcher import PROGRESS_ENV, progress_wanted
+from echosynth.gen.core.launcher import PROGRESS_ENV, progress_wanted
 
-CHILD = "import sys; from gen.launcher import progress_wanted; print(progress_wanted(), file=sys.stderr)"
+CHILD = "import sys; from echosynth.gen.core.launcher import progress_wanted; print(progress_wanted(), file=sys.stderr)"
 
 
 def _env(**extra):

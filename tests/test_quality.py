@@ -10,8 +10,8 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from classify.models import build_classifier, load_classifier
-from classify.quality import grade_loss
+from echosynth.classify.models import build_classifier, load_classifier
+from echosynth.classify.quality import grade_loss
 from tests.conftest import PYTHON, run_cli
 
 GRADER = ["--config", "configs/classify/quick.yaml", "--task", "quality", "--arch", "madani", "--threads", "1",
@@ -77,8 +77,8 @@ def test_grader_training_end_to_end(split_dir, tmp_path, scheme):
 
 
 def test_grader_needs_grades(split_dir, tmp_path):
-    from classify.train import main
-    from gen.data.manifest import write_manifest
+    from echosynth.classify.train import main
+    from echosynth.gen.data.manifest import write_manifest
 
     df = pd.read_csv(split_dir / "train_60.csv", dtype=str, keep_default_na=False)
     df["quality"] = ""

@@ -8,9 +8,9 @@ import re
 import pytest
 
 from conftest import PYTHON, run_cli
-from evaluate.gate import GateConfig, gate_verdict
-from reports.build import build_report
-from reports.render import Table, mean_sd
+from echosynth.evaluate.gate import GateConfig, gate_verdict
+from echosynth.reports.build import build_report
+from echosynth.reports.render import Table, mean_sd
 
 
 def _study(tmp_path, stages):
@@ -46,8 +46,8 @@ def test_report_cli_errors(tmp_path):
 
 def test_report_imports_no_training_code():
     """reports/ reads files only: importing it must not pull in torch."""
-    code = ("import sys; import reports.build, reports.sections, reports.findings, reports.collect; "
-            "from reports.build import build_report; assert 'torch' not in sys.modules, 'torch imported'")
+    code = ("import sys; import echosynth.reports.build, echosynth.reports.sections, echosynth.reports.findings, echosynth.reports.collect; "
+            "from echosynth.reports.build import build_report; assert 'torch' not in sys.modules, 'torch imported'")
     run_cli([PYTHON, "-c", code])
 
 
@@ -81,8 +81,8 @@ def _clf_run(run, auprc: float, recall: dict[str, float], classes=("A2C", "A4C",
 
 
 def test_findings_come_from_the_numbers(tmp_path):
-    from reports.collect import load_study
-    from reports.findings import findings
+    from echosynth.reports.collect import load_study
+    from echosynth.reports.findings import findings
 
     split = tmp_path / "data" / "split"
     split.mkdir(parents=True)
@@ -125,7 +125,7 @@ def test_weighted_average_precision_matches_sklearn_with_ties_and_duplicates():
     import numpy as np
     from sklearn.metrics import average_precision_score
 
-    from reports.compare import weighted_ap
+    from echosynth.reports.compare import weighted_ap
 
     rng = np.random.default_rng(0)
     y = rng.random(60) < 0.3
@@ -164,7 +164,7 @@ def _pred_run(run, probs, labels, classes=("A2C", "A4C", "PLAX", "PSAX"), seeds=
 def test_differences_within_their_uncertainty_are_no_clear_difference(tmp_path):
     import numpy as np
 
-    from reports.compare import compare_runs
+    from echosynth.reports.compare import compare_runs
 
     rng = np.random.default_rng(1)
     labels = np.repeat(np.arange(4), 30)
@@ -187,7 +187,7 @@ def test_nested_interval_matches_a_hand_computation():
     import numpy as np
     from sklearn.metrics import average_precision_score, balanced_accuracy_score
 
-    from reports.compare import Predictions, _stat, nested_bootstrap
+    from echosynth.reports.compare import Predictions, _stat, nested_bootstrap
 
     rng = np.random.default_rng(5)
     labels = np.array([0, 0, 0, 1, 1, 2, 2])
@@ -216,7 +216,7 @@ def test_identical_seeds_give_no_spread_and_differing_seeds_widen_the_interval(t
     import numpy as np
     import pandas as pd
 
-    from reports.compare import compare_runs
+    from echosynth.reports.compare import compare_runs
 
     rng = np.random.default_rng(4)
     labels = np.repeat(np.arange(4), 50)
@@ -239,9 +239,9 @@ def test_identical_seeds_give_no_spread_and_differing_seeds_widen_the_interval(t
 def test_findings_never_report_the_split_that_selected_the_checkpoint(tmp_path):
     import numpy as np
 
-    from reports.collect import load_study
-    from reports.compare import SelectionLeak, compare_runs, findings_split
-    from reports.findings import findings
+    from echosynth.reports.collect import load_study
+    from echosynth.reports.compare import SelectionLeak, compare_runs, findings_split
+    from echosynth.reports.findings import findings
 
     rng = np.random.default_rng(3)
     labels = np.repeat(np.arange(4), 30)
@@ -277,8 +277,8 @@ def test_from_scratch_vs_frozen_imagenet_features_finding(tmp_path):
     """Thesis Table 5.3: the direction is stated from the two runs' numbers and their interval."""
     import numpy as np
 
-    from reports.collect import load_study
-    from reports.findings import findings
+    from echosynth.reports.collect import load_study
+    from echosynth.reports.findings import findings
 
     rng = np.random.default_rng(3)
     labels = np.repeat(np.arange(4), 30)

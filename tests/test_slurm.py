@@ -28,11 +28,11 @@ from safetensors.torch import load_file
 from slurm_cluster import LocalSlurm, SlurmUnavailable
 
 from conftest import PYTHON, REPO, run_cli
-from gen.config import ConfigError, parse_config
-from pipelines.config import SLURM_KINDS, SlurmConfig, SlurmJobConfig, StudyConfig
-from pipelines.executor import ExecutorError, Job
-from pipelines.graph import build_graph
-from pipelines.slurm import (
+from echosynth.gen.core.config import ConfigError, parse_config
+from echosynth.pipelines.config import SLURM_KINDS, SlurmConfig, SlurmJobConfig, StudyConfig
+from echosynth.pipelines.executor import ExecutorError, Job
+from echosynth.pipelines.graph import build_graph
+from echosynth.pipelines.slurm import (
     Cluster,
     Node,
     SlurmExecutor,
@@ -204,7 +204,7 @@ def test_kinds_sbatch_lines_and_checks(tmp_path):
 
 
 def test_dry_run_shows_sbatch_lines(tmp_path, capsys):
-    from pipelines import study as study_cli
+    from echosynth.pipelines import study as study_cli
 
     assert study_cli.main(["--config", str(TINY), "--out", str(tmp_path / "s"), "--executor", "slurm", "--dry-run",
                            "--slurm.ddpm_train.partition", "gpu", "--slurm.ddpm_train.gpus", "2"]) == 0
@@ -260,8 +260,8 @@ def _pending_executor(monkeypatch, reason: str, kind: str = "data", **job):
     ex._queue, ex._queue_t, ex._gone, ex._logs, ex._cluster_info = {"7": ("PENDING", reason)}, 1e18, {}, {}, None
     ex.study_dir, ex.echo, ex.poll_s = Path("/nonexistent"), print, 1.0
     cancelled = []
-    monkeypatch.setattr("pipelines.slurm.cluster_info", lambda: GPU_CLUSTER)
-    monkeypatch.setattr("pipelines.slurm._run", lambda cmd, timeout=120: cancelled.append(cmd))
+    monkeypatch.setattr("echosynth.pipelines.slurm.cluster_info", lambda: GPU_CLUSTER)
+    monkeypatch.setattr("echosynth.pipelines.slurm._run", lambda cmd, timeout=120: cancelled.append(cmd))
     monkeypatch.setattr(SlurmExecutor, "_note", lambda self, job, msg: None)
     return ex, Job(stage="data-phantom", job_id="7", handle=object(), info={"kind": kind, "slurm_state": "PENDING"}), cancelled
 

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gen.data.build import build_splits
-from gen.data.manifest import read_manifest
-from gen.data.splits import assign_splits, balanced_order, subset_column, subset_ranks
+from echosynth.gen.data.build import build_splits
+from echosynth.gen.data.manifest import read_manifest
+from echosynth.gen.data.splits import assign_splits, balanced_order, subset_column, subset_ranks
 
 
 def _table(n_patients=400, seed=0) -> pd.DataFrame:
@@ -110,7 +110,7 @@ def _copy_dataset(src, dst):
 def test_split_declares_its_data_root_and_refuses_outside_or_changed_files(phantom_dir, tmp_path):
     import json
 
-    from gen.data.manifest import ManifestError
+    from echosynth.gen.data.manifest import ManifestError
 
     m = _copy_dataset(phantom_dir, tmp_path / "data")
     build_splits(m, tmp_path / "split", subsets=[60], seed=0)
@@ -141,7 +141,7 @@ def test_split_declares_its_data_root_and_refuses_outside_or_changed_files(phant
 def test_split_resumes_after_an_interruption_with_identical_files(phantom_dir, tmp_path):
     import json
 
-    from gen.io import fingerprint, write_text
+    from echosynth.gen.core.io import fingerprint, write_text
 
     out = tmp_path / "split"
     build_splits(phantom_dir / "manifest.csv", out, subsets=[60, 120], seed=0)

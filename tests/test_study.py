@@ -147,7 +147,7 @@ def test_quick_preset(tmp_path):
     converged judge (ResNet18, 300 steps) and the larger validation split brought the floor from 54 to 25
     while the synthetic set's FID stayed near 158, so it now measures 6.3× (recorded in
     benchmarks/results/study_quick_duration.json). Its wall time is a benchmark number there, not asserted."""
-    from evaluate.gate import GateConfig, gate_verdict
+    from echosynth.evaluate.gate import GateConfig, gate_verdict
 
     t0 = time.perf_counter()
     proc = run_cli([PYTHON, "pipelines/study.py", "--config", "configs/study/quick.yaml", "--out", str(tmp_path / "q")],

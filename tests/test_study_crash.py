@@ -41,8 +41,8 @@ os.replace(tmp, run / "out.txt")
 # Runs the graph described in a JSON file under the study lock, as study.py does.
 DRIVER = r"""
 import json, sys, pathlib
-from pipelines.executor import LocalExecutor
-from pipelines.stages import Runner, Stage, StageFailed, StudyLock, StudyLocked
+from echosynth.pipelines.executor import LocalExecutor
+from echosynth.pipelines.stages import Runner, Stage, StageFailed, StudyLock, StudyLocked
 spec = json.loads(pathlib.Path(sys.argv[1]).read_text())
 root = pathlib.Path(spec["root"])
 stages = [Stage(s["name"], s["command"], pathlib.Path(s["run_dir"]), inputs=[pathlib.Path(p) for p in s["inputs"]],
@@ -198,14 +198,14 @@ def test_killed_runner_takes_its_stages_along_and_the_lock_waits(tmp_path):
     p.wait(timeout=10)
     assert _wait_dead(pids, 20) == [], "the guard did not stop the dead runner's stages"
     # With the stages gone, the lock is free again.
-    from pipelines.stages import StudyLock
+    from echosynth.pipelines.stages import StudyLock
 
     with StudyLock(tmp_path, wait_s=10, echo=lambda s: None) as lock:
         assert lock.fd is not None
 
 
 def test_second_runner_on_the_same_study_is_refused(tmp_path, capsys):
-    from pipelines import study
+    from echosynth.pipelines import study
 
     pids_file = _stubborn_graph(tmp_path)
     p = _driver(tmp_path / "graph.json")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from gen.io import write_json
-from pipelines.stages import DONE, Runner, Stage, StageFailed, select
+from echosynth.gen.core.io import write_json
+from echosynth.pipelines.stages import DONE, Runner, Stage, StageFailed, select
 
 # A stand-in CLI: copies its input (upper-cased) into RUN/out.txt, records each call's argv in
 # RUN/calls.jsonl, and fails once (leaving partial output) while FAIL_ONCE exists.
@@ -112,8 +112,8 @@ def test_only_and_from_selection(tmp_path):
 
 
 def test_graph_and_dry_run(tmp_path, capsys):
-    from pipelines import study
-    from pipelines.graph import build_graph
+    from echosynth.pipelines import study
+    from echosynth.pipelines.graph import build_graph
 
     assert study.main(["--out", str(tmp_path / "s"), "--dry-run", "--experiments.ablation", "true",
                        "--experiments.sample_size", "10,20", "--experiments.training_time", "5,10"]) == 0
@@ -134,8 +134,8 @@ def test_graph_and_dry_run(tmp_path, capsys):
 
 def test_fidelity_stages_get_the_gate_thresholds(tmp_path):
     """The study's `gate:` section goes to every stage that scores a synthetic set, so changing it re-runs them."""
-    from pipelines import study
-    from pipelines.graph import build_graph
+    from echosynth.pipelines import study
+    from echosynth.pipelines.graph import build_graph
 
     flags = ["--experiments.ablation", "true", "--experiments.sample_size", "10,20"]
     default = {s.name: s for s in build_graph(study.parse_config(study.StudyConfig, flags), tmp_path)}
@@ -175,7 +175,7 @@ def _timed(tmp: Path, name: str, seconds: float, deps=(), fail: bool = False, ex
 
 
 def test_independent_stages_overlap(tmp_path):
-    from pipelines.executor import default_jobs
+    from echosynth.pipelines.executor import default_jobs
 
     stages = [_timed(tmp_path, "a", 1.5), _timed(tmp_path, "b", 1.5), _timed(tmp_path, "c", 0.1, deps=["a", "b"])]
     assert Runner(tmp_path, stages, {}, echo=lambda s: None, jobs=2).run(["a", "b", "c"]) == 3
@@ -201,7 +201,7 @@ def test_failure_stops_dependants_only(tmp_path):
 
 
 def test_study_exits_nonzero_with_the_log_tail(tmp_path, monkeypatch, capsys):
-    from pipelines import study
+    from echosynth.pipelines import study
 
     def graph(cfg, out):
         return [_timed(out, "data-x", 0), _timed(out, "bad", 0, fail=True, deps=["data-x"]), _timed(out, "ok", 0.2)]
@@ -254,8 +254,8 @@ def test_complete_but_unmarked_stage_is_finished_not_rerun(tmp_path):
 
 
 def test_sample_stages_declare_their_completion_flag(tmp_path):
-    from pipelines import study
-    from pipelines.graph import build_graph
+    from echosynth.pipelines import study
+    from echosynth.pipelines.graph import build_graph
 
     cfg = study.parse_config(study.StudyConfig, [])
     samples = [s for s in build_graph(cfg, tmp_path) if s.command[-1:] and "gen/sample.py" in s.command]
@@ -282,7 +282,7 @@ def test_report_stage_renders_the_final_state(tmp_path):
 def test_command_goes_to_the_log_and_progress_line(tmp_path):
     import io
 
-    from pipelines.progress import Progress, fmt_seconds, load_history
+    from echosynth.pipelines.progress import Progress, fmt_seconds, load_history
 
     stages = [_timed(tmp_path, "a", 0.3), _timed(tmp_path, "b", 0.3, deps=["a"])]
     buf = io.StringIO()
@@ -317,7 +317,7 @@ def test_command_goes_to_the_log_and_progress_line(tmp_path):
 
 
 def test_log_tail_leaves_out_the_launcher_traceback(tmp_path):
-    from pipelines.stages import _tail
+    from echosynth.pipelines.stages import _tail
 
     log = tmp_path / "x.log"
     log.write_text("\n".join([
@@ -342,7 +342,7 @@ def test_log_tail_leaves_out_the_launcher_traceback(tmp_path):
                                                       "ddpm.sample_steps"]),
 ])
 def test_dry_run_checks_every_stage_setting(tmp_path, capsys, flags, stage, words):
-    from pipelines import study
+    from echosynth.pipelines import study
 
     assert study.main(["--out", str(tmp_path / "s"), "--dry-run", *flags]) == 2
     err = capsys.readouterr().err
@@ -351,7 +351,7 @@ def test_dry_run_checks_every_stage_setting(tmp_path, capsys, flags, stage, word
 
 
 def test_dry_run_shows_waves_and_checks(tmp_path, capsys):
-    from pipelines import study
+    from echosynth.pipelines import study
 
     assert study.main(["--out", str(tmp_path / "s"), "--dry-run", "--jobs", "3"]) == 0
     out = capsys.readouterr().out
@@ -363,7 +363,7 @@ def test_dry_run_shows_waves_and_checks(tmp_path, capsys):
 
 
 def test_check_registry_matches_the_scripts():
-    from pipelines.checks import CLIS
+    from echosynth.pipelines.checks import CLIS
 
     repo = Path(__file__).resolve().parent.parent
     for script, (_, cls_name, _) in CLIS.items():
@@ -371,15 +371,15 @@ def test_check_registry_matches_the_scripts():
 
 
 def test_every_stage_command_is_checked(tmp_path):
-    from pipelines import study
-    from pipelines.checks import check_stages, split_command
-    from pipelines.graph import build_graph
+    from echosynth.pipelines import study
+    from echosynth.pipelines.checks import check_stages, split_command
+    from echosynth.pipelines.graph import build_graph
 
     cfg = study.parse_config(study.StudyConfig, ["--experiments.ablation", "true", "--experiments.sample_size", "10,20",
                                                  "--experiments.training_time", "5,10", "--experiments.quality", "true"])
     stages = build_graph(cfg, tmp_path)
     unchecked = [s.name for s in stages if split_command(s.command) is None]
-    assert unchecked == [], f"add these stages' CLIs to pipelines.checks.CLIS: {unchecked}"
+    assert unchecked == [], f"add these stages' CLIs to echosynth.pipelines.checks.CLIS: {unchecked}"
     assert check_stages(stages, study.to_dict(cfg)) == len(stages)
 
 

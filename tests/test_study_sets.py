@@ -11,13 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from classify.datasets import build_training_set, parse_spec
-from gen.config import parse_config
-from gen.data.build import build_phantom, build_splits
-from gen.data.manifest import VIEWS, read_manifest, write_manifest
-from gen.io import sha1_file
-from pipelines.config import StudyConfig
-from pipelines.graph import build_graph
+from echosynth.classify.datasets import build_training_set, parse_spec
+from echosynth.gen.core.config import parse_config
+from echosynth.gen.core.io import sha1_file
+from echosynth.gen.data.build import build_phantom, build_splits
+from echosynth.gen.data.manifest import VIEWS, read_manifest, write_manifest
+from echosynth.pipelines.config import StudyConfig
+from echosynth.pipelines.graph import build_graph
 
 N, PER_CLASS, SIZE = 40, 20, 32
 

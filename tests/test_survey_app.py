@@ -20,9 +20,21 @@ import pytest
 from scipy.stats import binomtest
 
 from conftest import ARTIFACTS, NO_BROWSER, PYTHON, REPO, chromium_path, run_cli
-from evaluate.survey.design import IMAGES_DIR, KEY_FILE, build_survey, load_key, load_survey
-from evaluate.survey.store import SurveyStore
-from gen.data.manifest import data_roots, read_manifest, rebase, write_data_roots, write_manifest
+from echosynth.evaluate.survey.design import (
+    IMAGES_DIR,
+    KEY_FILE,
+    build_survey,
+    load_key,
+    load_survey,
+)
+from echosynth.evaluate.survey.store import SurveyStore
+from echosynth.gen.data.manifest import (
+    data_roots,
+    read_manifest,
+    rebase,
+    write_data_roots,
+    write_manifest,
+)
 
 APP = str(REPO / "evaluate" / "survey" / "app.py")
 PASSWORD = "correct horse battery staple"

@@ -17,7 +17,7 @@ import test_survey_app as survey_tests
 from PIL import Image
 from test_survey_app import APP, PASSWORD, _answer_before, _fill, _fresh_copy, _texts
 
-from evaluate.survey.design import (
+from echosynth.evaluate.survey.design import (
     IMAGES_DIR,
     KEY_FILE,
     NEUTRAL_MTIME,
@@ -26,13 +26,13 @@ from evaluate.survey.design import (
     load_key,
     load_survey,
 )
-from evaluate.survey.store import LOCK_AFTER, SurveyStore, csv_safe, lock_duration
-from gen.io import sha1_file
+from echosynth.evaluate.survey.store import LOCK_AFTER, SurveyStore, csv_safe, lock_duration
+from echosynth.gen.core.io import sha1_file
 
 
 def build_cli(args: list[str], capsys) -> tuple[int, str, str]:
     """evaluate/survey/build.py's main in this process (a subprocess would spend most of its time importing)."""
-    from evaluate.survey.build import main
+    from echosynth.evaluate.survey.build import main
 
     rc = main([str(a) for a in args])
     out = capsys.readouterr()
@@ -168,7 +168,7 @@ def test_csv_exports_neutralise_formulas(survey_dir, tmp_path):
 
 
 def test_pair_images_written_in_random_order_with_one_mtime(manifests, tmp_path, monkeypatch):
-    import evaluate.survey.design as design
+    import echosynth.evaluate.survey.design as design
 
     order = []
     real_save = design.save_png

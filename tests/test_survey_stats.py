@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from evaluate.survey.stats import binom_test, proportion_summary, wilson_interval
+from echosynth.evaluate.survey.stats import binom_test, proportion_summary, wilson_interval
 
 
 @pytest.mark.parametrize("n", [1, 2, 7, 15, 50, 750])

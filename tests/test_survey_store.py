@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from conftest import PYTHON, REPO
-from evaluate.survey.store import SurveyStore, new_code, normalize_code
+from echosynth.evaluate.survey.store import SurveyStore, new_code, normalize_code
 
 PAIRS = {f"p{i:02d}": (f"a{i}.png", f"b{i}.png") for i in range(1, 21)}
 
@@ -17,7 +17,7 @@ PAIRS = {f"p{i:02d}": (f"a{i}.png", f"b{i}.png") for i in range(1, 21)}
 # Each writer is a separate Python process (not a fork of pytest), as several app servers would be.
 WRITER = r"""
 import json, sys
-from evaluate.survey.store import SurveyStore
+from echosynth.evaluate.survey.store import SurveyStore
 db, mode, arg, worker = sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
 pairs = {f"p{i:02d}": (f"a{i}.png", f"b{i}.png") for i in range(1, 21)}
 store = SurveyStore(db, "s")

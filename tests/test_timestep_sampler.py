@@ -11,10 +11,10 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import accelerate_cmd, run_cli
-from gen.config import ConfigError, build
-from gen.configs import TrainConfig
-from gen.io import read_jsonl
-from gen.timestep_sampler import (
+from echosynth.gen.core.config import ConfigError, build
+from echosynth.gen.core.io import read_jsonl
+from echosynth.gen.diffusion.settings import TrainConfig
+from echosynth.gen.diffusion.timestep_sampler import (
     LossSecondMomentSampler,
     build_timestep_sampler,
     inverse_cdf,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gen.data import phantom as P
-from gen.data.video import VideoError, read_video, write_video
+from echosynth.gen.data import phantom as P
+from echosynth.gen.data.video import VideoError, read_video, write_video
 
 
 def _smooth_frames(t: int = 5, h: int = 48, w: int = 64) -> np.ndarray:

@@ -9,11 +9,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from evaluate.survey.design import SurveyError, load_survey
-from evaluate.survey.results import save_figures, survey_results
-from evaluate.survey.store import SurveyStore
-from gen.config import ConfigError, field, parse_config, run_script
-from gen.io import warn_if_tracked, write_json
+from echosynth.evaluate.survey.design import SurveyError, load_survey
+from echosynth.evaluate.survey.results import save_figures, survey_results
+from echosynth.evaluate.survey.store import SurveyStore
+from echosynth.gen.core.config import ConfigError, field, parse_config, run_script
+from echosynth.gen.core.io import warn_if_tracked, write_json
 
 
 @dataclass

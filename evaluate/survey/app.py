@@ -27,13 +27,18 @@ from pathlib import Path
 
 import streamlit as st
 
-from evaluate.survey.auth import PASSWORD_ENV, PASSWORD_FILE_ENV, admin_password, check_password
-from evaluate.survey.design import FILTERS, Survey, load_survey, upscale_png
-from evaluate.survey.questions import AFTER, BEFORE, PAIR_CONFIDENCE, Question
-from evaluate.survey.results import figures, survey_results
-from evaluate.survey.store import SurveyStore, normalize_code
-from gen.config import ConfigError, build, field
-from gen.io import warn_if_tracked
+from echosynth.evaluate.survey.auth import (
+    PASSWORD_ENV,
+    PASSWORD_FILE_ENV,
+    admin_password,
+    check_password,
+)
+from echosynth.evaluate.survey.design import FILTERS, Survey, load_survey, upscale_png
+from echosynth.evaluate.survey.questions import AFTER, BEFORE, PAIR_CONFIDENCE, Question
+from echosynth.evaluate.survey.results import figures, survey_results
+from echosynth.evaluate.survey.store import SurveyStore, normalize_code
+from echosynth.gen.core.config import ConfigError, build, field
+from echosynth.gen.core.io import warn_if_tracked
 
 SURVEY_ENV = "ECHOSYNTH_SURVEY_DIR"
 log = logging.getLogger("echosynth.survey")

@@ -9,10 +9,10 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from evaluate.survey.design import KEY_FILE, SurveyError, build_survey
-from gen.config import ConfigError, field, parse_config, run_script, to_dict
-from gen.data.manifest import KNOWN_VIEWS
-from gen.io import check_writable_output, read_json, warn_if_tracked
+from echosynth.evaluate.survey.design import KEY_FILE, SurveyError, build_survey
+from echosynth.gen.core.config import ConfigError, field, parse_config, run_script, to_dict
+from echosynth.gen.core.io import check_writable_output, read_json, warn_if_tracked
+from echosynth.gen.data.manifest import KNOWN_VIEWS
 
 
 @dataclass

@@ -25,8 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
-from gen.data.manifest import Manifest, ManifestError, inside_data, load_gray, read_manifest
-from gen.io import fingerprint, read_json, save_png, write_json
+from echosynth.gen.core.io import fingerprint, read_json, save_png, write_json
+from echosynth.gen.data.manifest import (
+    Manifest,
+    ManifestError,
+    inside_data,
+    load_gray,
+    read_manifest,
+)
 
 # Every pair image gets this mtime (2000-01-01T00:00:00Z): build order must not show.
 NEUTRAL_MTIME = 946684800

@@ -12,11 +12,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from evaluate.survey.design import Survey, load_key, load_survey
-from evaluate.survey.questions import AFTER, BEFORE, PAIR_CONFIDENCE, YEARS_BINS, years_bin
-from evaluate.survey.stats import proportion_summary
-from evaluate.survey.store import SurveyStore
-from gen.io import atomic_path
+from echosynth.evaluate.survey.design import Survey, load_key, load_survey
+from echosynth.evaluate.survey.questions import (
+    AFTER,
+    BEFORE,
+    PAIR_CONFIDENCE,
+    YEARS_BINS,
+    years_bin,
+)
+from echosynth.evaluate.survey.stats import proportion_summary
+from echosynth.evaluate.survey.store import SurveyStore
+from echosynth.gen.core.io import atomic_path
 
 GROUPS = ("occupation", "specialty", "years_band", "ultrasound_experience", "echo_experience",
           "expected_difficulty", "confidence_overall")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from gen.io import atomic_path
+from echosynth.gen.core.io import atomic_path
 
 # Crockford-like alphabet without look-alikes (0/O, 1/I/L, U): 12 symbols ≈ 59 bits.
 CODE_ALPHABET = "ABCDEFGHJKMNPQRSTVWXYZ23456789"

@@ -13,8 +13,9 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from gen.data import phantom
-from gen.data.manifest import (
+from echosynth.gen.core.io import fingerprint, read_json, sha1_bytes, write_bytes, write_json
+from echosynth.gen.data import phantom
+from echosynth.gen.data.manifest import (
     Manifest,
     ManifestError,
     data_roots,
@@ -24,8 +25,7 @@ from gen.data.manifest import (
     write_data_roots,
     write_manifest,
 )
-from gen.data.splits import assign_splits, subset_column, subset_ranks
-from gen.io import fingerprint, read_json, sha1_bytes, write_bytes, write_json
+from echosynth.gen.data.splits import assign_splits, subset_column, subset_ranks
 
 # ----------------------------------------------------------------------------------------------
 # Summaries
@@ -159,7 +159,7 @@ def _claim_output(out: Path, settings: dict, overwrite: bool) -> None:
         if overwrite:
             shutil.rmtree(out)
         elif marker.is_file() and read_json(marker) == settings:
-            for tmp in out.rglob(".*.tmp"):  # half-written files of the killed run (gen.io.atomic_path)
+            for tmp in out.rglob(".*.tmp"):  # half-written files of the killed run (echosynth.gen.core.io.atomic_path)
                 tmp.unlink(missing_ok=True)
             return  # interrupted earlier with the same settings: resume
         else:

@@ -10,7 +10,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from gen.data.manifest import ImageError, Manifest, ManifestError, load_gray, read_manifest
+from echosynth.gen.data.manifest import (
+    ImageError,
+    Manifest,
+    ManifestError,
+    load_gray,
+    read_manifest,
+)
 
 
 class ManifestDataset(Dataset):

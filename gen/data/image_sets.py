@@ -8,7 +8,7 @@ A set is named by
 
 Every set becomes uint8 images (N×S×S) with integer labels indexing `classes` and the source,
 patient, grade, path (and seed, video) of each row. Manifest images are decoded by one function,
-`gen.data.manifest.load_gray` (bicubic resize when `size` is given), on one thread pool. No torch
+`echosynth.gen.data.manifest.load_gray` (bicubic resize when `size` is given), on one thread pool. No torch
 here: the evaluation scripts and the survey load sets without it.
 """
 
@@ -26,7 +26,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from gen.data.manifest import (
+from echosynth.gen.core.io import save_npz, save_png, sha1_file
+from echosynth.gen.data.manifest import (
     ImageError,
     Manifest,
     ManifestError,
@@ -36,7 +37,6 @@ from gen.data.manifest import (
     sort_views,
     write_manifest,
 )
-from gen.io import save_npz, save_png, sha1_file
 
 FORMS = ("a manifest CSV (optionally PATH.csv#split=NAME,subset=N), a sample directory holding "
          "samples.npz or manifest.csv, or a samples.npz file")

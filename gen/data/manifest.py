@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gen.data import VIEWS
-from gen.io import atomic_path, read_json, sha1_file, write_json
+from echosynth.gen.core.io import atomic_path, read_json, sha1_file, write_json
+from echosynth.gen.data import VIEWS
 
 REQUIRED_COLUMNS = ("path", "view", "source", "patient_id", "split", "frame", "quality", "sha1")
 # CACTUS keeps its parasternal short-axis variants and extra classes under their own names.

@@ -29,12 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-from gen.data import VIEWS
-from gen.data import phantom_anatomy as anat
-from gen.data import phantom_overlay as ovl
-from gen.data import phantom_scan as scan
-from gen.data.video import write_video
-from gen.io import save_png
+from echosynth.gen.core.io import save_png
+from echosynth.gen.data import VIEWS
+from echosynth.gen.data import phantom_anatomy as anat
+from echosynth.gen.data import phantom_overlay as ovl
+from echosynth.gen.data import phantom_scan as scan
+from echosynth.gen.data.video import write_video
 
 DOMAIN_SHIFT_SOURCES = ("camus", "unity")
 TRAINING_SOURCES = ("lvh", "dynamic", "tmed2")
@@ -724,7 +724,7 @@ def main(argv: list[str] | None = None) -> None:
 
     save_png(args.out, sample_grid(args.seed, args.size, args.per_cell))
     if args.real and args.compare_out:
-        from gen.data.manifest import load_gray  # here: only --real needs pandas
+        from echosynth.gen.data.manifest import load_gray  # here: only --real needs pandas
 
         reals = [load_gray(p, args.size) for p in sorted(Path(args.real).glob("*.png"))][:6]
         if not reals:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gen.io import atomic_path
+from echosynth.gen.core.io import atomic_path
 
 # extension -> (FFmpeg container format, default codec)
 CONTAINERS: dict[str, tuple[str, str]] = {".avi": ("avi", "mjpeg"), ".mp4": ("mp4", "libx264"), ".mkv": ("matroska", "ffv1")}

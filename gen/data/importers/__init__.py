@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from gen.data.importers import cactus, camus, echonet, generic, tmed2, unity
-from gen.data.importers.base import Importer, Item, import_dataset, print_report
+from echosynth.gen.data.importers import cactus, camus, echonet, generic, tmed2, unity
+from echosynth.gen.data.importers.base import Importer, Item, import_dataset, print_report
 
 # cone: crop to the detected sector. Off where the release is already cropped to the image
 # (TMED2 stills, CAMUS sectors without overlays); on where burnt-in overlays may remain.

@@ -3,7 +3,7 @@
 A format module only *scans* its dataset: it reads the label files and returns one `Item` per
 source file (path, view, patient, metadata) plus the files it had to exclude (unknown label,
 missing file). This module decodes each item in parallel worker processes, applies the
-preprocessing of `gen.data.preprocess`, writes 8-bit PNGs, and caches one small JSON result per
+preprocessing of `echosynth.gen.data.preprocess`, writes 8-bit PNGs, and caches one small JSON result per
 item under `OUT/.cache/` so an interrupted or repeated import skips finished files. It then
 groups colour inputs by KS tests, applies `--exclude-groups`, and writes `manifest.csv`,
 `excluded.csv`, `groups/` and `summary.json`.
@@ -30,18 +30,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from gen.data import preprocess as pp
-from gen.data.build import print_summary, summary_dict
-from gen.data.importers.readers import (
-    NoPixelDataError,
-    UnreadableError,
-    crop_region,
-    decode,
-    kind_of,
-    read_frames,
-)
-from gen.data.manifest import REQUIRED_COLUMNS, read_manifest, write_manifest
-from gen.io import (
+from echosynth.gen.core.io import (
     atomic_path,
     read_json,
     sha1_bytes,
@@ -50,6 +39,17 @@ from gen.io import (
     write_json,
     write_text,
 )
+from echosynth.gen.data import preprocess as pp
+from echosynth.gen.data.build import print_summary, summary_dict
+from echosynth.gen.data.importers.readers import (
+    NoPixelDataError,
+    UnreadableError,
+    crop_region,
+    decode,
+    kind_of,
+    read_frames,
+)
+from echosynth.gen.data.manifest import REQUIRED_COLUMNS, read_manifest, write_manifest
 
 # Reasons written to excluded.csv.
 UNREADABLE = "unreadable"

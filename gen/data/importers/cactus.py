@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from gen.data.importers.base import UNKNOWN_LABEL, Item, excluded_row, relkey
-from gen.data.importers.readers import IMAGE_EXTS
-from gen.data.importers.tabular import find_column, parse_quality, read_table
+from echosynth.gen.data.importers.base import UNKNOWN_LABEL, Item, excluded_row, relkey
+from echosynth.gen.data.importers.readers import IMAGE_EXTS
+from echosynth.gen.data.importers.tabular import find_column, parse_quality, read_table
 
 VIEW_MAP = {"A4C": "A4C", "PL": "PLAX", "PLAX": "PLAX", "PSAV": "PSAV", "PSMV": "PSMV", "SC": "SC", "RANDOM": "Random"}
 NAME_COLS = ("image", "image_name", "filename", "file", "name", "path")

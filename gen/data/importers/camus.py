@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from gen.data.importers.base import UNKNOWN_LABEL, Item, excluded_row, relkey
+from echosynth.gen.data.importers.base import UNKNOWN_LABEL, Item, excluded_row, relkey
 
 NAME_RE = re.compile(r"^(patient\d+)_([^_]+)_(ED|ES)\.(nii\.gz|nii|mhd|mha)$", re.IGNORECASE)
 VIEW_MAP = {"2CH": "A2C", "4CH": "A4C"}

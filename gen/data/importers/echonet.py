@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gen.data.importers.base import MISSING, Item, excluded_row, relkey
-from gen.data.importers.tabular import read_table
+from echosynth.gen.data.importers.base import MISSING, Item, excluded_row, relkey
+from echosynth.gen.data.importers.tabular import read_table
 
 
 def _video_index(root: Path) -> dict[str, list[Path]]:

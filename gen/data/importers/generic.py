@@ -15,10 +15,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gen.data.importers.base import MISSING, UNKNOWN_LABEL, Item, excluded_row, relkey, safe_name
-from gen.data.importers.readers import kind_of
-from gen.data.importers.tabular import find_column, parse_quality, read_table
-from gen.data.manifest import KNOWN_VIEWS
+from echosynth.gen.data.importers.base import (
+    MISSING,
+    UNKNOWN_LABEL,
+    Item,
+    excluded_row,
+    relkey,
+    safe_name,
+)
+from echosynth.gen.data.importers.readers import kind_of
+from echosynth.gen.data.importers.tabular import find_column, parse_quality, read_table
+from echosynth.gen.data.manifest import KNOWN_VIEWS
 
 ALIASES = {"2CH": "A2C", "AP2": "A2C", "4CH": "A4C", "AP4": "A4C", "PL": "PLAX", "PLAX": "PLAX",
            "SAX": "PSAX", "SUBCOSTAL": "SC"}

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gen.data.preprocess import to_uint8
+from echosynth.gen.data.preprocess import to_uint8
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 VIDEO_EXTS = (".avi", ".mp4", ".mov", ".mkv", ".webm", ".gif")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from gen.data.importers.base import (
+from echosynth.gen.data.importers.base import (
     MISSING,
     PER_PATIENT_LIMIT,
     UNKNOWN_LABEL,
@@ -22,8 +22,8 @@ from gen.data.importers.base import (
     excluded_row,
     relkey,
 )
-from gen.data.importers.tabular import read_table
-from gen.data.preprocess import cap_per_group
+from echosynth.gen.data.importers.tabular import read_table
+from echosynth.gen.data.preprocess import cap_per_group
 
 VIEW_MAP = {"A2C": "A2C", "A4C": "A4C", "PLAX": "PLAX", "PSAX": "PSAX"}
 KEY_RE = re.compile(r"^(\d+)s(\d+)_(\d+)\.png$", re.IGNORECASE)

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from gen.data import VIEWS
-from gen.data.importers.base import MISSING, UNKNOWN_LABEL, Item, excluded_row, relkey
-from gen.data.importers.tabular import find_column, read_table
+from echosynth.gen.data import VIEWS
+from echosynth.gen.data.importers.base import MISSING, UNKNOWN_LABEL, Item, excluded_row, relkey
+from echosynth.gen.data.importers.tabular import find_column, read_table
 
 FRAME_RE = re.compile(r"^(\d{2}-[0-9a-f]{64})-(\d{4})$", re.IGNORECASE)
 VIDEO_RE = re.compile(r"^\d{2}-[0-9a-f]{64}$", re.IGNORECASE)

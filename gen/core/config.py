@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from gen.io import run_main
+from echosynth.gen.core.io import run_main
 
 T = TypeVar("T")
 

@@ -1,19 +1,19 @@
 """The configs of gen/train.py and gen/sample.py: torch-free, so `--help` and config errors answer in about a second.
 
-gen.training and gen.sampling re-export them; the scripts import torch only after parsing.
+echosynth.gen.diffusion.trainer and echosynth.gen.diffusion.synthesis re-export them; the scripts import torch only after parsing.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gen.config import ConfigError
-from gen.config import field as cfg_field
-from gen.presets import ModelConfig
-from gen.timestep_sampler import TIMESTEP_SAMPLERS
-from gen.tracking import LOG_WITH_HELP, TRACKERS, check_tracker
+from echosynth.gen.core.config import ConfigError
+from echosynth.gen.core.config import field as cfg_field
+from echosynth.gen.core.tracking import LOG_WITH_HELP, TRACKERS, check_tracker
+from echosynth.gen.diffusion.presets import ModelConfig
+from echosynth.gen.diffusion.timestep_sampler import TIMESTEP_SAMPLERS
 
-# Names of gen.diffusion.BETA_SCHEDULES and of gen.sampling's samplers, kept here without torch
+# Names of echosynth.gen.diffusion.process.BETA_SCHEDULES and of echosynth.gen.diffusion.synthesis's samplers, kept here without torch
 # (tests/test_config.py checks they agree).
 SCHEDULES = ("linear", "cosine")
 SAMPLERS = ("ddpm", "ddim", "dpm++2m", "dpm++2m-sde", "unipc")

@@ -20,13 +20,9 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from gen.config import to_dict
-from gen.configs import SAMPLERS, SampleConfig, parse_counts  # noqa: F401
-from gen.data.dataset import to_uint8
-from gen.data.manifest import write_manifest
-from gen.diffusion import make_scheduler
-from gen.hardware import Compiled, autocast, resolve_for, want_compile
-from gen.io import (
+from echosynth.gen.core.config import to_dict
+from echosynth.gen.core.hardware import Compiled, autocast, resolve_for, want_compile
+from echosynth.gen.core.io import (
     check_writable_output,
     read_json,
     save_npz,
@@ -35,9 +31,13 @@ from gen.io import (
     write_bytes,
     write_json,
 )
-from gen.launcher import progress_wanted
-from gen.rundir import provenance
-from gen.runs import load_run
+from echosynth.gen.core.launcher import progress_wanted
+from echosynth.gen.core.rundir import provenance
+from echosynth.gen.data.dataset import to_uint8
+from echosynth.gen.data.manifest import write_manifest
+from echosynth.gen.diffusion.process import make_scheduler
+from echosynth.gen.diffusion.settings import SAMPLERS, SampleConfig, parse_counts  # noqa: F401
+from echosynth.gen.diffusion.trained import load_run
 
 
 def image_seeds(global_seed: int, indices: Sequence[int]) -> np.ndarray:
@@ -114,7 +114,7 @@ def sample_images(loaded_run, labels, seeds, steps: int = 100, sampler: str = "d
                 x = sched.step(mo[:, :C], t, x, eta=eta, generator=gens).prev_sample
             elif sampler == "dpm++2m-sde":  # ε only; per-image noise from each image's generator
                 x = sched.step(mo[:, :C].contiguous(), t, x, generator=gens).prev_sample
-            else:  # deterministic ODE solvers: ε only (see gen.diffusion.make_scheduler)
+            else:  # deterministic ODE solvers: ε only (see echosynth.gen.diffusion.process.make_scheduler)
                 x = sched.step(mo[:, :C].contiguous(), t, x).prev_sample
             if on_step is not None:
                 on_step((hi - lo) / len(sched.timesteps))
@@ -207,7 +207,7 @@ def save_grid(path: str | os.PathLike, images: np.ndarray, ncol: int) -> None:
 # ----------------------------------------------------------------------------------------------
 # gen/sample.py's config and driver
 
-# SampleConfig and parse_counts live in gen.configs (torch-free); re-exported here.
+# SampleConfig and parse_counts live in echosynth.gen.diffusion.settings (torch-free); re-exported here.
 
 
 def sample_to_dir(cfg: SampleConfig) -> Path:

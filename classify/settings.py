@@ -1,7 +1,7 @@
 """The config of classify/train.py: torch-free, so `--help` and config errors answer in about a second.
 
 The script imports torch, the image sets and the models only after parsing. The architecture names
-and minimum sizes are classify.models' registry, kept here without torch (tests/test_classify_models.py
+and minimum sizes are echosynth.classify.models' registry, kept here without torch (tests/test_classify_models.py
 checks they agree).
 """
 
@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from gen.config import ConfigError, field
-from gen.configs import PRECISION_HELP, PRECISIONS
-from gen.data import VIEWS
-from gen.tracking import LOG_WITH_HELP, TRACKERS, check_tracker
+from echosynth.gen.core.config import ConfigError, field
+from echosynth.gen.core.tracking import LOG_WITH_HELP, TRACKERS, check_tracker
+from echosynth.gen.data import VIEWS
+from echosynth.gen.diffusion.settings import PRECISION_HELP, PRECISIONS
 
 SPEC_DOC = """\
 SPEC grammar (`classify/train.py --train SPEC`; the study pipeline builds these strings):

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gen.io import fingerprint, read_json, write_json
+from echosynth.gen.core.io import fingerprint, read_json, write_json
 
 _RUN_RE = re.compile(r"^(\d{5})-")
 TRACKED_PACKAGES = (

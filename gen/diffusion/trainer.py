@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from gen.checkpoint import (
+from echosynth.gen.core.checkpoint import (
     CheckpointError,
     NonFiniteError,
     checkpoint_dir,
@@ -33,29 +33,32 @@ from gen.checkpoint import (
     save_checkpoint,
     set_rng_states,
 )
-from gen.config import ConfigError, to_dict
-from gen.configs import RESUME_MAY_DIFFER, DiffusionConfig, TrainConfig  # noqa: F401
-from gen.data.dataset import ManifestDataset
-from gen.data.manifest import ManifestError, read_manifest
-from gen.diffusion import Diffusion
-from gen.ema import EMA
-from gen.hardware import Compiled, resolve_for, want_compile
-from gen.io import append_jsonl, read_json, read_jsonl, write_json, write_text
-from gen.launcher import Interrupted, progress_wanted, resume_command
-from gen.model import build_model, count_params, preset_image_size
-from gen.rundir import check_resumable, init_run_dir, start_run
-from gen.runs import LoadedRun
-from gen.sampling import image_seeds, plan_labels, sample_images, save_grid
-from gen.timestep_sampler import build_timestep_sampler, update_from_global_batch
-from gen.tracking import (
+from echosynth.gen.core.config import ConfigError, to_dict
+from echosynth.gen.core.hardware import Compiled, resolve_for, want_compile
+from echosynth.gen.core.io import append_jsonl, read_json, read_jsonl, write_json, write_text
+from echosynth.gen.core.launcher import Interrupted, progress_wanted, resume_command
+from echosynth.gen.core.rundir import check_resumable, init_run_dir, start_run
+from echosynth.gen.core.tracking import (
     accelerator_kwargs,
     finish_trackers,
     log_image_file,
     log_metrics,
     start_trackers,
 )
+from echosynth.gen.data.dataset import ManifestDataset
+from echosynth.gen.data.manifest import ManifestError, read_manifest
+from echosynth.gen.diffusion.ema import EMA
+from echosynth.gen.diffusion.process import Diffusion
+from echosynth.gen.diffusion.settings import RESUME_MAY_DIFFER, DiffusionConfig, TrainConfig  # noqa: F401
+from echosynth.gen.diffusion.synthesis import image_seeds, plan_labels, sample_images, save_grid
+from echosynth.gen.diffusion.timestep_sampler import (
+    build_timestep_sampler,
+    update_from_global_batch,
+)
+from echosynth.gen.diffusion.trained import LoadedRun
+from echosynth.gen.diffusion.unet import build_model, count_params, preset_image_size
 
-# DiffusionConfig, TrainConfig and RESUME_MAY_DIFFER live in gen.configs (torch-free); re-exported here.
+# DiffusionConfig, TrainConfig and RESUME_MAY_DIFFER live in echosynth.gen.diffusion.settings (torch-free); re-exported here.
 
 
 def batch_plan(global_batch: int, batch_gpu: int, world: int) -> tuple[int, int]:
@@ -219,8 +222,8 @@ class StepBatches:
 def train(cfg: TrainConfig, stop=None) -> Path:
     """Train (or resume) a diffusion run as configured; return its run directory. Call under `accelerate launch`.
 
-    `stop` (a gen.launcher.GracefulStop) is polled after every step: on a signal the step is finished,
-    checkpointed, and gen.launcher.Interrupted is raised with the command that continues the run.
+    `stop` (a echosynth.gen.core.launcher.GracefulStop) is polled after every step: on a signal the step is finished,
+    checkpointed, and echosynth.gen.core.launcher.Interrupted is raised with the command that continues the run.
     """
     from accelerate import Accelerator
     from accelerate.utils import broadcast_object_list

@@ -1,6 +1,6 @@
 """How a run uses the hardware: the autocast its precision means on its device, and torch.compile where it pays.
 
-Precision is resolved once per script (gen.launcher.resolve_precision: the script's flag, else the
+Precision is resolved once per script (echosynth.gen.core.launcher.resolve_precision: the script's flag, else the
 launcher's, else `auto`); every forward pass that may run in bf16 (DDPM training and sampling, classifier
 training and prediction, feature extraction for FID and privacy) enters `autocast(device, precision)`.
 What the numbers are made of stays float32: losses are computed on `.float()` outputs, and EMA weights,
@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import torch
 
-from gen.launcher import resolve_precision
+from echosynth.gen.core.launcher import resolve_precision
 
 
 def resolve_for(requested: str, device: torch.device | str) -> tuple[str, str]:

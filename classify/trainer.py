@@ -20,34 +20,34 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from classify import quality as q
-from classify.augment import apply_affine, epoch_params
-from classify.configs import FROZEN_BACKBONES, ClassifierTrainConfig
-from classify.datasets import balanced_indices, class_weights
-from classify.metrics import (
+from echosynth.classify import quality as q
+from echosynth.classify.augment import apply_affine, epoch_params
+from echosynth.classify.datasets import balanced_indices, class_weights
+from echosynth.classify.metrics import (
     classification_metrics,
     grade_metrics,
     predictions_frame,
     save_confusion_png,
     write_predictions,
 )
-from classify.models import (
+from echosynth.classify.models import (
     Classifier,
     build_classifier,
     load_classifier,
     model_info,
     view_loss,
 )
-from classify.resume import check_stop, load_epoch_state, save_epoch_state
-from gen.data.image_sets import ImageSet
-from gen.io import append_jsonl, atomic_path, write_json
-from gen.launcher import progress_wanted
-from gen.tracking import (
+from echosynth.classify.resume import check_stop, load_epoch_state, save_epoch_state
+from echosynth.classify.settings import FROZEN_BACKBONES, ClassifierTrainConfig
+from echosynth.gen.core.io import append_jsonl, atomic_path, write_json
+from echosynth.gen.core.launcher import progress_wanted
+from echosynth.gen.core.tracking import (
     confusion_markdown,
     log_image_file,
     log_metrics,
     log_text,
 )
+from echosynth.gen.data.image_sets import ImageSet
 
 LOWER_IS_BETTER = {"grade_mse", "grade_mae", "val_loss"}
 

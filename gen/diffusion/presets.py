@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gen.config import field as cfg_field
+from echosynth.gen.core.config import field as cfg_field
 
 # ----------------------------------------------------------------------------------------------
 # Presets: name -> UNet2DModel architecture. Attention levels are those whose flag is True.
@@ -53,7 +53,7 @@ def preset_image_size(cfg: ModelConfig) -> int:
 
 
 def preset_summary() -> str:
-    """One line per preset without building it (for --help; gen.model.preset_table adds parameter counts)."""
+    """One line per preset without building it (for --help; echosynth.gen.diffusion.unet.preset_table adds parameter counts)."""
     lines = []
     for name, p in PRESETS.items():
         attn = ",".join(str(i) for i, a in enumerate(p.attention) if a) or "none"

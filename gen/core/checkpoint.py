@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from gen.io import atomic_dir, read_json, write_json
+from echosynth.gen.core.io import atomic_dir, read_json, write_json
 
 _STEP_RE = re.compile(r"^step-(\d{7})$")
 

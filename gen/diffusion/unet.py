@@ -1,6 +1,6 @@
 """The class-conditioned UNet (diffusers `UNet2DModel`) and its preset registry.
 
-The checkpoint layout lives in gen/checkpoint.py, loading a trained run in gen/runs.py.
+The checkpoint layout lives in gen/core/checkpoint.py, loading a trained run in gen/diffusion/trained.py.
 """
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gen.config import ConfigError
-from gen.presets import PRESETS, ModelConfig, Preset, preset_image_size  # noqa: F401
+from echosynth.gen.core.config import ConfigError
+from echosynth.gen.diffusion.presets import PRESETS, ModelConfig, Preset, preset_image_size  # noqa: F401
 
-# Presets and ModelConfig live in gen.presets (torch-free, for fast --help); re-exported here.
+# Presets and ModelConfig live in echosynth.gen.diffusion.presets (torch-free, for fast --help); re-exported here.
 
 
 class ClassUNet(nn.Module):

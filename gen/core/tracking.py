@@ -15,7 +15,7 @@ import math
 import os
 from pathlib import Path
 
-from gen.config import ConfigError
+from echosynth.gen.core.config import ConfigError
 
 TRACKERS = ("", "tensorboard", "wandb", "mlflow")
 LOG_WITH_HELP = "also log to an experiment tracker: tensorboard (installed with the dev extra), wandb or mlflow (if installed)"

@@ -9,19 +9,19 @@ from typing import Any
 
 import torch
 
-from gen.checkpoint import (
+from echosynth.gen.core.checkpoint import (
     check_finite,
     checkpoint_dir,
     latest_intact,
     list_checkpoints,
     load_tensors,
 )
-from gen.config import from_dict
-from gen.configs import TrainConfig
-from gen.diffusion import Diffusion
-from gen.io import read_json
-from gen.model import ClassUNet, build_model
-from gen.presets import preset_image_size
+from echosynth.gen.core.config import from_dict
+from echosynth.gen.core.io import read_json
+from echosynth.gen.diffusion.presets import preset_image_size
+from echosynth.gen.diffusion.process import Diffusion
+from echosynth.gen.diffusion.settings import TrainConfig
+from echosynth.gen.diffusion.unet import ClassUNet, build_model
 
 
 @dataclass

@@ -240,7 +240,7 @@ class Diffusion:
 def make_scheduler(diffusion: Diffusion, sampler: str = "ddpm", spacing: str = "linspace"):
     """The diffusers scheduler over the same β: DDPM (learned_range / fixed_small), DDIM, DPM-Solver++ (2M, ODE or SDE) or UniPC.
 
-    All but `ddpm` take the ε half of the model output only (gen.sampling passes it): diffusers'
+    All but `ddpm` take the ε half of the model output only (echosynth.gen.diffusion.synthesis passes it): diffusers'
     multistep schedulers would slice `model_output[:, :3]` for learned variances, which is wrong
     for a 1-channel UNet. DPM-Solver++ 2M (Lu et al. 2022, Alg. 2, midpoint) and UniPC (bh2,
     Zhao et al. 2023) are second-order multistep solvers of the probability-flow ODE in x̂₀ form;
@@ -248,7 +248,7 @@ def make_scheduler(diffusion: Diffusion, sampler: str = "ddpm", spacing: str = "
     SDE-DPM-Solver++ 2M (Lu et al. 2022, §5; Gonzalez et al. 2023): the same data-prediction
     multistep update with the exact noise of the variance-preserving SDE added each step, so
     like ancestral sampling it can correct an imperfect model's errors; its noise is drawn from
-    each image's own generator (gen.sampling passes them).
+    each image's own generator (echosynth.gen.diffusion.synthesis passes them).
     """
     from diffusers import (
         DDIMScheduler,
