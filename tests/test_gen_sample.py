@@ -79,7 +79,7 @@ def test_images_do_not_depend_on_batching(run_dir):
     assert len({im.tobytes() for im in a}) == 5  # different seeds, different images
     d = sample_images(r, labels, seeds, steps=8, sampler="ddim", batch_size=5)
     assert np.array_equal(d, sample_images(r, labels, seeds, steps=8, sampler="ddim", batch_size=5))
-    for sampler in ("dpm++2m", "unipc"):  # multistep solvers keep state per batch: batching must not leak into it
+    for sampler in ("dpm++2m", "dpm++2m-sde", "unipc"):  # multistep solvers keep state per batch: batching must not leak into it
         for precision in ("no", "bf16"):
             e = sample_images(r, labels, seeds, steps=6, sampler=sampler, batch_size=5, precision=precision)
             f = sample_images(r, labels, seeds, steps=6, sampler=sampler, batch_size=2, precision=precision)
@@ -125,7 +125,7 @@ def test_sample_dir_resume_and_refusals(tmp_path, run_dir):
         SampleConfig(run="r", out="o", per_class=2, counts="A2C=1").validate()
 
 
-@pytest.mark.parametrize("sampler, precision", [("ddpm", "no"), ("dpm++2m", "bf16")])
+@pytest.mark.parametrize("sampler, precision", [("ddpm", "no"), ("dpm++2m", "bf16"), ("dpm++2m-sde", "bf16")])
 def test_one_and_two_processes_give_identical_sets(tmp_path, run_dir, sampler, precision):
     outs = {}
     for n in (1, 2):
@@ -155,7 +155,7 @@ def test_one_and_two_processes_give_identical_sets(tmp_path, run_dir, sampler, p
     shutil.rmtree(outs[2])
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm++2m", "unipc"])
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm++2m", "dpm++2m-sde", "unipc"])
 def test_an_oracle_model_is_sampled_back_exactly(sampler):
     """A model that knows each class's x₀ (ε̂ = (x_t − √ᾱ_t x₀)/√(1−ᾱ_t)) must yield x₀ with every sampler."""
     from echosynth.gen.diffusion.process import Diffusion
@@ -207,17 +207,19 @@ def _vp(t: int):
     return a, s, np.log(a / s)
 
 
-def _run_scheduler(sampler: str, x: np.ndarray, n_steps: int, steps: int):
-    """`n_steps` updates of echosynth.gen.diffusion.process.make_scheduler's solver on the toy model, fed a 2-channel output's ε half."""
+def _run_scheduler(sampler: str, x: np.ndarray, n_steps: int, steps: int, noise: list[np.ndarray] | None = None):
+    """`n_steps` updates of echosynth.gen.diffusion.process.make_scheduler's solver on the toy model, fed a 2-channel
+    output's ε half (and, for the SDE solver, the given noise of each step)."""
     from echosynth.gen.diffusion.process import Diffusion, make_scheduler
 
     sched = make_scheduler(Diffusion(1000, "linear", True), sampler)
     sched.set_timesteps(steps)
     xt = torch.from_numpy(x.astype(np.float32))
-    for t in sched.timesteps[:n_steps]:
+    for i, t in enumerate(sched.timesteps[:n_steps]):
         eps = torch.from_numpy(_toy_eps(xt.double().numpy(), float(t)).astype(np.float32))
         out = torch.cat([eps, torch.full_like(eps, 0.5)], 1)  # the variance half must be ignored
-        xt = sched.step(out[:, :1].contiguous(), t, xt).prev_sample
+        kw = {} if noise is None else {"variance_noise": torch.from_numpy(noise[i].astype(np.float32))}
+        xt = sched.step(out[:, :1].contiguous(), t, xt, **kw).prev_sample
     return xt.double().numpy(), [int(t) for t in sched.timesteps]
 
 
@@ -242,6 +244,29 @@ def test_dpm_solver_pp_2m_matches_its_closed_form():
         xs = (s_t / s_s) * xs - a_t * np.expm1(-h) * d
         h_prev = h  # noqa: F841
     np.testing.assert_allclose(got, xs, rtol=2e-4, atol=2e-5)
+
+
+def test_sde_dpm_solver_pp_2m_matches_its_closed_form():
+    """SDE-DPM-Solver++(2M) (Lu et al. 2022, §5; midpoint form): with the same h, x̂₀ and D as the ODE solver,
+    x_{t_i} = (σ_{t_i}/σ_{t_{i−1}}) e^{−h_i} x + α_{t_i}(1 − e^{−2h_i}) D + σ_{t_i} √(1 − e^{−2h_i}) z_i."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 1, 4, 4))
+    z = [rng.standard_normal(x.shape) for _ in range(3)]
+    got, ts = _run_scheduler("dpm++2m-sde", x, 3, 20, noise=z)
+    xs, x0s, h_prev = x, [], None
+    for i in range(3):
+        s, t = ts[i], ts[i + 1]
+        a_s, s_s, l_s = _vp(s)
+        a_t, s_t, l_t = _vp(t)
+        x0s.append((xs - s_s * _toy_eps(xs, s)) / a_s)
+        h = l_t - l_s
+        d = x0s[-1] if i == 0 else (1 + h / (2 * h_prev)) * x0s[-1] - h / (2 * h_prev) * x0s[-2]
+        xs = (s_t / s_s) * np.exp(-h) * xs - a_t * np.expm1(-2 * h) * d + s_t * np.sqrt(-np.expm1(-2 * h)) * z[i]
+        h_prev = h
+    np.testing.assert_allclose(got, xs, rtol=2e-4, atol=2e-5)
+    # the noise matters: other noise, another result
+    other, _ = _run_scheduler("dpm++2m-sde", x, 3, 20, noise=[-n for n in z])
+    assert np.abs(other - got).max() > 1e-2
 
 
 def test_unipc_first_step_is_the_first_order_update():
