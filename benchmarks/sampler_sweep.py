@@ -31,7 +31,8 @@ from echosynth.gen.core.launcher import cpu_flags
 from echosynth.gen.core.rundir import cpu_name
 
 # the reference (ddpm 1000) early, so that a cut-short sweep can still be judged against it
-DEFAULT_SETTINGS = ["ddpm:50", "dpm++2m:10", "dpm++2m:20", "unipc:10", "unipc:20", "ddpm:1000", "ddpm:250", "dpm++2m:5",
+DEFAULT_SETTINGS = ["ddpm:50", "dpm++2m-sde:10", "dpm++2m:10", "dpm++2m:20", "unipc:10", "unipc:20", "ddpm:1000", "ddpm:250",
+                    "dpm++2m-sde:5", "dpm++2m-sde:15", "dpm++2m-sde:20", "dpm++2m-sde:25", "dpm++2m-sde:50", "dpm++2m:5",
                     "unipc:5", "dpm++2m:15", "unipc:15", "dpm++2m:25", "unipc:25", "ddim:10", "ddim:25", "ddim:50",
                     "ddpm:25", "ddpm:100", "dpm++2m:50", "unipc:50", "ddim:100", "dpm++2m:100", "unipc:100"]
 
@@ -96,8 +97,8 @@ def _judge_rows(record: dict, c: dict, ref: dict | None, n_boot: int) -> None:
     record["fastest_within_reference"] = {k: ok[0][k] for k in ("sampler", "evals")} if ok else None
 
 
-TIMED = [("ddpm", 50, "no"), ("ddpm", 50, "bf16"), ("ddpm", 25, "bf16"), ("ddpm", 20, "bf16"), ("dpm++2m", 10, "bf16"),
-         ("unipc", 10, "bf16"), ("dpm++2m", 20, "bf16")]
+TIMED = [("ddpm", 50, "no"), ("ddpm", 50, "bf16"), ("ddpm", 25, "bf16"), ("dpm++2m-sde", 10, "no"),
+         ("dpm++2m-sde", 10, "bf16"), ("dpm++2m-sde", 15, "bf16"), ("dpm++2m-sde", 20, "bf16"), ("dpm++2m", 10, "bf16")]
 
 
 def time_settings(loaded, cfg: SweepConfig) -> dict:
@@ -110,7 +111,7 @@ def time_settings(loaded, cfg: SweepConfig) -> dict:
     for r in range(cfg.timing_rounds):
         for s, e, p in TIMED:
             t0 = time.perf_counter()
-            sample_images(loaded, labels, seeds, steps=e, sampler=s, batch_size=len(labels), precision=p)
+            sample_images(loaded, labels, seeds, e, s, batch_size=len(labels), precision=p)
             per[f"{s}:{e}:{p}"].append((time.perf_counter() - t0) / len(labels))
         print(f"timing round {r + 1}: " + ", ".join(f"{k} {v[-1] * 1000:.0f} ms/img" for k, v in per.items()), flush=True)
     base = per["ddpm:50:no"]
@@ -153,27 +154,34 @@ def plot(record: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def main(argv: list[str] | None = None) -> int:
-    cfg = parse_config(SweepConfig, argv, description=__doc__)
-    import torch
-
+def load_context(work: Path, subset: int) -> dict:
+    """What scoring a set needs: the judge, its echo features of the real subset and of val, the floor, the sector mask."""
     from echosynth.evaluate.class_fidelity import Judge
     from echosynth.evaluate.features import build_extractor, run_extractor
     from echosynth.evaluate.metrics import fid, subsample
     from echosynth.evaluate.sector import sector_mask
     from echosynth.gen.data.image_sets import load_image_set
-    from echosynth.gen.diffusion.synthesis import image_seeds, plan_labels, sample_images
-    from echosynth.gen.diffusion.trained import load_run
 
-    work, run = Path(cfg.work), Path(cfg.run)
     split = work / "data" / "split"
-    real, val, train = (load_image_set(split / f) for f in (f"train_{cfg.subset}.csv", "val.csv", "train.csv"))
+    real, val, train = (load_image_set(split / f) for f in (f"train_{subset}.csv", "val.csv", "train.csv"))
     echo = build_extractor("echo", classifier=str(work / "judge"))
     rf, vf = (run_extractor(echo, s.images).astype(np.float64) for s in (real, val))
     m = min(len(real), len(val))
     c = {"judge": Judge.load(work / "judge"), "echo": echo, "val": val, "m": m, "mask": sector_mask(train.images),
          "real_feats": rf[subsample(len(real), m, 1)]}
     c["floor"] = fid(c["real_feats"], vf[subsample(len(val), m, 2)])
+    return c
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_config(SweepConfig, argv, description=__doc__)
+    import torch
+
+    from echosynth.gen.diffusion.synthesis import image_seeds, plan_labels, sample_images
+    from echosynth.gen.diffusion.trained import load_run
+
+    work, run = Path(cfg.work), Path(cfg.run)
+    c = load_context(work, cfg.subset)
     key = {"run": str(run.resolve()), "per_class": cfg.per_class, "precision": cfg.precision}
     old = read_json(cfg.out) if Path(cfg.out).is_file() else {}
     done = {(r["sampler"], r["evals"]): r for r in old.get("rows", [])} if old.get("key") == key else {}
@@ -186,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": sys.argv, "config": to_dict(cfg), "key": key,
               "run_name": run.name, "checkpoint_step": loaded.step,
               "device": f"cpu: {cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads",
-              "cpu_bf16_flags": sorted(f for f in cpu_flags() if "bf16" in f), "fid_floor": c["floor"], "n_floor": m,
+              "cpu_bf16_flags": sorted(f for f in cpu_flags() if "bf16" in f), "fid_floor": c["floor"], "n_floor": c["m"],
               "rows": list(done.values())}
     ref_path = Path(cfg.out).with_suffix(".reference.npz")  # the reference's features, to rebuild its band on a rerun
     ref = None
@@ -203,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         load0 = os.getloadavg()[0]
         t0 = time.perf_counter()
-        imgs = sample_images(loaded, labels, seeds, steps=evals, sampler=sampler, batch_size=cfg.batch_size,
+        imgs = sample_images(loaded, labels, seeds, evals, sampler, batch_size=cfg.batch_size,
                              precision=cfg.precision)
         secs = time.perf_counter() - t0
         s = _score(c, imgs, views)
