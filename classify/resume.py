@@ -10,6 +10,7 @@ resumed seed retraces the uninterrupted one.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -90,7 +91,7 @@ def load_epoch_state(seed_dir: Path, phase: str, net: torch.nn.Module, opt, sche
             stats = Path(seed_dir) / "stats.jsonl"
             if stats.exists():
                 kept = [r for r in read_jsonl(stats) if r.get("phase") != phase or r.get("round", r.get("epoch", 0)) <= epoch]
-                write_text(stats, "".join(__import__("json").dumps(r) + "\n" for r in kept))
+                write_text(stats, "".join(json.dumps(r) + "\n" for r in kept))
         return epoch, state["best"], int(state["best_epoch"]), list(state["history"])
     return None
 

@@ -51,15 +51,6 @@ def fid_metrics(fid_json: dict | None) -> dict[str, dict[str, float | None]]:
     return out
 
 
-def headline_fid(fid_json: dict | None) -> float | None:
-    """The FID a sentence or table should quote: Inception FID if computed, else the echo-feature FID."""
-    m = fid_metrics(fid_json)
-    for name in ("inception", "echo", *m):
-        if name in m and m[name]["fid"] is not None:
-            return m[name]["fid"]
-    return None
-
-
 def fid_curve(fid_json: dict | None, curve: str, x: str) -> dict[str, list[tuple[float, float]]]:
     """{extractor: [(x, fid), ...]} of fidelity.json's fid_vs_samples (x='n') or fid_vs_checkpoint (x='step')."""
     curves = ((fid_json or {}).get("curves") or {}).get(curve) or {}

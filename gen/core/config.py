@@ -78,11 +78,6 @@ def _flat_fields(cls: type, prefix: str = "") -> dict[str, tuple[Any, dataclasse
     return out
 
 
-def valid_keys(cls: type) -> list[str]:
-    """All dotted config keys of a config dataclass."""
-    return list(_flat_fields(cls))
-
-
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):

@@ -5,6 +5,7 @@ No torch at import time: gen/train.py and classify/train.py use these before the
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
@@ -81,7 +82,7 @@ def launcher_precision() -> tuple[str, str] | None:
         import yaml
 
         try:
-            data = yaml.safe_load(path.read_text()) if path.suffix != ".json" else __import__("json").loads(path.read_text())
+            data = yaml.safe_load(path.read_text()) if path.suffix != ".json" else json.loads(path.read_text())
         except Exception:  # an unreadable accelerate config is accelerate's to report
             data = None
         if isinstance(data, dict) and data.get("mixed_precision") not in (None, ""):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -97,8 +96,3 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     if x.ndim == 4:
         x = x[:, 0]
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
-
-
-def manifest_root(path: str | os.PathLike) -> Path:
-    """Directory against which a manifest's relative paths resolve."""
-    return Path(path).resolve().parent

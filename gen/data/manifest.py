@@ -149,11 +149,6 @@ def sort_views(views) -> list[str]:
     return [v for v in KNOWN_VIEWS if v in views] + sorted(views - set(KNOWN_VIEWS))
 
 
-def empty_frame(extra_columns: tuple[str, ...] = ()) -> pd.DataFrame:
-    """An empty manifest table with the required columns."""
-    return pd.DataFrame({c: pd.Series(dtype="object") for c in REQUIRED_COLUMNS + tuple(extra_columns)})
-
-
 def verify_manifest(path: str | os.PathLike, split: str | None = None, subset: int | str | None = None) -> Manifest:
     """Read a manifest and check the SHA-1 of the rows one split / subset uses (ManifestError names each CSV line)."""
     m = read_manifest(path).filter(split=split, subset=subset)

@@ -25,20 +25,6 @@ from scipy.ndimage import correlate1d
 
 
 @lru_cache(maxsize=128)
-def polar_grid(n_r: int, n_th: int, half_angle_deg: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Unit-radius sample positions (x, y, rho) on an n_r × n_th polar grid; apex at (0, 0), y down."""
-    a = math.radians(half_angle_deg)
-    rho = ((np.arange(n_r, dtype=np.float64) + 0.5) / n_r)[:, None]
-    th = np.linspace(-a, a, n_th)[None, :]
-    x = (rho * np.sin(th)).astype(np.float32)
-    y = (rho * np.cos(th)).astype(np.float32)
-    rr = np.broadcast_to(rho.astype(np.float32), (n_r, n_th)).copy()
-    for arr in (x, y, rr):
-        arr.flags.writeable = False
-    return x, y, rr
-
-
-@lru_cache(maxsize=128)
 def coarse_grid(n_r: int, n_th: int, half_angle_deg: int) -> tuple[np.ndarray, np.ndarray]:
     """Unit-radius (x, y) of a half-resolution grid spanning the same first and last samples.
 

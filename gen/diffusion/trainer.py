@@ -10,6 +10,7 @@ batch (and its gradient) is the same whatever the number of processes or accumul
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import sys
 import time
@@ -293,7 +294,7 @@ def train(cfg: TrainConfig, stop=None) -> Path:
     if main:  # drop stats lines logged after the checkpoint we continue from
         stats_path = run / "stats.jsonl"
         kept = [r for r in read_jsonl(stats_path) if r.get("step", 0) <= start] if stats_path.exists() else []
-        write_text(stats_path, "".join(__import__("json").dumps(r) + "\n" for r in kept))
+        write_text(stats_path, "".join(json.dumps(r) + "\n" for r in kept))
     channels_last = cfg.channels_last and cuda
     if channels_last:
         raw.to(memory_format=torch.channels_last)
