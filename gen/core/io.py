@@ -195,15 +195,20 @@ def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
     write_bytes(path, buf.getvalue())
 
 
-def save_png(path: str | os.PathLike, image: np.ndarray) -> None:
-    """Atomically write a uint8 grayscale (H,W) or RGB (H,W,3) array as PNG."""
+def png_bytes(image: np.ndarray) -> bytes:
+    """A uint8 grayscale (H,W) or RGB (H,W,3) array encoded as PNG."""
     from PIL import Image
 
-    if image.dtype != np.uint8:
-        raise ValueError(f"{path}: PNG images must be uint8, got {image.dtype}")
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG")
-    write_bytes(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def save_png(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Atomically write a uint8 grayscale (H,W) or RGB (H,W,3) array as PNG."""
+    if image.dtype != np.uint8:
+        raise ValueError(f"{path}: PNG images must be uint8, got {image.dtype}")
+    write_bytes(path, png_bytes(image))
 
 
 def sha1_bytes(data: bytes) -> str:

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from echosynth.gen.core.io import fingerprint, read_json, sha1_bytes, write_bytes, write_json
+from echosynth.gen.core.io import (
+    fingerprint,
+    png_bytes,
+    read_json,
+    sha1_bytes,
+    write_bytes,
+    write_json,
+)
 from echosynth.gen.data import phantom
 from echosynth.gen.data.manifest import (
     Manifest,
@@ -67,14 +72,6 @@ def print_summary(df: pd.DataFrame, title: str) -> None:
 # Phantom dataset
 
 
-def _png_bytes(image: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def _die_with_parent(parent: int) -> None:
     """Pool initializer: the worker is killed when the process that started it dies (Linux's
     PR_SET_PDEATHSIG), so a `prepare.py` killed with -9 leaves no rendering workers behind."""
@@ -98,7 +95,7 @@ def _render_chunk(args: tuple) -> list[str]:
         if path.is_file():  # resumed run: deterministic output, reuse it
             sha1s.append(sha1_bytes(path.read_bytes()))
             continue
-        data = _png_bytes(phantom.render(item, seed, size))
+        data = png_bytes(phantom.render(item, seed, size))
         write_bytes(path, data)
         sha1s.append(sha1_bytes(data))
     return sha1s
@@ -117,7 +114,7 @@ def build_phantom(out: str | os.PathLike, n: int, size: int = 112, seed: int = 0
     """
     out = Path(out)
     settings = {"kind": "phantom", "n": n, "size": size, "seed": seed}
-    _claim_output(out, settings, overwrite)
+    claim_output(out, ".prepare.json", settings, overwrite, "a phantom dataset")
     items = phantom.plan(n, seed=seed)
     workers = workers or min(os.cpu_count() or 1, 8)
     chunk = max(1, min(256, len(items) // (workers * 4) or 1))
@@ -152,20 +149,31 @@ def build_phantom(out: str | os.PathLike, n: int, size: int = 112, seed: int = 0
     return read_manifest(out / "manifest.csv", check_files=False)
 
 
-def _claim_output(out: Path, settings: dict, overwrite: bool) -> None:
-    """Refuse a finished output unless overwriting; resume an interrupted one with equal settings."""
-    marker = out / ".prepare.json"
+def claim_output(out: Path, marker: str, settings: dict, overwrite: bool, what: str) -> None:
+    """Create OUT for a resumable build whose settings OUT/MARKER records.
+
+    A non-empty OUT is wiped with `overwrite`, resumed when its marker holds equal settings (the
+    half-written files of the killed run removed), and refused otherwise, naming the settings
+    that differ. `what` names the build in the messages ("an import").
+    """
+    path = out / marker
     if out.exists() and any(out.iterdir()):
         if overwrite:
             shutil.rmtree(out)
-        elif marker.is_file() and read_json(marker) == settings:
+        elif path.is_file():
+            old = read_json(path)
+            if old != settings:
+                diff = [f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in sorted(set(old) | set(settings))
+                        if old.get(k) != settings.get(k)]
+                raise FileExistsError(f"{out} holds {what} made with other settings ({'; '.join(diff)}); "
+                                      "pass --overwrite to redo it or choose another --out")
             for tmp in out.rglob(".*.tmp"):  # half-written files of the killed run (echosynth.gen.core.io.atomic_path)
                 tmp.unlink(missing_ok=True)
             return  # interrupted earlier with the same settings: resume
         else:
-            raise FileExistsError(f"{out} already exists and is not empty; pass --overwrite to replace it")
+            raise FileExistsError(f"{out} already exists and is not {what} output; pass --overwrite to replace it")
     out.mkdir(parents=True, exist_ok=True)
-    write_json(marker, settings)
+    write_json(path, settings)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -195,7 +203,7 @@ def build_splits(manifest: str | os.PathLike, out: str | os.PathLike, subsets: S
                 "seed": seed, "fractions": list(fractions), "holdout_sources": list(holdout_sources)}
     if (out / "manifest.csv").exists() and not overwrite and not (out / ".prepare.json").is_file():
         raise FileExistsError(f"{out / 'manifest.csv'} already exists; pass --overwrite to replace it")
-    _claim_output(out, settings, overwrite)
+    claim_output(out, ".prepare.json", settings, overwrite, "a split")
     roots, allowed = data_roots(m.root)
     write_data_roots(out, [m.root, *roots], allow_outside=allow_outside or allowed)
     df = rebase(m.df, m.root, out)

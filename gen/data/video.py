@@ -92,8 +92,11 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, codec: 
     return path
 
 
-def read_video(path: str | os.PathLike) -> np.ndarray:
-    """Decode every frame of a video file as uint8 RGB (T, H, W, 3); VideoError names the file if unreadable."""
+def read_video(path: str | os.PathLike, keep_partial: bool = False) -> np.ndarray:
+    """Decode every frame of a video file as uint8 RGB (T, H, W, 3); VideoError names the file if unreadable.
+
+    `keep_partial`: a file whose tail does not decode (a truncated copy) gives the frames before the break.
+    """
     import av
 
     path = Path(path)
@@ -109,8 +112,12 @@ def read_video(path: str | os.PathLike) -> np.ndarray:
                 frames.append(frame.to_ndarray(format="rgb24"))
     except VideoError:
         raise
-    except (av.FFmpegError, UnicodeDecodeError, ValueError) as e:
-        raise VideoError(f"{path}: cannot read video ({type(e).__name__}: {e}); is it a complete video file?") from e
+    except (av.FFmpegError, OSError, EOFError, ValueError) as e:
+        if not (keep_partial and frames):
+            raise VideoError(f"{path}: cannot read video ({type(e).__name__}: {e}); is it a complete video file?") from e
     if not frames:
         raise VideoError(f"{path}: video has no decodable frames")
+    shapes = {f.shape for f in frames}
+    if len(shapes) > 1:
+        raise VideoError(f"{path}: frames of different sizes {sorted(shapes)}")
     return np.stack(frames)

@@ -11,11 +11,9 @@ groups colour inputs by KS tests, applies `--exclude-groups`, and writes `manife
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
-import shutil
 import sys
 import time
 import traceback
@@ -32,6 +30,7 @@ from tqdm.auto import tqdm
 
 from echosynth.gen.core.io import (
     atomic_path,
+    png_bytes,
     read_json,
     sha1_bytes,
     sha1_file,
@@ -40,7 +39,7 @@ from echosynth.gen.core.io import (
     write_text,
 )
 from echosynth.gen.data import preprocess as pp
-from echosynth.gen.data.build import print_summary, summary_dict
+from echosynth.gen.data.build import claim_output, print_summary, summary_dict
 from echosynth.gen.data.importers.readers import (
     NoPixelDataError,
     UnreadableError,
@@ -123,14 +122,6 @@ def safe_name(key: str) -> str:
     return _SAFE.sub("_", stem.replace("/", "__")).strip("_") or "item"
 
 
-def _png_bytes(image: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 # ----------------------------------------------------------------------------------------------
 # One item (runs in a worker process)
 
@@ -202,7 +193,7 @@ def process_item(item: Item, opts: dict) -> dict:
     video_id = item.video_id or (f"{source}-{stem}" if is_video else "")
     for i in picks:
         rel = f"images/{source}/{item.view}/{stem}" + (f"_f{i:04d}" if is_video else "") + ".png"
-        data = _png_bytes(processed[i])
+        data = png_bytes(processed[i])
         _write_fast(out / rel, data)
         result["rows"].append({
             "path": rel, "view": item.view, "source": source, "patient_id": item.patient_id, "split": "",
@@ -254,26 +245,11 @@ def _write_fast(path: Path, data: bytes) -> None:
 
 
 def _claim_output(out: Path, src: Path, settings: dict, overwrite: bool) -> None:
-    """Create OUT; resume it if it holds an import with equal settings; else refuse or wipe."""
+    """Create OUT, refusing one inside SRC or holding it; resume, refuse or wipe it as build.claim_output does."""
     out_r, src_r = out.resolve(), src.resolve()
     if out_r == src_r or src_r in out_r.parents or out_r in src_r.parents:
         raise ValueError(f"--out {out} and --src {src} must not contain each other")
-    marker = out / ".import.json"
-    if out.exists() and any(out.iterdir()):
-        if overwrite:
-            shutil.rmtree(out)
-        elif marker.is_file():
-            old = read_json(marker)
-            if old != settings:
-                diff = [f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in sorted(set(old) | set(settings))
-                        if old.get(k) != settings.get(k)]
-                raise FileExistsError(f"{out} holds an import made with other settings ({'; '.join(diff)}); "
-                                      "pass --overwrite to redo it or choose another --out")
-            return  # same settings: resume (only --exclude-groups and --workers may change)
-        else:
-            raise FileExistsError(f"{out} already exists and is not an import output; pass --overwrite to replace it")
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(marker, settings)
+    claim_output(out, ".import.json", settings, overwrite, "an import")  # only --exclude-groups and --workers may change
 
 
 def _workers(n: int) -> int:
@@ -343,7 +319,7 @@ def _group_report(items: list[Item], results: list[dict], out: Path, alpha: floa
             h, w = first.shape[:2]
             scale = min(1.0, 256 / max(h, w))
             im = Image.fromarray(first).resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BICUBIC)
-            write_bytes(gdir / example, _png_bytes(np.asarray(im)))
+            write_bytes(gdir / example, png_bytes(np.asarray(im)))
             if len(tiles) < OVERVIEW_TILES:
                 tile = Image.new("RGB", (160, 136))
                 tile.paste(im.resize((160, 120), Image.BICUBIC), (0, 16))
@@ -361,7 +337,7 @@ def _group_report(items: list[Item], results: list[dict], out: Path, alpha: floa
         sheet = Image.new("RGB", (160 * cols, 136 * ((len(tiles) + cols - 1) // cols)))
         for k, tile in enumerate(tiles):
             sheet.paste(tile, (160 * (k % cols), 136 * (k // cols)))
-        write_bytes(gdir / "overview.png", _png_bytes(np.asarray(sheet)))
+        write_bytes(gdir / "overview.png", png_bytes(np.asarray(sheet)))
     return members
 
 

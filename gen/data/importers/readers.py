@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from echosynth.gen.data.preprocess import to_uint8
+from echosynth.gen.data.video import VideoError, read_video
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 VIDEO_EXTS = (".avi", ".mp4", ".mov", ".mkv", ".webm", ".gif")
@@ -113,23 +114,12 @@ def read_gif(path: str | os.PathLike) -> np.ndarray:
     return _squeeze_gray(_stack(frames, path))
 
 
-def read_video(path: str | os.PathLike) -> np.ndarray:
-    """A video (AVI/MP4/...) decoded with PyAV as (T,H,W,3), or (T,H,W) when it is pure gray."""
-    import av
-
-    frames = []
+def read_clip(path: str | os.PathLike) -> np.ndarray:
+    """A video (AVI/MP4/...) as (T,H,W,3), or (T,H,W) when it is pure gray; a truncated tail keeps the frames before it."""
     try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise UnreadableError(f"{path}: no video stream")
-            for frame in container.decode(video=0):
-                frames.append(frame.to_ndarray(format="rgb24"))
-    except UnreadableError:
-        raise
-    except (av.FFmpegError, OSError, ValueError, EOFError) as e:
-        if not frames:  # a truncated tail still leaves usable frames
-            raise UnreadableError(f"{path}: not a readable video ({e})") from None
-    return _squeeze_gray(_stack(frames, path))
+        return _squeeze_gray(read_video(path, keep_partial=True))
+    except VideoError as e:
+        raise UnreadableError(str(e)) from None
 
 
 def read_medical(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, float]]:
@@ -337,7 +327,7 @@ def read_frames(path: str | os.PathLike, kind: str | None = None) -> tuple[np.nd
     if kind == "image":
         return read_image(path), None
     if kind == "video":
-        return (read_gif(path) if suffix(path) == ".gif" else read_video(path)), None
+        return (read_gif(path) if suffix(path) == ".gif" else read_clip(path)), None
     if kind == "medical":
         return read_medical(path)
     if kind == "dicom":
