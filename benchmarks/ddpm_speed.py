@@ -2,9 +2,9 @@
 
   python benchmarks/ddpm_speed.py                                   # CPU: tiny, writes ddpm_speed_cpu.json
   python benchmarks/ddpm_speed.py --preset thesis --batch 128 --sample_batch 512 \\
-      --out benchmarks/results/ddpm_speed_h100.json                  # one GPU: bf16 + compile + dpm++2m
+      --out benchmarks/results/ddpm_speed_h100.json                  # one GPU: bf16 + compile + dpm++2m-sde
 
-Precision (`auto`: bf16 where native), compile (`auto`: on CUDA) and the sampler (default dpm++2m,
+Precision (`auto`: bf16 where native), compile (`auto`: on CUDA) and the sampler (default dpm++2m-sde,
 `--sample_evals` model evaluations per image, the thesis study's setting) are what the study uses.
 The share of peak is against the device's dense bf16 TFLOP/s (`--peak_tflops`, or looked up for
 known GPUs). FLOPs are counted with torch.utils.flop_counter (2 per multiply-add) on the meta
@@ -43,7 +43,7 @@ class BenchConfig:
     sample_batch: int = field(16, help="sampling batch", min=1)
     sample_steps: int = field(10, help="timed sampling steps (rates are reported per chain of --sample_evals)", min=1)
     sample_evals: int = field(20, help="model evaluations per sampled image (the sampler's steps)", min=1)
-    sampler: str = field("dpm++2m", help="sampler", choices=SAMPLERS)
+    sampler: str = field("dpm++2m-sde", help="sampler", choices=SAMPLERS)
     warmup: int = field(3, help="untimed warm-up iterations (compilation happens here)", min=0)
     precision: str = field("auto", help="autocast: auto = bf16 where native", choices=PRECISIONS)
     compile: bool | str = field("auto", help="torch.compile the UNet (auto: on CUDA)", choices=COMPILE_CHOICES)

@@ -126,5 +126,5 @@ def test_ddpm_speed_benchmark_runs_with_precision_compile_and_sampler(tmp_path):
              "--sample_steps", "1", "--sample_evals", "2", "--warmup", "0", "--flops_presets", "tiny",
              "--peak_tflops", "1", "--out", str(out)], env={"OMP_NUM_THREADS": "1"}, timeout=300)
     rec = json.loads(out.read_text())
-    assert rec["sampler"] == "dpm++2m" and rec["compile"] is False and rec["precision"] in ("no", "bf16")
+    assert rec["sampler"] == "dpm++2m-sde" and rec["compile"] is False and rec["precision"] in ("no", "bf16")
     assert rec["results"]["sample_images_per_s"] > 0 and 0 < rec["results"]["unet_forward_share_of_bf16_peak"] < 1
