@@ -2,20 +2,81 @@
 
 Defaults here are the `quick` preset's shape at a smaller scale; `configs/study/*.yaml`
 override them, and `--key value` flags override the file (dotted keys for nested sections,
-e.g. `--ddpm.steps 50`).
+e.g. `--ddpm.train.steps 50`).
+
+Each stage's settings are a section typed by that stage's own config (`ddpm.train` is gen/train.py's
+TrainConfig, `classify.train` classify/train.py's, `evaluate.fidelity` evaluate/fidelity.py's, ...),
+so a typo is refused with its YAML path when the study loads. A section with a preset file starts
+from it: defaults -> preset -> the study's keys. The keys the study sets for each stage (data,
+run directories, seeds, ...) are the study's own (`OWNED`) and are refused in a section.
 """
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
 
+from echosynth.classify.settings import ARCHS, ClassifierTrainConfig
+from echosynth.evaluate.embed import EmbedConfig
+from echosynth.evaluate.fidelity import FidelityConfig
 from echosynth.evaluate.gate import GateConfig
-from echosynth.gen.core.config import ConfigError, field
+from echosynth.evaluate.privacy import PrivacyConfig
+from echosynth.gen.core.config import ConfigError, apply_file, apply_overrides, field
+from echosynth.gen.diffusion.settings import SampleConfig, TrainConfig
+
+REPO = Path(__file__).resolve().parent.parent
+
+# The judge's settings start from classify.train with these (a class-balanced sampler: the judge
+# scores every class of a balanced synthetic set); evaluate.judge_train's keys win over them.
+JUDGE_DEFAULTS = {"balance": "sampler"}
+
+# Keys the study sets for each stage; a section that sets one is refused (the study's value would win).
+_CLASSIFIER_OWNED = ("train", "val", "test", "run_dir", "arch", "seeds")
+OWNED = {
+    "ddpm.train": ("data", "run_dir", "mixed_precision", "resume"),
+    "ddpm.sample": ("run", "out", "per_class", "mixed_precision"),
+    "classify.train": _CLASSIFIER_OWNED,
+    "evaluate.judge_train": _CLASSIFIER_OWNED,
+    "experiments.quality_train": (*_CLASSIFIER_OWNED, "task"),
+    "evaluate.fidelity": ("real", "holdout", "fake", "out", "classifier", "judge", "gate"),
+    "evaluate.privacy": ("train", "holdout", "fake", "out", "filter", "classifier", "run"),
+    "evaluate.embed": ("classifier", "real", "fake", "out"),
+}
 
 
-def kv(items: list[str]) -> dict[str, str]:
-    """['epochs=3', 'arch=vgg16'] -> {'epochs': '3', 'arch': 'vgg16'} (later items win)."""
-    return {k.strip(): v.strip() for k, v in (i.split("=", 1) for i in items)}
+def repo_path(p: str) -> Path:
+    """A config file path: absolute, relative to the working dir, or relative to the repo root."""
+    path = Path(p)
+    if path.is_absolute() or path.exists():
+        return path.resolve()
+    return REPO / path
+
+
+def _section_keys(given: dict[str, Any], section: str) -> dict[str, Any]:
+    """The keys `given` sets inside `section`, relative to it."""
+    return {k[len(section) + 1:]: v for k, v in given.items() if k.startswith(section + ".")}
+
+
+def _layered(base: Any, preset: str, given: dict[str, Any], section: str) -> Any:
+    """A copy of `base` with the preset file's keys, then the study's keys for `section`, applied."""
+    cfg = copy.deepcopy(base)
+    if preset:
+        apply_file(cfg, repo_path(preset))
+    return apply_overrides(cfg, _section_keys(given, section), f"the study's {section}")
+
+
+def _write_instead(section: str, key: str = "") -> Callable[[Any], str]:
+    """For a retired study key: what to write instead, with the user's own values."""
+    def advice(value: Any) -> str:
+        if key:
+            return f"write {section}: {{{key}: {value}}}"
+        items = value.split(",") if isinstance(value, str) else list(value or [])
+        pairs = ", ".join(f"{k.strip()}: {v.strip()}" for k, _, v in (str(i).partition("=") for i in items))
+        return f"write {section}: {{{pairs or '...'}}} (the stage's own config keys, typed)"
+    return advice
 
 
 @dataclass
@@ -35,42 +96,38 @@ class DatasetConfig:
 
 @dataclass
 class DDPMStageConfig:
-    preset: str = field("configs/gen/tiny.yaml", help="gen/train.py config file")
-    steps: int = field(200, help="DDPM training steps per subset", min=1)
+    preset: str = field("configs/gen/tiny.yaml", help="gen/train.py config file that ddpm.train starts from")
     per_class: int = field(100, help="synthetic images per class (balanced set)", min=1)
-    sample_steps: int = field(25, help="sampling steps (respaced)", min=1)
     num_processes: int = field(1, help="accelerate processes for training and sampling", min=1)
     mixed_precision: str = field("auto", choices=("auto", "no", "bf16", "fp16"),
                                  help="precision of DDPM training and sampling (auto = bf16 where the hardware runs it natively)")
     threads: int = field(0, help="OMP/MKL threads of the training and sampling stages (0 = the study's threads); "
                                  "more than the other stages' when the DDPM is the study's critical path", min=0)
-    train_args: list[str] = field(default_factory=list, help="extra gen/train.py settings as key=value items")
-    sample_args: list[str] = field(default_factory=list, help="extra gen/sample.py settings as key=value items")
+    train: TrainConfig = field(default_factory=TrainConfig)  # gen/train.py's settings (over the preset)
+    sample: SampleConfig = field(default_factory=lambda: SampleConfig(steps=25))  # gen/sample.py's settings
 
 
 @dataclass
 class ClassifyConfig:
-    preset: str = field("", help="classify/train.py config file (empty: its defaults + train_args)")
-    archs: list[str] = field(default_factory=lambda: ["vgg16"], help="architectures, one classifier each")
+    preset: str = field("", help="classify/train.py config file that classify.train starts from (empty: its defaults)")
+    archs: list[str] = field(default_factory=lambda: ["vgg16"], choices=ARCHS, help="architectures, one classifier each")
     seeds: list[int] = field(default_factory=lambda: [0], help="classifier seeds (mean ± sd over them)")
-    train_args: list[str] = field(default_factory=list, help="extra classify/train.py settings as key=value items")
+    train: ClassifierTrainConfig = field(default_factory=ClassifierTrainConfig)  # every arm's settings (over the preset)
 
 
 @dataclass
 class EvaluateConfig:
-    fidelity_features: list[str] = field(default_factory=lambda: ["inception"], choices=("inception", "echo"),
-                                         help="fidelity feature extractors; echo uses the largest real subset's classifier")
-    fidelity_args: list[str] = field(default_factory=list, help="extra evaluate/fidelity.py settings as key=value items")
-    privacy_args: list[str] = field(default_factory=list, help="extra evaluate/privacy.py settings as key=value items")
+    fidelity: FidelityConfig = field(default_factory=lambda: FidelityConfig(curve=False))  # evaluate/fidelity.py's
+    privacy: PrivacyConfig = field(default_factory=lambda: PrivacyConfig(progress=False))  # evaluate/privacy.py's
     privacy_features: bool = field(True, help="privacy audit also in echo-feature space (largest real subset's classifier)")
     membership: bool = field(False, help="privacy audit also runs the membership-inference attack on each DDPM")
-    embed_args: list[str] = field(default_factory=list, help="extra evaluate/embed.py settings as key=value items")
+    embed: EmbedConfig = field(default_factory=lambda: EmbedConfig(progress=False))  # evaluate/embed.py's
     judge: bool = field(True, help="class fidelity: a judge classifier on the full real training split scores every synthetic set")
     judge_arch: str = field("", help="architecture of the judge (empty: the first of classify.archs); its penultimate "
                                      "features are the echo features of FID and the privacy audit")
-    judge_args: list[str] = field(default_factory=lambda: ["balance=sampler"],
-                                  help="extra classify/train.py settings of the judge as key=value items "
-                                       "(empty + largest subset = full split: the real classifier is the judge)")
+    # The judge's settings: classify.train, then JUDGE_DEFAULTS, then these keys. When they come out equal to
+    # classify.train and the largest subset is the full split, the real classifier is the judge.
+    judge_train: ClassifierTrainConfig = field(default_factory=ClassifierTrainConfig)
 
 
 @dataclass
@@ -92,8 +149,9 @@ class ExperimentsConfig:
     final_fraction: float = field(0.5, help="6: synthetic fraction of the final model", min=0.0)
     embed: bool = field(True, help="7: feature maps (t-SNE of penultimate features)")
     quality: bool = field(False, help="7: image-quality grader (view + 0–10 grade, CACTUS)")
-    quality_preset: str = field("configs/classify/cactus.yaml", help="7: classify/train.py config of the grader")
-    quality_args: list[str] = field(default_factory=list, help="7: extra grader settings as key=value items")
+    quality_preset: str = field("configs/classify/cactus.yaml",
+                                help="7: classify/train.py config file that quality_train starts from")
+    quality_train: ClassifierTrainConfig = field(default_factory=ClassifierTrainConfig)  # 7: the grader's settings
 
 
 SLURM_KINDS = ("ddpm_train", "sample", "classify", "evaluate", "data", "report")
@@ -157,17 +215,32 @@ class StudyConfig:
     status: bool = field(False, help="print each stage's state and job ID (Slurm: live from squeue) and exit")
     cancel_on_exit: bool = field(False, help="slurm: Ctrl-C or kill cancels the submitted jobs without asking")
 
+    # Study keys that are gone, with what to write instead (gen.core.config refuses them with this advice).
+    RETIRED: ClassVar[dict[str, Callable[[Any], str]]] = {
+        "ddpm.train_args": _write_instead("ddpm.train"), "ddpm.sample_args": _write_instead("ddpm.sample"),
+        "classify.train_args": _write_instead("classify.train"),
+        "evaluate.fidelity_args": _write_instead("evaluate.fidelity"),
+        "evaluate.privacy_args": _write_instead("evaluate.privacy"), "evaluate.embed_args": _write_instead("evaluate.embed"),
+        "evaluate.judge_args": _write_instead("evaluate.judge_train"),
+        "experiments.quality_args": _write_instead("experiments.quality_train"),
+        "ddpm.steps": _write_instead("ddpm.train", "steps"), "ddpm.sample_steps": _write_instead("ddpm.sample", "steps"),
+        "evaluate.fidelity_features": _write_instead("evaluate.fidelity", "features"),
+    }
+
+    def resolve(self, given: dict[str, Any]) -> None:
+        """Layer each section over its preset (or, for the judge, over classify.train); refuse study-owned keys."""
+        for section, owned in OWNED.items():
+            for key in _section_keys(given, section):
+                if key.split(".", 1)[0] in owned:
+                    raise ConfigError(f"{section}.{key}: the study sets {key} for each stage; remove it from {section}")
+        self.ddpm.train = _layered(TrainConfig(), self.ddpm.preset, given, "ddpm.train")
+        self.classify.train = _layered(ClassifierTrainConfig(), self.classify.preset, given, "classify.train")
+        judge = apply_overrides(copy.deepcopy(self.classify.train), JUDGE_DEFAULTS, "JUDGE_DEFAULTS")
+        self.evaluate.judge_train = _layered(judge, "", given, "evaluate.judge_train")
+        self.experiments.quality_train = _layered(ClassifierTrainConfig(), self.experiments.quality_preset, given,
+                                                  "experiments.quality_train")
+
     def validate(self) -> None:
-        for key, items in (("ddpm.train_args", self.ddpm.train_args), ("ddpm.sample_args", self.ddpm.sample_args),
-                           ("classify.train_args", self.classify.train_args),
-                           ("experiments.quality_args", self.experiments.quality_args),
-                           ("evaluate.fidelity_args", self.evaluate.fidelity_args),
-                           ("evaluate.privacy_args", self.evaluate.privacy_args),
-                           ("evaluate.embed_args", self.evaluate.embed_args),
-                           ("evaluate.judge_args", self.evaluate.judge_args)):
-            for item in items:
-                if "=" not in item or not item.split("=", 1)[0].strip():
-                    raise ConfigError(f"{key}: {item!r} is not key=value (e.g. epochs=3)")
         if not self.dataset.subsets:
             raise ConfigError("dataset.subsets: give at least one real subset size")
         fr = self.dataset.fractions
@@ -187,7 +260,7 @@ class StudyConfig:
             raise ConfigError(f"ddpm.per_class {self.ddpm.per_class} is too small: mixing {need:g} × "
                               f"{max(self.dataset.subsets)} real images draws {need_per_class:g} synthetic per class "
                               "(4 phantom views); raise ddpm.per_class or lower the fractions")
-        if "echo" in self.evaluate.fidelity_features and not self.experiments.real:
-            raise ConfigError("evaluate.fidelity_features: 'echo' needs the real-subset classifiers (experiments.real)")
+        if "echo" in self.evaluate.fidelity.features and not self.experiments.real:
+            raise ConfigError("evaluate.fidelity.features: 'echo' needs the real-subset classifiers (experiments.real)")
         if not self.classify.archs:
             raise ConfigError("classify.archs: give at least one classifier architecture")

@@ -7,37 +7,29 @@ what the report needs to place a run in a table (subset size, architecture, frac
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
+from echosynth.classify.settings import ClassifierTrainConfig
+from echosynth.gen.core.config import apply_overrides
 from echosynth.gen.core.io import read_json
-from echosynth.pipelines.config import StudyConfig, kv
+from echosynth.gen.prepare import PrepareConfig
+from echosynth.pipelines.config import StudyConfig
 from echosynth.pipelines.stages import Stage, accelerate_cmd, python_cmd
 
-ABLATION_VARIANTS = {  # name -> gen/train.py flags (thesis Table 5.2)
-    "learned-linear": {"diffusion.learn_sigma": "true", "diffusion.schedule": "linear"},
-    "learned-cosine": {"diffusion.learn_sigma": "true", "diffusion.schedule": "cosine"},
-    "fixed-linear": {"diffusion.learn_sigma": "false", "diffusion.schedule": "linear"},
-    "fixed-cosine": {"diffusion.learn_sigma": "false", "diffusion.schedule": "cosine"},
+ABLATION_VARIANTS = {  # name -> gen/train.py settings (thesis Table 5.2)
+    "learned-linear": {"diffusion.learn_sigma": True, "diffusion.schedule": "linear"},
+    "learned-cosine": {"diffusion.learn_sigma": True, "diffusion.schedule": "cosine"},
+    "fixed-linear": {"diffusion.learn_sigma": False, "diffusion.schedule": "linear"},
+    "fixed-cosine": {"diffusion.learn_sigma": False, "diffusion.schedule": "cosine"},
 }
 
 
-def _flags(d: dict) -> list[str]:
-    out: list[str] = []
-    for k, v in d.items():
-        out += [f"--{k}", ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)]
-    return out
-
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def repo_path(p: str) -> Path:
-    """A config file path: absolute, relative to the working dir, or relative to the repo root."""
-    path = Path(p)
-    if path.is_absolute() or path.exists():
-        return path.resolve()
-    return REPO / path
+def stage_config(section: Any, keys: dict[str, Any]) -> Any:
+    """A copy of a study section's config with the (dotted) keys the study sets for one stage."""
+    return apply_overrides(copy.deepcopy(section), keys, "the study")
 
 
 class GraphBuilder:
@@ -50,6 +42,7 @@ class GraphBuilder:
         self.stages: list[Stage] = []
         self.split_dir = Path(cfg.dataset.split_dir).resolve() if cfg.dataset.split_dir else self.dir / "data" / "split"
         self.split_stage: list[str] = []
+        self.assumed_split = False  # a subset's file name was assumed: the split did not exist yet
 
     def add(self, name: str, command: list[str], *, inputs=(), outputs=(), deps=(), experiment: str = "",
             meta: dict | None = None, resume_args: list[str] | None = None, run_dir: Path | None = None,
@@ -67,18 +60,30 @@ class GraphBuilder:
         self.stages.append(s)
         return s
 
+    def add_cli(self, name: str, script: str, cfg: Any, section: str, *, launch: int = 0, **kw: Any) -> Stage:
+        """A stage running `script --config STUDY/configs/<name>.json`, the file holding `cfg` (written when the
+        stage starts); under `accelerate launch` with `launch` processes when launch > 0."""
+        file = self.dir / "configs" / f"{name}.json"
+        command = (accelerate_cmd(script, "--config", file, num_processes=launch) if launch
+                   else python_cmd(script, "--config", file))
+        s = self.add(name, command, processes=max(launch, 1), **kw)
+        s.settings, s.config_file, s.section = cfg, file, section
+        return s
+
     # -- data ------------------------------------------------------------------------------
 
     def train_manifest(self, n: int) -> Path:
         """The nested subset's manifest; a size at or above the training split's is the whole split.
 
-        Before the split exists the graph assumes train_<n>.csv; study.py rebuilds the graph once
-        the data stages have run, so the real file names are used from then on."""
+        Before the split exists the graph assumes train_<n>.csv (and says so in `assumed_split`):
+        study.py builds the graph again once the data stages have run, for the real file names."""
         info = self.split_dir / "splits.json"
         if info.is_file():
             sizes = read_json(info).get("subsets", [])
             if sizes and n >= sizes[-1]:
                 return self.split_dir / "train.csv"
+        else:
+            self.assumed_split = True
         return self.split_dir / f"train_{n}.csv"
 
     def data(self) -> None:
@@ -89,46 +94,40 @@ class GraphBuilder:
         deps = []
         if not ds.manifest:
             out = manifest.parent
-            self.add("data-phantom", python_cmd("gen/prepare.py", "phantom", "--out", out, "--n", ds.phantom_n,
-                                                "--size", ds.image_size, "--seed", ds.seed),
-                     outputs=[manifest], experiment="data", run_dir=out)
+            cfg = PrepareConfig(command="phantom", out=str(out), n=ds.phantom_n, size=ds.image_size, seed=ds.seed)
+            self.add_cli("data-phantom", "gen/prepare.py", cfg, "dataset", outputs=[manifest], experiment="data",
+                         run_dir=out)
             deps = ["data-phantom"]
         outputs = [self.split_dir / f for f in ("manifest.csv", "train.csv", "val.csv", "test.csv", "splits.json")]
-        self.add("data-split", python_cmd("gen/prepare.py", "split", "--manifest", manifest, "--out", self.split_dir,
-                                          "--subsets", ",".join(map(str, ds.subsets)), "--seed", ds.seed,
-                                          "--fractions", ",".join(f"{f:g}" for f in ds.fractions),
-                                          "--holdout_sources", ",".join(ds.holdout_sources)),
-                 inputs=[manifest], outputs=sorted(set(outputs)), deps=deps, experiment="data",
-                 run_dir=self.split_dir)
+        cfg = PrepareConfig(command="split", manifest=str(manifest), out=str(self.split_dir), subsets=list(ds.subsets),
+                            seed=ds.seed, fractions=list(ds.fractions), holdout_sources=list(ds.holdout_sources))
+        self.add_cli("data-split", "gen/prepare.py", cfg, "dataset", inputs=[manifest], outputs=sorted(set(outputs)),
+                     deps=deps, experiment="data", run_dir=self.split_dir)
         self.split_stage = ["data-split"]
 
     # -- diffusion -------------------------------------------------------------------------
 
-    def ddpm(self, name: str, subset: int, steps: int, extra: dict, experiment: str, meta: dict) -> str:
+    def ddpm(self, name: str, subset: int, experiment: str, meta: dict, extra: dict | None = None) -> str:
+        """A DDPM on the subset: ddpm.train, with `extra` (ablation variants, training-time checkpoints)."""
         c = self.cfg.ddpm
-        run = self.runs / name
-        preset = repo_path(c.preset)
-        data = self.train_manifest(subset)
-        cmd = accelerate_cmd("gen/train.py", "--config", preset, "--data", data, "--run_dir", run, "--steps", steps,
-                             *_flags({"mixed_precision": c.mixed_precision, **kv(c.train_args), **extra}),
-                             num_processes=c.num_processes)
-        self.add(name, cmd, inputs=[preset, data],
-                 outputs=[run / "config.json", run / "stats.jsonl"], deps=self.split_stage,
-                 experiment=experiment, meta={"subset": subset, "steps": steps, **meta}, resume_args=["--resume", "latest"],
-                 threads=c.threads, processes=c.num_processes)
+        run, data = self.runs / name, self.train_manifest(subset)
+        cfg = stage_config(c.train, {**(extra or {}), "data": str(data), "run_dir": str(run),
+                                     "mixed_precision": c.mixed_precision})
+        self.add_cli(name, "gen/train.py", cfg, "ddpm.train", launch=c.num_processes, inputs=[data],
+                     outputs=[run / "config.json", run / "stats.jsonl"], deps=self.split_stage,
+                     experiment=experiment, meta={"subset": subset, "steps": cfg.steps, **meta},
+                     resume_args=["--resume", "latest"], threads=c.threads)
         return name
 
-    def sample(self, name: str, ddpm: str, per_class: int, experiment: str, meta: dict,
-               extra: dict | None = None) -> Path:
+    def sample(self, name: str, ddpm: str, per_class: int, experiment: str, meta: dict) -> Path:
         c = self.cfg.ddpm
         out = self.runs / name
-        cmd = accelerate_cmd("gen/sample.py", "--run", self.runs / ddpm, "--per_class", per_class,
-                             "--steps", c.sample_steps, "--out", out,
-                             *_flags({"mixed_precision": c.mixed_precision, **kv(c.sample_args), **(extra or {})}),
-                             num_processes=c.num_processes)
-        stage = self.add(name, cmd, inputs=[self.runs / ddpm], outputs=[out / "samples.npz", out / "manifest.csv"],
-                         deps=[ddpm], experiment=experiment, meta={"per_class": per_class, "ddpm": ddpm, **meta},
-                         resume_args=[], threads=c.threads, processes=c.num_processes)  # resumes when re-run as it was
+        cfg = stage_config(c.sample, {"run": str(self.runs / ddpm), "per_class": per_class, "out": str(out),
+                                      "mixed_precision": c.mixed_precision})
+        stage = self.add_cli(name, "gen/sample.py", cfg, "ddpm.sample", launch=c.num_processes,
+                             inputs=[self.runs / ddpm], outputs=[out / "samples.npz", out / "manifest.csv"],
+                             deps=[ddpm], experiment=experiment, meta={"per_class": per_class, "ddpm": ddpm, **meta},
+                             resume_args=[], threads=c.threads)  # resumes when re-run as it was
         stage.done_flag = (out / "sample.json", "complete")  # it refuses to re-run a complete dir
         return out
 
@@ -136,45 +135,45 @@ class GraphBuilder:
                  extra: dict | None = None) -> None:
         """FID, KID, precision/recall, coverage of a sample dir against the subset's real images, with
         the validation split as the real-vs-real floor; class fidelity by the judge, sector fidelity, and
-        the quality gate's verdict under the study's `gate:` thresholds (in the command: changing them
-        re-runs these stages)."""
+        the quality gate's verdict under the study's `gate:` thresholds (in the stage's config: changing
+        them re-runs these stages)."""
         ev = self.cfg.evaluate
         out, fake = self.runs / name, self.runs / sample_stage
         real, holdout = self.train_manifest(subset), self.split_dir / "val.csv"
-        args = {"features": ",".join(ev.fidelity_features), "curve": "false", **kv(ev.fidelity_args), **(extra or {}),
+        keys = {**(extra or {}), "real": str(real), "holdout": str(holdout), "fake": str(fake), "out": str(out),
                 **{f"gate.{k}": v for k, v in asdict(self.cfg.gate).items()}}
         inputs, deps = [real, holdout, fake / "samples.npz"], [sample_stage]
-        if "echo" in ev.fidelity_features:
+        if "echo" in ev.fidelity.features:
             clf = self.echo_classifier()
-            args["classifier"] = self.runs / clf
+            keys["classifier"] = str(self.runs / clf)
             inputs.append(self.runs / clf)
             deps.append(clf)
         judge = self.judge()
         if judge:
-            args["judge"] = self.runs / judge
+            keys["judge"] = str(self.runs / judge)
             if judge not in deps:  # the judge may also be the echo-feature classifier
                 inputs.append(self.runs / judge)
                 deps.append(judge)
-        self.add(name, python_cmd("evaluate/fidelity.py", "--real", real, "--holdout", holdout, "--fake", fake,
-                                  "--out", out, *_flags(args)),
-                 inputs=inputs, outputs=[out / "fidelity.json"], deps=deps, experiment=experiment, meta=meta)
+        self.add_cli(name, "evaluate/fidelity.py", stage_config(ev.fidelity, keys), "evaluate.fidelity",
+                     inputs=inputs, outputs=[out / "fidelity.json"], deps=deps, experiment=experiment, meta=meta)
 
     def judge(self) -> str | None:
         """The class-fidelity judge's stage: a classifier on the full real training split (added once).
 
-        The largest real classifier is the judge when that subset is the whole split and no
-        judge_args are set; otherwise `clf-judge-<arch>` trains one with judge_args."""
+        The largest real classifier is the judge when that subset is the whole split and the judge's
+        settings are classify.train's; otherwise `clf-judge-<arch>` trains one with evaluate.judge_train."""
         ev, arch = self.cfg.evaluate, self.cfg.evaluate.judge_arch or self.cfg.classify.archs[0]
         if not ev.judge:
             return None
         full, n = self.split_dir / "train.csv", self.cfg.dataset.subsets[-1]
-        if (self.cfg.experiments.real and not ev.judge_args and self.train_manifest(n) == full
+        if (self.cfg.experiments.real and ev.judge_train == self.cfg.classify.train and self.train_manifest(n) == full
                 and arch in self.cfg.classify.archs):
             return f"clf-real-n{n}-{arch}"
         if f"clf-judge-{arch}" not in {s.name for s in self.stages}:
             # one seed: evaluate/class_fidelity.py judges with the run's first seed
-            self.classifier("clf-judge", f"real:{full}", [full], [], "judge", {"role": "judge"}, kv(ev.judge_args),
-                            archs=[arch], seeds=self.cfg.classify.seeds[:1])
+            self.classifier("clf-judge", f"real:{full}", [full], [], "judge", {"role": "judge"},
+                            archs=[arch], seeds=self.cfg.classify.seeds[:1], base=ev.judge_train,
+                            section="evaluate.judge_train")
         return f"clf-judge-{arch}"
 
     def echo_classifier(self) -> str:
@@ -188,44 +187,44 @@ class GraphBuilder:
         ev = self.cfg.evaluate
         out = self.runs / f"privacy-n{n}"
         holdout = self.split_dir / "val.csv"
-        args: dict = {"progress": "false", **kv(ev.privacy_args)}
+        keys: dict[str, Any] = {"train": str(real), "holdout": str(holdout), "fake": str(fake), "out": str(out),
+                                "filter": str(out / "filtered")}
         inputs, deps = [real, holdout, fake], [f"sample-n{n}"]
         if ev.privacy_features and self.cfg.experiments.real:
             clf = self.echo_classifier()
-            args["classifier"] = self.runs / clf
+            keys["classifier"] = str(self.runs / clf)
             inputs.append(self.runs / clf)
             deps.append(clf)
         if ev.membership:
-            args["run"] = self.runs / f"ddpm-n{n}"
+            keys["run"] = str(self.runs / f"ddpm-n{n}")
             deps.append(f"ddpm-n{n}")
-        self.add(f"privacy-n{n}", python_cmd("evaluate/privacy.py", "--train", real, "--holdout", holdout,
-                                             "--fake", fake, "--out", out, "--filter", out / "filtered", *_flags(args)),
-                 inputs=inputs, outputs=[out / "privacy.json", out / "filtered" / "manifest.csv"],
-                 deps=deps, experiment="synthetic", meta={"subset": n})
+        self.add_cli(f"privacy-n{n}", "evaluate/privacy.py", stage_config(ev.privacy, keys), "evaluate.privacy",
+                     inputs=inputs, outputs=[out / "privacy.json", out / "filtered" / "manifest.csv"],
+                     deps=deps, experiment="synthetic", meta={"subset": n})
 
     # -- classifiers -----------------------------------------------------------------------
 
+    def _tests(self) -> list[str]:
+        tests = [f"test={self.split_dir / 'test.csv'}"]
+        if self.cfg.dataset.holdout_sources:
+            tests.append(f"shift={self.split_dir / 'shift.csv'}")
+        return tests
+
     def classifier(self, name: str, spec: str, inputs: list[Path], deps: list[str], experiment: str,
-                   meta: dict, extra: dict | None = None, archs: list[str] | None = None,
-                   seeds: list[int] | None = None) -> None:
+                   meta: dict, archs: list[str] | None = None, seeds: list[int] | None = None,
+                   base: ClassifierTrainConfig | None = None, section: str = "classify.train") -> None:
         """One classifier run per architecture (seeds inside the run), evaluated on val, test, shift. Every arm
-        gets the preset's budget and the same train_args: with a step budget (`steps=`), the same optimizer
-        steps whatever its training set's size."""
+        gets classify.train: with a step budget (`steps`), the same optimizer steps whatever its training set's size."""
         c = self.cfg.classify
-        preset = [repo_path(c.preset)] if c.preset else []
         for arch in archs or c.archs:
             stage_name = f"{name}-{arch}"
             run = self.runs / stage_name
-            tests = [f"test={self.split_dir / 'test.csv'}"]
-            if self.cfg.dataset.holdout_sources:
-                tests.append(f"shift={self.split_dir / 'shift.csv'}")
-            cmd = python_cmd("classify/train.py", *(["--config", *preset] if preset else []), "--arch", arch,
-                             "--train", spec, "--val", f"val={self.split_dir / 'val.csv'}", "--test", ",".join(tests),
-                             "--run_dir", run, "--seeds", ",".join(map(str, seeds or c.seeds)),
-                             *_flags({**kv(c.train_args), **(extra or {})}))
-            self.add(stage_name, cmd, inputs=[*preset, self.split_dir / "val.csv", *inputs],
-                     outputs=[run / "summary.json"], deps=self.split_stage + deps, experiment=experiment,
-                     meta={"arch": arch, "spec": spec, **meta})
+            cfg = stage_config(base or c.train, {"arch": arch, "train": spec, "val": f"val={self.split_dir / 'val.csv'}",
+                                                 "test": self._tests(), "run_dir": str(run),
+                                                 "seeds": list(seeds or c.seeds)})
+            self.add_cli(stage_name, "classify/train.py", cfg, section, inputs=[self.split_dir / "val.csv", *inputs],
+                         outputs=[run / "summary.json"], deps=self.split_stage + deps, experiment=experiment,
+                         meta={"arch": arch, "spec": spec, **meta})
 
     # -- the grid --------------------------------------------------------------------------
 
@@ -239,7 +238,7 @@ class GraphBuilder:
             self.classifier(f"clf-real-n{n}", f"real:{real}", [real], [], "real", {"subset": n})
         for n in subsets if need_synth else []:
             real = self.train_manifest(n)
-            ddpm = self.ddpm(f"ddpm-n{n}", n, cfg.ddpm.steps, {}, "synthetic", {})
+            ddpm = self.ddpm(f"ddpm-n{n}", n, "synthetic", {})
             samples = self.sample(f"sample-n{n}", ddpm, cfg.ddpm.per_class, "synthetic", {"subset": n})
             fake, fake_csv = samples / "samples.npz", samples / "manifest.csv"
             self.fidelity(f"fidelity-n{n}", f"sample-n{n}", "synthetic", {"subset": n}, n)
@@ -285,33 +284,30 @@ class GraphBuilder:
         n = ex.ablation_subset or cfg.dataset.subsets[-1]
         k = self._n_classes()
         if ex.ablation:
-            sizes = ",".join(map(str, ex.ablation_samples))
             for variant, flags in ABLATION_VARIANTS.items():
-                ddpm = self.ddpm(f"ablation-{variant}", n, cfg.ddpm.steps, flags, "ablation", {"variant": variant})
+                ddpm = self.ddpm(f"ablation-{variant}", n, "ablation", {"variant": variant}, flags)
                 s = f"ablation-{variant}-sample"
                 self.sample(s, ddpm, -(-max(ex.ablation_samples) // k), "ablation", {"variant": variant, "subset": n})
                 self.fidelity(f"ablation-{variant}-fidelity", s, "ablation", {"variant": variant, "subset": n}, n,
-                              {"curve": "true", "curve_sizes": sizes})
+                              {"curve": True, "curve_sizes": list(ex.ablation_samples)})
         if ex.sample_size:
             base = f"ddpm-n{n}"
             if base not in {s.name for s in self.stages}:
-                self.ddpm(base, n, cfg.ddpm.steps, {}, "synthetic", {})
+                self.ddpm(base, n, "synthetic", {})
             self.sample("samplesize-sample", base, -(-max(ex.sample_size) // k), "sample-size", {"subset": n})
             self.fidelity("samplesize-fidelity", "samplesize-sample", "sample-size", {"subset": n}, n,
-                          {"curve": "true", "curve_sizes": ",".join(map(str, ex.sample_size))})
+                          {"curve": True, "curve_sizes": list(ex.sample_size)})
         if ex.training_time:
             every = min(ex.training_time)
-            ddpm = self.ddpm("trainingtime-ddpm", n, max(ex.training_time),
-                             {"checkpoint_every": every, "keep_every": every}, "training-time", {})
+            ddpm = self.ddpm("trainingtime-ddpm", n, "training-time", {},
+                             {"steps": max(ex.training_time), "checkpoint_every": every, "keep_every": every})
             out, real, holdout = self.runs / "trainingtime-fidelity", self.train_manifest(n), self.split_dir / "val.csv"
-            ev = self.cfg.evaluate
-            args = {"features": "inception", "curve": "false", **kv(ev.fidelity_args), "run": self.runs / ddpm,
-                    "checkpoints": ",".join(map(str, ex.training_time)), "n": cfg.ddpm.per_class * k,
-                    "sampling_steps": cfg.ddpm.sample_steps}
-            self.add("trainingtime-fidelity", python_cmd("evaluate/fidelity.py", "--real", real, "--holdout", holdout,
-                                                         "--out", out, *_flags(args)),
-                     inputs=[real, holdout, self.runs / ddpm], outputs=[out / "fidelity.json"], deps=[ddpm],
-                     experiment="training-time", meta={"subset": n})
+            keys = {"features": ["inception"], "real": str(real), "holdout": str(holdout), "out": str(out),
+                    "run": str(self.runs / ddpm), "checkpoints": ",".join(map(str, ex.training_time)),
+                    "n": cfg.ddpm.per_class * k, "sampling_steps": cfg.ddpm.sample.steps}
+            self.add_cli("trainingtime-fidelity", "evaluate/fidelity.py", stage_config(cfg.evaluate.fidelity, keys),
+                         "evaluate.fidelity", inputs=[real, holdout, self.runs / ddpm], outputs=[out / "fidelity.json"],
+                         deps=[ddpm], experiment="training-time", meta={"subset": n})
 
     def final_and_features(self) -> None:
         """Items 6 and 7: the final model on test + domain shift, feature maps, quality grader."""
@@ -327,20 +323,18 @@ class GraphBuilder:
             clf = f"clf-real-n{n}-{arch}"
             if clf in {s.name for s in self.stages}:
                 out = self.runs / f"embed-n{n}"
-                self.add(f"embed-n{n}", python_cmd("evaluate/embed.py", "--classifier", self.runs / clf,
-                                                   "--real", real, "--fake", fake, "--out", out,
-                                                   *_flags({"progress": "false", **kv(cfg.evaluate.embed_args)})),
-                         inputs=[self.runs / clf, real, fake], outputs=[out / "embedding.csv"],
-                         deps=[clf, f"sample-n{n}"], experiment="features", meta={"subset": n, "arch": arch})
+                keys = {"classifier": str(self.runs / clf), "real": str(real), "fake": str(fake), "out": str(out)}
+                self.add_cli(f"embed-n{n}", "evaluate/embed.py", stage_config(cfg.evaluate.embed, keys), "evaluate.embed",
+                             inputs=[self.runs / clf, real, fake], outputs=[out / "embedding.csv"],
+                             deps=[clf, f"sample-n{n}"], experiment="features", meta={"subset": n, "arch": arch})
         if ex.quality:
-            preset, run = repo_path(ex.quality_preset), self.runs / f"quality-n{n}"
-            tests = f"test={self.split_dir / 'test.csv'}"
-            cmd = python_cmd("classify/train.py", "--config", preset, "--task", "quality", "--train", f"real:{real}",
-                             "--val", f"val={self.split_dir / 'val.csv'}", "--test", tests, "--run_dir", run,
-                             "--seeds", ",".join(map(str, cfg.classify.seeds)), *_flags(kv(ex.quality_args)))
-            self.add(f"quality-n{n}", cmd, inputs=[preset, real, self.split_dir / "val.csv"],
-                     outputs=[run / "summary.json"], deps=self.split_stage, experiment="quality",
-                     meta={"subset": n, "task": "quality", "spec": f"real:{real}"})
+            run = self.runs / f"quality-n{n}"
+            keys = {"task": "quality", "train": f"real:{real}", "val": f"val={self.split_dir / 'val.csv'}",
+                    "test": [f"test={self.split_dir / 'test.csv'}"], "run_dir": str(run), "seeds": list(cfg.classify.seeds)}
+            self.add_cli(f"quality-n{n}", "classify/train.py", stage_config(ex.quality_train, keys),
+                         "experiments.quality_train", inputs=[real, self.split_dir / "val.csv"],
+                         outputs=[run / "summary.json"], deps=self.split_stage, experiment="quality",
+                         meta={"subset": n, "task": "quality", "spec": f"real:{real}"})
         if cfg.report:
             # Inputs: every stage's run dir, so the report is rebuilt whenever any stage re-ran.
             done = [s.name for s in self.stages]

@@ -4,7 +4,11 @@ A stage is one subprocess (a repo CLI, under `accelerate launch` where it is dis
 writes one run directory. Stages hand over files: a stage's `inputs` are paths (files or
 directories) that earlier stages wrote or the user gave.
 
-Caching: a stage's key is SHA-1 of (name, command, extra config, fingerprints of its inputs).
+A stage's settings are its CLI's config dataclass (`settings`), resolved by the study: the runner
+writes them to `config_file` (JSON) as the stage starts, and the command reads them with `--config`.
+
+Caching: a stage's key is SHA-1 of (name, command, resolved settings in canonical form, extra
+config, fingerprints of its inputs).
 When the command exits 0 the runner writes `<run_dir>/STAGE_DONE.json` last and atomically,
 holding the key and fingerprints of the stage's outputs; a later run skips a stage whose
 marker holds the same key. Fingerprints of paths produced by a finished stage are taken from
@@ -39,6 +43,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from echosynth.gen.core.config import to_dict
 from echosynth.gen.core.io import append_jsonl, fingerprint, read_json, write_json
 from echosynth.pipelines.executor import Executor, ExecutorError, Job, LocalExecutor
 from echosynth.pipelines.progress import Progress
@@ -79,6 +84,11 @@ class Stage:
     # the executor's slots. A multi-threaded stage beside other stages is slowed far more than its
     # share: every parallel region waits for the thread that lost its core.
     slots: int = 1
+    # The CLI's config dataclass, resolved by the study; written to config_file (the command's --config)
+    # when the stage starts. `section` names the study section it comes from, for messages.
+    settings: Any = None
+    config_file: Path | None = None
+    section: str = ""
 
     def shell(self) -> str:
         """The command as one copy-pasteable shell line."""
@@ -267,12 +277,14 @@ class Runner:
         return fingerprint(path)
 
     def key(self, stage: Stage) -> str:
-        """SHA-1 of the stage name, command, extra config and input fingerprints."""
+        """SHA-1 of the stage name, command, resolved settings, extra config and input fingerprints."""
         missing = [str(p) for p in stage.inputs if not p.exists()]
         if missing:
             raise FileNotFoundError(f"stage {stage.name}: input(s) missing: {', '.join(missing)}")
         payload = {"name": stage.name, "command": [str(c) for c in stage.command], "config": stage.config,
                    "inputs": {str(p): self._fingerprint(p) for p in stage.inputs}}
+        if stage.settings is not None:
+            payload["settings"] = to_dict(stage.settings)
         return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
     def _record_outputs(self, stage: Stage, marker: dict) -> None:
@@ -516,6 +528,8 @@ class Runner:
         st.update(status="running", started=_now(), finished=None, seconds=None, key=key,
                   runs=(st.get("runs") or 0) + 1, log=str(log_path))
         write_json(self._started_path(stage), {"key": key, "started": st["started"]})
+        if stage.settings is not None:
+            write_json(stage.config_file, to_dict(stage.settings))
         cmd = [str(c) for c in stage.command] + extra
         with open(log_path, "a", encoding="utf-8") as log:  # the command goes to the log, not the screen
             log.write(f"\n$ {' '.join(shlex.quote(c) for c in cmd)}\n")

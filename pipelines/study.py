@@ -9,7 +9,9 @@ Every stage is a subprocess through its own CLI writing STUDY/runs/<stage>/; STU
 records the graph, status, timings and run directories; STUDY/logs/<stage>.log holds each
 stage's command and output. Re-running skips finished stages whose config and inputs are
 unchanged. Stages whose deps are done run `--jobs` at a time (default: cores // threads).
-Every stage's settings are checked by its CLI's parser before anything runs. One study.py per
+Each stage's settings are a typed section of the study YAML (`ddpm.train`, `classify.train`,
+`evaluate.fidelity`, ...), checked when the study loads; each stage reads its resolved config from
+STUDY/configs/<stage>.json (`--config`), and its cache key hashes that config. One study.py per
 study directory (STUDY/.lock); Ctrl-C or `kill PID` stops it and every stage it started.
 """
 
@@ -26,7 +28,7 @@ from echosynth.gen.core.rundir import provenance
 from echosynth.pipelines.checks import StageConfigError, check_stages
 from echosynth.pipelines.config import StudyConfig
 from echosynth.pipelines.executor import ExecutorError, LocalExecutor, default_jobs
-from echosynth.pipelines.graph import build_graph
+from echosynth.pipelines.graph import GraphBuilder
 from echosynth.pipelines.progress import Progress, load_history
 from echosynth.pipelines.slurm import (
     SlurmExecutor,
@@ -44,6 +46,12 @@ REPO = Path(__file__).resolve().parent.parent
 def study_dir(cfg: StudyConfig) -> Path:
     """STUDY dir: --out, else runs/study-<name> under the repo."""
     return Path(cfg.out) if cfg.out else REPO / "runs" / f"study-{cfg.name}"
+
+
+def build_graph(cfg: StudyConfig, out: Path) -> tuple[list, bool]:
+    """The stage graph, and whether it assumed the subset files' names (the split does not exist yet)."""
+    builder = GraphBuilder(cfg, out)
+    return builder.build(), builder.assumed_split
 
 
 def _argv(argv: list[str] | None) -> tuple[list[str], bool]:
@@ -83,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     out = study_dir(cfg)
     jobs = cfg.jobs or default_jobs(cfg.threads)
     # Relative paths in the study config resolve from the repo root, as the stage CLIs run there.
-    stages = build_graph(cfg, out.resolve())
+    stages, assumed = build_graph(cfg, out.resolve())
     try:
         names = select(stages, cfg.only or None, cfg.start or None)
     except ValueError as e:
@@ -99,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         check_config(cfg.slurm)
         jobs = cfg.slurm.max_jobs
     try:
-        checked = check_stages([s for s in stages if s.name in set(names)], to_dict(cfg))
+        checked = check_stages([s for s in stages if s.name in set(names)])
     except StageConfigError as e:
         print(f"study.py: error: a stage would refuse its settings:\n{e}", file=sys.stderr)
         return 2
@@ -107,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         import yaml
 
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False).rstrip())
-        print(f"\n# study dir: {out}\n# settings of {checked} stage command(s) checked by their CLIs' parsers"
+        print(f"\n# study dir: {out}\n# settings of {checked} stage(s) checked by their CLIs' config checks"
               f"\n# {len(names)} of {len(stages)} stage(s) selected, {jobs} at a time (--jobs):")
         Runner(out, stages, {}, echo=print).run(names, dry_run=True)
         if cfg.executor == "slurm":
@@ -144,10 +152,13 @@ def main(argv: list[str] | None = None) -> int:
         header = {"name": cfg.name, "study_dir": str(out.resolve()), "config": to_dict(cfg), "provenance": prov,
                   "jobs": jobs}
         kw = dict(echo=progress.echo, executor=executor, progress=progress)
-        # Data stages first; then the graph is rebuilt, since the split decides the subset files.
+        # Data stages first. The split decides the subset files: a graph built before it existed is built
+        # again (a study's first run), one built on the split is used as it is.
         data = [n for n in names if n.startswith("data-")]
         ran = Runner(out, stages, header, **kw).run(data) if data else 0
-        stages = build_graph(cfg, out.resolve())
+        if assumed:
+            stages, _ = build_graph(cfg, out.resolve())
+            check_stages(stages)
         rest = [s.name for s in stages if s.name in set(select(stages, cfg.only or None, cfg.start or None))
                 and s.name not in data]
         progress.add(rest)
@@ -161,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         print("study.py: finished stages are kept; fix the setting and re-run the same command to resume.",
               file=sys.stderr)
         return 1
-    except (StageFailed, FileNotFoundError) as e:
+    except (StageFailed, StageConfigError, FileNotFoundError) as e:
         progress.close()
         print(f"study.py: error: {e}", file=sys.stderr)
         print("study.py: finished stages are kept; fix the problem and re-run the same command to resume.",

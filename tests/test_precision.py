@@ -46,8 +46,10 @@ def test_auto_is_bf16_exactly_on_cpus_with_native_bf16(tmp_path, monkeypatch, ex
 
 def test_a_study_ddpm_stage_runs_in_the_studys_precision(split_dir, tmp_path):
     """The launcher no longer forces fp32: the stage command carries the study's precision to the script."""
+    from echosynth.gen.core.config import to_dict
+    from echosynth.gen.core.io import write_json
     from echosynth.pipelines.config import StudyConfig
-    from echosynth.pipelines.graph import build_graph
+    from echosynth.pipelines.graph import build_graph, stage_config
 
     def ddpm_stage(precision):
         cfg = build(StudyConfig, None, {"name": "t", "dataset.subsets": [60], "ddpm.mixed_precision": precision})
@@ -58,15 +60,14 @@ def test_a_study_ddpm_stage_runs_in_the_studys_precision(split_dir, tmp_path):
         for stage in ddpm_stage(precision):
             script = next(i for i, a in enumerate(stage.command) if str(a).endswith(".py"))
             assert "--mixed_precision" not in map(str, stage.command[:script])  # nothing at the launcher
-            args = list(map(str, stage.command[script:]))
-            assert args[args.index("--mixed_precision") + 1] == precision
+            assert stage.settings.mixed_precision == precision  # the stage's config file carries it
     # Run the `auto` study's DDPM stage for two steps: auto resolves as on this machine, not to the launcher's "no".
     stage, _ = ddpm_stage("auto")
-    cmd = list(map(str, stage.command))
     run = tmp_path / "run"
-    for flag, value in (("--data", str(split_dir / "train.csv")), ("--run_dir", str(run)), ("--steps", "2")):
-        cmd[cmd.index(flag) + 1] = value
-    run_cli(cmd + ["--model.image_size", "16", "--log_every", "1", "--sample_per_class", "0", "--compile", "false"],
+    write_json(stage.config_file, to_dict(stage_config(stage.settings, {
+        "data": str(split_dir / "train.csv"), "run_dir": str(run), "steps": 2, "model.image_size": 16, "log_every": 1,
+        "sample_per_class": 0, "compile": False})))
+    run_cli(list(map(str, stage.command)),
             cwd=REPO, env={"OMP_NUM_THREADS": "1", "HF_HOME": str(tmp_path / "hf")}, timeout=300)
     want, why = auto_precision(False, False, cpu_native_bf16())
     assert f"precision {want} ({why})" in (run / "log.txt").read_text()

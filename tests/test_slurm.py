@@ -28,10 +28,11 @@ from safetensors.torch import load_file
 from slurm_cluster import LocalSlurm, SlurmUnavailable
 
 from conftest import PYTHON, REPO, run_cli
-from echosynth.gen.core.config import ConfigError, parse_config
+from echosynth.gen.core.config import ConfigError, parse_config, to_dict
+from echosynth.gen.core.io import write_json
 from echosynth.pipelines.config import SLURM_KINDS, SlurmConfig, SlurmJobConfig, StudyConfig
 from echosynth.pipelines.executor import ExecutorError, Job
-from echosynth.pipelines.graph import build_graph
+from echosynth.pipelines.graph import build_graph, stage_config
 from echosynth.pipelines.slurm import (
     Cluster,
     Node,
@@ -51,8 +52,9 @@ from echosynth.pipelines.slurm import (
 
 TINY = REPO / "configs" / "study" / "tiny.yaml"
 # Small DDPM runs (16 px, 100 timesteps) as in tests/test_gen_train.py.
-DDPM_ARGS = ["global_batch=8", "checkpoint_every=5", "log_every=1", "sample_per_class=0", "model.image_size=16",
-             "diffusion.num_timesteps=100", "lr=0.001", "warmup_steps=2", "ema_decay=0.9"]
+DDPM_TRAIN = {"global_batch": 8, "checkpoint_every": 5, "log_every": 1, "sample_per_class": 0,
+              "model": {"image_size": 16}, "diffusion": {"num_timesteps": 100}, "lr": 0.001, "warmup_steps": 2,
+              "ema_decay": 0.9}
 
 
 pytestmark = pytest.mark.timeout(1800)  # an idle machine needs 1-3 min per cluster test; a shared one far more
@@ -168,8 +170,8 @@ def ddpm_config(tmp: Path, name: str, split_dir: Path, steps: int) -> Path:
     """A study of one DDPM stage (plus nothing else) on the shared test split."""
     return write_config(tmp / f"{name}.yaml", name, dataset={"split_dir": str(split_dir), "subsets": [60]},
                         experiments={"real": False, "privacy_filter": False, "mixing": [], "embed": False},
-                        evaluate={"fidelity_features": ["inception"]},
-                        ddpm={"steps": steps, "train_args": DDPM_ARGS}, only=["ddpm-n60"])
+                        evaluate={"fidelity": {"features": ["inception"]}},
+                        ddpm={"train": {"steps": steps, **DDPM_TRAIN}}, only=["ddpm-n60"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -384,7 +386,8 @@ def test_signalled_ddpm_requeues_and_matches_uninterrupted(cluster, split_dir, t
                                         out.resolve()) if s.name == "ddpm-n60")
     ref = tmp_path / "ref"
     cmd = [str(c) for c in stage.command]
-    cmd[cmd.index("--run_dir") + 1] = str(ref)
+    cmd[cmd.index("--config") + 1] = str(tmp_path / "ref.json")
+    write_json(tmp_path / "ref.json", to_dict(stage_config(stage.settings, {"run_dir": str(ref)})))
     reference = popen(cmd, None, tmp_path / "ref.log", env={**os.environ, **stage.env})  # meanwhile, on the other core
     bump = BeginTimeBump(cluster)
     bump.start()

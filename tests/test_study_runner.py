@@ -141,16 +141,15 @@ def test_fidelity_stages_get_the_gate_thresholds(tmp_path):
     default = {s.name: s for s in build_graph(study.parse_config(study.StudyConfig, flags), tmp_path)}
     cfg = study.parse_config(study.StudyConfig, [*flags, "--gate.min_class_ratio", "0.8", "--gate.fid_features", "echo"])
     strict = {s.name: s for s in build_graph(cfg, tmp_path)}
-    scored = [n for n, s in strict.items() if "--fake" in s.command and "evaluate/fidelity.py" in map(str, s.command)]
+    scored = [n for n, s in strict.items() if s.section == "evaluate.fidelity" and s.settings.fake]
     assert {"fidelity-n200", "samplesize-fidelity", "ablation-fixed-cosine-fidelity"} <= set(scored)
     for name in scored:
-        cmd = [str(c) for c in strict[name].command]
-        got = {cmd[i][len("--gate."):]: cmd[i + 1] for i in range(len(cmd) - 1) if cmd[i].startswith("--gate.")}
-        assert got == {"min_class_ratio": "0.8", "max_fid_over_floor": "10.0", "fid_features": "echo",
-                       "outside_factor": "3.0", "outside_margin": "5.0"}, name
-        assert default[name].command != strict[name].command  # the command is part of the stage's cache key
+        assert study.to_dict(strict[name].settings)["gate"] == {
+            "min_class_ratio": 0.8, "max_fid_over_floor": 10.0, "fid_features": "echo", "outside_factor": 3.0,
+            "outside_margin": 5.0}, name
+        assert default[name].settings != strict[name].settings  # the resolved config is part of the stage's cache key
     others = [n for n in strict if n not in scored]
-    assert others and all(default[n].command == strict[n].command for n in others)  # nothing else re-runs
+    assert others and all(default[n].settings == strict[n].settings for n in others)  # nothing else re-runs
 
 
 # ----------------------------------------------------------------------------------------------
@@ -206,9 +205,11 @@ def test_study_exits_nonzero_with_the_log_tail(tmp_path, monkeypatch, capsys):
     def graph(cfg, out):
         return [_timed(out, "data-x", 0), _timed(out, "bad", 0, fail=True, deps=["data-x"]), _timed(out, "ok", 0.2)]
 
-    monkeypatch.setattr(study, "build_graph", graph)
-    monkeypatch.setattr(study, "check_stages", lambda stages, cfg: len(stages))
+    built = []
+    monkeypatch.setattr(study, "build_graph", lambda cfg, out: built.append(out) or (graph(cfg, out), False))
+    monkeypatch.setattr(study, "check_stages", lambda stages: len(stages))
     assert study.main(["--out", str(tmp_path)]) == 1
+    assert len(built) == 1  # the split was there: the graph is built once
     err = capsys.readouterr().err
     assert "stage bad failed (exit 3)" in err and "boom: this stage always fails" in err
     assert (tmp_path / "runs" / "ok" / DONE).is_file()
@@ -258,9 +259,9 @@ def test_sample_stages_declare_their_completion_flag(tmp_path):
     from echosynth.pipelines.graph import build_graph
 
     cfg = study.parse_config(study.StudyConfig, [])
-    samples = [s for s in build_graph(cfg, tmp_path) if s.command[-1:] and "gen/sample.py" in s.command]
+    samples = [s for s in build_graph(cfg, tmp_path) if "gen/sample.py" in s.command]
     assert samples and all(s.done_flag == (s.run_dir / "sample.json", "complete") for s in samples)
-    src = (Path(__file__).resolve().parent.parent / "gen" / "sampling.py").read_text()
+    src = (Path(__file__).resolve().parent.parent / "gen" / "diffusion" / "synthesis.py").read_text()
     assert 'meta["complete"] = True' in src  # the flag the runner trusts is the sampler's last write
 
 
@@ -336,10 +337,10 @@ def test_log_tail_leaves_out_the_launcher_traceback(tmp_path):
 
 
 @pytest.mark.parametrize("flags, stage, words", [
-    (["--classify.archs", "nosucharch"], "clf-real-n200-nosucharch", ["arch: 'nosucharch' is not one of", "classify.archs"]),
-    (["--ddpm.train_args", "stepz=3"], "ddpm-n200", ["unknown config key 'stepz'", "ddpm.train_args"]),
-    (["--ddpm.sample_steps", "5000"], "sample-n200", ["5000 sampling steps exceed diffusion.num_timesteps 1000",
-                                                      "ddpm.sample_steps"]),
+    (["--ddpm.sample.steps", "5000"], "sample-n200", ["5000 sampling steps exceed diffusion.num_timesteps 1000",
+                                                      "ddpm.sample"]),
+    (["--classify.archs", "inception_v3", "--classify.train.image_size", "40"], "clf-real-n200-inception_v3",
+     ["classify.train: image_size 40 is too small for inception_v3"]),
 ])
 def test_dry_run_checks_every_stage_setting(tmp_path, capsys, flags, stage, words):
     from echosynth.pipelines import study
@@ -350,37 +351,112 @@ def test_dry_run_checks_every_stage_setting(tmp_path, capsys, flags, stage, word
     assert not (tmp_path / "s").exists()
 
 
-def test_dry_run_shows_waves_and_checks(tmp_path, capsys):
+@pytest.mark.parametrize("yaml_text, words", [
+    ("ddpm:\n  train: {lrr: 0.001}\n", ["unknown config key 'ddpm.train.lrr'", "Did you mean ddpm.train.lr"]),
+    ("classify:\n  archs: [nosucharch]\n", ["classify.archs: 'nosucharch' is not one of"]),
+    ("ddpm:\n  train_args: [lr=0.001, global_batch=8]\n",
+     ["ddpm.train_args is gone", "write ddpm.train: {lr: 0.001, global_batch: 8}"]),
+    ("evaluate:\n  judge_args: []\n", ["evaluate.judge_args is gone", "write evaluate.judge_train:"]),
+    ("ddpm:\n  sample_steps: 50\n", ["ddpm.sample_steps is gone", "write ddpm.sample: {steps: 50}"]),
+    ("ddpm:\n  train: {data: x.csv}\n", ["ddpm.train.data: the study sets data for each stage"]),
+    ("evaluate:\n  fidelity: {gate: {min_class_ratio: 0.5}}\n", ["evaluate.fidelity.gate.min_class_ratio: the study"]),
+])
+def test_study_sections_are_checked_when_the_study_loads(tmp_path, capsys, yaml_text, words):
+    """A typo, an old `*_args` list or a key the study sets itself is refused with its YAML path before anything runs."""
     from echosynth.pipelines import study
 
-    assert study.main(["--out", str(tmp_path / "s"), "--dry-run", "--jobs", "3"]) == 0
-    out = capsys.readouterr().out
-    assert "settings of" in out and "checked by their CLIs' parsers" in out and "3 at a time" in out
-    waves = re.findall(r"# wave (\d+)", out)
-    assert waves[:3] == ["1", "2", "3"]
-    wave3 = out.split("# wave 3")[1].split("# wave 4")[0]
-    assert "[ddpm-n200]" in wave3 and "[clf-real-n200-vgg16]" in wave3  # both need only the split
+    (tmp_path / "s.yaml").write_text(yaml_text)
+    with pytest.raises(SystemExit) as e:
+        study.main(["--config", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "s"), "--dry-run"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and all(w in err for w in words), err
+    assert not (tmp_path / "s").exists()
 
 
-def test_check_registry_matches_the_scripts():
-    from echosynth.pipelines.checks import CLIS
+def test_sections_start_from_their_presets():
+    """defaults -> preset -> the study's keys; the judge starts from classify.train."""
+    from echosynth.pipelines import study
+
+    cfg = study.parse_config(study.StudyConfig, ["--ddpm.train.lr", "0.0001", "--classify.preset",
+                                                 "configs/classify/quick.yaml", "--classify.train.workers", "1",
+                                                 "--evaluate.judge_train.lr", "0.01"])
+    assert cfg.ddpm.train.lr == 0.0001 and cfg.ddpm.train.warmup_steps == 10  # the key, then the tiny preset
+    assert cfg.ddpm.train.model.preset == "tiny"
+    assert (cfg.classify.train.arch, cfg.classify.train.steps, cfg.classify.train.workers) == ("small_cnn", 300, 1)
+    judge = cfg.evaluate.judge_train
+    assert (judge.steps, judge.workers, judge.balance, judge.lr) == (300, 1, "sampler", 0.01)
+    assert cfg.experiments.quality_train.task == "quality"  # from configs/classify/cactus.yaml
+
+
+def test_stages_read_their_resolved_config_from_a_file(tmp_path):
+    """A stage's command is its CLI with --config STUDY/configs/<stage>.json, which the runner writes as the
+    stage starts; the stage's cache key follows the resolved config, not the command line."""
+    from echosynth.gen.core.config import from_dict
+    from echosynth.pipelines import study
+    from echosynth.pipelines.graph import build_graph
+
+    def ddpm(*flags):
+        cfg = study.parse_config(study.StudyConfig, list(flags))
+        stage = next(s for s in build_graph(cfg, tmp_path) if s.name == "ddpm-n200")
+        stage.inputs, stage.deps = [], []  # no split here
+        return stage
+
+    stage, other = ddpm(), ddpm("--ddpm.train.lr", "0.5")
+    assert stage.command[-3:] == ["gen/train.py", "--config", str(tmp_path / "configs" / "ddpm-n200.json")]
+    assert stage.settings.run_dir == str(tmp_path / "runs" / "ddpm-n200") and stage.command == other.command
+    runner = Runner(tmp_path, [stage], {}, echo=lambda s: None)
+    assert runner.key(stage) != runner.key(other)
+    job = runner._start(_NoExecutor(), stage, runner.key(stage), [])
+    assert job.job_id == "1" and from_dict(type(stage.settings), json.loads(stage.config_file.read_text())) == stage.settings
+
+
+class _NoExecutor:
+    """Takes a submission and runs nothing."""
+
+    slots, poll_s = 1, 0.01
+
+    def submit(self, stage, cmd, env, log_path):
+        from echosynth.pipelines.executor import Job
+
+        return Job(stage.name, "1")
+
+
+def test_check_registry_matches_the_scripts(tmp_path):
+    """Every stage's settings are the config class its script parses."""
+    from echosynth.pipelines import study
+    from echosynth.pipelines.graph import build_graph
 
     repo = Path(__file__).resolve().parent.parent
-    for script, (_, cls_name, _) in CLIS.items():
-        assert f"parse_config({cls_name}," in (repo / script).read_text(), script
+    cfg = study.parse_config(study.StudyConfig, ["--experiments.quality", "true", "--experiments.training_time", "5"])
+    for s in build_graph(cfg, tmp_path):
+        if s.settings is not None:
+            script = next(str(c) for c in s.command if str(c).endswith(".py"))
+            assert f"parse_config({type(s.settings).__name__}," in (repo / script).read_text(), script
 
 
 def test_every_stage_command_is_checked(tmp_path):
     from echosynth.pipelines import study
-    from echosynth.pipelines.checks import check_stages, split_command
+    from echosynth.pipelines.checks import check_stages
     from echosynth.pipelines.graph import build_graph
 
     cfg = study.parse_config(study.StudyConfig, ["--experiments.ablation", "true", "--experiments.sample_size", "10,20",
                                                  "--experiments.training_time", "5,10", "--experiments.quality", "true"])
     stages = build_graph(cfg, tmp_path)
-    unchecked = [s.name for s in stages if split_command(s.command) is None]
-    assert unchecked == [], f"add these stages' CLIs to echosynth.pipelines.checks.CLIS: {unchecked}"
-    assert check_stages(stages, study.to_dict(cfg)) == len(stages)
+    unchecked = [s.name for s in stages if s.settings is None and s.name != "report"]
+    assert unchecked == [], f"give these stages typed settings: {unchecked}"
+    assert check_stages(stages) == len(stages) - 1
+
+
+def test_dry_run_shows_waves_and_checks(tmp_path, capsys):
+    from echosynth.pipelines import study
+
+    assert study.main(["--out", str(tmp_path / "s"), "--dry-run", "--jobs", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "settings of" in out and "checked by their CLIs' config checks" in out and "3 at a time" in out
+    waves = re.findall(r"# wave (\d+)", out)
+    assert waves[:3] == ["1", "2", "3"]
+    wave3 = out.split("# wave 3")[1].split("# wave 4")[0]
+    assert "[ddpm-n200]" in wave3 and "[clf-real-n200-vgg16]" in wave3  # both need only the split
 
 
 def test_a_multi_slot_stage_runs_alone(tmp_path):

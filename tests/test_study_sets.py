@@ -48,7 +48,7 @@ def study(tmp_path_factory):
     build_splits(root / "phantom" / "manifest.csv", root / "split", [N], seed=0)
     cfg = parse_config(StudyConfig, ["--dataset.split_dir", str(root / "split"), "--dataset.subsets", str(N),
                                      "--ddpm.per_class", str(PER_CLASS), "--experiments.mixing", "0.5,1.0",
-                                     "--classify.archs", "madani", "--evaluate.fidelity_features", "inception"])
+                                     "--classify.archs", "madani", "--evaluate.fidelity.features", "inception"])
     stages = build_graph(cfg, root / "study")
     runs = root / "study" / "runs"
     _fake_samples(root / "split" / "train.csv", runs / f"sample-n{N}", PER_CLASS)
@@ -66,7 +66,7 @@ def test_every_training_set_matches_its_claim(study):
     cfg, stages = study
     by_name = {s.name: s for s in stages}
     sample = by_name[f"sample-n{N}"]
-    assert sample.meta["per_class"] == PER_CLASS and "--per_class" in sample.shell()
+    assert sample.meta["per_class"] == PER_CLASS == sample.settings.per_class
     seen = set()
     for s in stages:
         if "spec" not in s.meta or s.meta.get("task") == "quality":

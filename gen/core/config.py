@@ -43,10 +43,13 @@ def field(
     max: float | None = None,
     finite: bool = True,
     default_factory: Callable[[], Any] | Any = dataclasses.MISSING,
+    was: Sequence[str] = (),
 ) -> Any:
-    """A dataclass field with help text and checked choices/range; float fields refuse nan/inf unless `finite=False`."""
+    """A dataclass field with help text and checked choices/range; float fields refuse nan/inf unless `finite=False`.
+
+    `was`: the key's former names, still accepted (file and flag) with a one-line deprecation warning."""
     meta = {"help": help, "choices": tuple(choices) if choices is not None else None, "min": min, "max": max,
-            "finite": finite}
+            "finite": finite, "was": tuple(was)}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -75,6 +78,29 @@ def _flat_fields(cls: type, prefix: str = "") -> dict[str, tuple[Any, dataclasse
             out.update(_flat_fields(tp, key + "."))
         else:
             out[key] = (tp, f)
+    return out
+
+
+def _renamed(cls: type) -> dict[str, str]:
+    """Former dotted key -> its current one, from the `was` of every leaf field."""
+    out = {}
+    for key, (_, f) in _flat_fields(cls).items():
+        parent = key.rsplit(".", 1)[0] + "." if "." in key else ""
+        out.update({parent + old: key for old in f.metadata.get("was", ())})
+    return out
+
+
+def current_keys(cls: type, overrides: dict[str, Any], where: str = "", warn: bool = False) -> dict[str, Any]:
+    """`overrides` with every former key name replaced by its current one (a one-line warning each when `warn`)."""
+    renamed = _renamed(cls)
+    out = {}
+    for key, value in overrides.items():
+        if key in renamed:
+            if warn:
+                print(f"warning: config key '{key}' is now '{renamed[key]}' ({where}); the old name will go",
+                      file=sys.stderr)
+            key = renamed[key]
+        out[key] = value
     return out
 
 
@@ -215,8 +241,14 @@ def _get(obj: Any, dotted: str) -> Any:
     return obj
 
 
-def apply_overrides(cfg: T, overrides: dict[str, Any], where: str) -> T:
-    """Set dotted keys on a config instance (in place), coercing and rejecting unknown keys."""
+def apply_overrides(cfg: T, overrides: dict[str, Any], where: str, warn: bool = True) -> T:
+    """Set dotted keys on a config instance (in place), coercing and rejecting unknown keys.
+
+    A former key name (a field's `was`) sets the current one, with a warning when `warn`; a key the
+    config class lists in its `RETIRED` (dotted key -> function of the value giving what to write
+    instead) is refused with that advice."""
+    overrides = current_keys(type(cfg), overrides, where, warn)
+    retired = getattr(type(cfg), "RETIRED", {})
     flat = _flat_fields(type(cfg))
     keys = list(flat)
     nested_prefixes = {k.rsplit(".", 1)[0] for k in keys if "." in k}
@@ -226,6 +258,8 @@ def apply_overrides(cfg: T, overrides: dict[str, Any], where: str) -> T:
             continue  # its leaves arrive separately via _flatten_mapping
         if any(key.startswith(d + ".") for d in dict_fields):
             continue  # a leaf inside a dict-typed field: the field arrives whole
+        if key in retired:
+            raise ConfigError(f"{key} is gone ({where}): {retired[key](raw)}")
         if key not in flat:
             raise _unknown_key_error(key, keys, where)
         tp, _ = flat[key]
@@ -269,6 +303,11 @@ def load_yaml(path: str | Path) -> dict:
     return data
 
 
+def apply_file(cfg: T, path: str | Path) -> T:
+    """Set the keys of a YAML config file on a config instance (in place): a preset under later keys."""
+    return apply_overrides(cfg, _flatten_mapping(load_yaml(path)), str(path))
+
+
 def to_dict(cfg: Any) -> dict:
     """Plain nested dict of a config (paths as strings), for config.json."""
     return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
@@ -279,18 +318,24 @@ def from_dict(cls: type[T], data: dict, where: str = "a saved config") -> T:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping of config keys, got {type(data).__name__}")
     cfg = cls()
-    apply_overrides(cfg, _flatten_mapping(data), where)
+    apply_overrides(cfg, _flatten_mapping(data), where, warn=False)  # a saved config: no warnings about old names
     check(cfg)
     return cfg
+
+
+def _resolve(cfg: Any, given: dict[str, Any]) -> None:
+    """Let a config with `resolve(given)` layer files (presets) under the keys given explicitly."""
+    if hasattr(cfg, "resolve"):
+        cfg.resolve(current_keys(type(cfg), given))
 
 
 def build(cls: type[T], file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> T:
     """Defaults -> YAML file -> overrides, checked. The programmatic twin of `parse_config`."""
     cfg = cls()
-    if file is not None:
-        apply_overrides(cfg, _flatten_mapping(load_yaml(file)), str(file))
-    if overrides:
-        apply_overrides(cfg, overrides, "the overrides")
+    from_file = _flatten_mapping(load_yaml(file)) if file is not None else {}
+    apply_overrides(cfg, from_file, str(file))
+    apply_overrides(cfg, overrides or {}, "the overrides")
+    _resolve(cfg, {**from_file, **(overrides or {})})
     check(cfg)
     return cfg
 
@@ -361,15 +406,18 @@ def parse_config(
             kwargs.update(nargs="?", const="true")
         flags = [f"--{key}"] + ([f"--{key.replace('_', '-')}"] if "_" in key else [])
         parser.add_argument(*flags, **kwargs)
+    for key in [*_renamed(cls), *getattr(cls, "RETIRED", {})]:  # applied (or refused with advice) as config keys
+        parser.add_argument(f"--{key}", dest=key, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     ns, unknown = parser.parse_known_args(argv)
     try:
         if unknown:
             raise _unknown_arg_error(unknown[0], list(flat))
         cfg = cls()
-        if ns.config:
-            apply_overrides(cfg, _flatten_mapping(load_yaml(ns.config)), ns.config)
+        from_file = _flatten_mapping(load_yaml(ns.config)) if ns.config else {}
+        apply_overrides(cfg, from_file, ns.config)
         given = {k: v for k, v in vars(ns).items() if k not in ("config", "dry_run")}
         apply_overrides(cfg, given, "the command line")
+        _resolve(cfg, {**from_file, **given})
         check(cfg)
     except ConfigError as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
