@@ -14,7 +14,10 @@ import json
 import math
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -175,7 +178,7 @@ def _newest_intact(run: Path) -> Path:
 
 def check_resume_compatible(run: Path, config: dict, classes: list[str]) -> None:
     """Refuse to continue a run whose saved config or classes differ in anything that changes the maths."""
-    check_resumable(run, read_json(run / "config.json"), config, RESUME_MAY_DIFFER)
+    check_resumable(run, config, RESUME_MAY_DIFFER)
     if (run / "classes.json").is_file() and read_json(run / "classes.json") != classes:
         raise ValueError(f"{run}: cannot resume, its classes {read_json(run / 'classes.json')} differ from the data's {classes}")
 
@@ -217,30 +220,33 @@ class StepBatches:
 
 
 # ----------------------------------------------------------------------------------------------
-# The loop
+# Set-up: run directory, model state, data. The order of the steps in start_training fixes the RNG
+# stream (model init, restored RNG states, the data loader's base seed): keep it.
 
 
-def train(cfg: TrainConfig, stop=None) -> Path:
-    """Train (or resume) a diffusion run as configured; return its run directory. Call under `accelerate launch`.
+class RunLog:
+    """The run's log.txt (main process only), echoed to the screen unless asked not to."""
 
-    `stop` (a echosynth.gen.core.launcher.GracefulStop) is polled after every step: on a signal the step is finished,
-    checkpointed, and echosynth.gen.core.launcher.Interrupted is raised with the command that continues the run.
-    """
-    from accelerate import Accelerator
+    def __init__(self, run: Path, main: bool) -> None:
+        self.run, self.main = run, main
+
+    def __call__(self, msg: str, screen: bool = True) -> None:
+        if self.main:
+            with open(self.run / "log.txt", "a", encoding="utf-8") as f:
+                f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
+            if screen:
+                tqdm.write(msg, file=sys.stdout)
+
+    def last_good(self) -> str:
+        """Where a run stopped by an error can continue from, for its message."""
+        kept = list_checkpoints(self.run)
+        return f"the last checkpoint is step {kept[-1]}" if kept else "no checkpoint was written yet"
+
+
+def open_run_dir(cfg: TrainConfig, run: Path | None, config: dict, classes: list[str], world: int, main: bool) -> Path:
+    """The run directory: made (or its config updated) by the main process, then shared with every process."""
     from accelerate.utils import broadcast_object_list
 
-    ds = load_training_data(cfg)  # checks first: bad input fails before any process group starts
-    classes, config = ds.classes, to_dict(cfg)
-    run, ckpt = resolve_resume(cfg)
-    if run is not None and (run / "config.json").is_file():
-        check_resume_compatible(run, config, classes)
-    cuda = torch.cuda.is_available()
-    mp, mp_from = resolve_for(cfg.mixed_precision, "cuda" if cuda else "cpu")
-    accelerator = Accelerator(cpu=not cuda, mixed_precision=mp, **accelerator_kwargs(cfg.log_with, cfg.out))
-    if not cuda:
-        torch.set_flush_denormal(True)  # denormal floats made CPU steps 5-20x slower in measurements
-    world, rank, main, device = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process, accelerator.device
-    micro, accum = batch_plan(cfg.global_batch, cfg.batch_gpu, world)
     prov = dict(seed=cfg.seed, world_size=world, inputs={"data": cfg.data})
     box = [None]
     if main:
@@ -256,45 +262,95 @@ def train(cfg: TrainConfig, stop=None) -> Path:
         write_json(run / "classes.json", classes)
         box = [str(run)]
     broadcast_object_list(box)
-    run = Path(box[0])
+    return Path(box[0])
 
-    def log(msg: str, screen: bool = True) -> None:
-        if main:
-            with open(run / "log.txt", "a", encoding="utf-8") as f:
-                f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
-            if screen:
-                tqdm.write(msg, file=sys.stdout)
 
-    def last_good() -> str:
-        kept = list_checkpoints(run)
-        return f"the last checkpoint is step {kept[-1]}" if kept else "no checkpoint was written yet"
-
-    if main:
-        for p in clean_stale_temp(run):
-            log(f"removed {p}: left by an interrupted checkpoint write")
-
-    # -- model, EMA, optimiser ----------------------------------------------------------------
+def restore_state(cfg: TrainConfig, n_classes: int, ckpt: Path | None):
+    """(model, EMA, optimiser, LR schedule, start step, checkpoint state): seeded fresh, or loaded from `ckpt` with its RNG states."""
     torch.manual_seed(cfg.seed)
-    raw = build_model(cfg.model, len(classes), cfg.diffusion.learn_sigma)
+    raw = build_model(cfg.model, n_classes, cfg.diffusion.learn_sigma)
     ema = EMA(raw, cfg.ema_decay, cfg.ema_warmup)
     opt = torch.optim.AdamW(raw.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     warm = cfg.warmup_steps
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
-    start = 0
-    if ckpt is not None:
-        c = load_checkpoint(ckpt)
-        raw.load_state_dict(c["model"])
-        ema.load_state_dict(c["ema"])
-        opt.load_state_dict(c["optimizer"])
-        sched.load_state_dict(c["scheduler"])
-        start = int(c["state"]["step"])
-        set_rng_states(c["state"]["rng"])
-        if start > cfg.steps:
-            raise ValueError(f"{ckpt}: checkpoint is at step {start}, beyond --steps {cfg.steps}")
-    if main:  # drop stats lines logged after the checkpoint we continue from
-        stats_path = run / "stats.jsonl"
-        kept = [r for r in read_jsonl(stats_path) if r.get("step", 0) <= start] if stats_path.exists() else []
-        write_text(stats_path, "".join(json.dumps(r) + "\n" for r in kept))
+    if ckpt is None:
+        return raw, ema, opt, sched, 0, {}
+    c = load_checkpoint(ckpt)
+    raw.load_state_dict(c["model"])
+    ema.load_state_dict(c["ema"])
+    opt.load_state_dict(c["optimizer"])
+    sched.load_state_dict(c["scheduler"])
+    start = int(c["state"]["step"])
+    set_rng_states(c["state"]["rng"])
+    if start > cfg.steps:
+        raise ValueError(f"{ckpt}: checkpoint is at step {start}, beyond --steps {cfg.steps}")
+    return raw, ema, opt, sched, start, c["state"]
+
+
+def trim_stats(run: Path, start: int) -> None:
+    """Drop the stats.jsonl lines logged after the checkpoint the run continues from."""
+    stats_path = run / "stats.jsonl"
+    kept = [r for r in read_jsonl(stats_path) if r.get("step", 0) <= start] if stats_path.exists() else []
+    write_text(stats_path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+@dataclass
+class Training:
+    """What a training run carries from step to step (made by start_training)."""
+
+    cfg: TrainConfig
+    accelerator: Any
+    run: Path
+    log: RunLog
+    classes: list[str]
+    raw: torch.nn.Module  # the plain model: the EMA's source and the checkpoint's weights
+    model: torch.nn.Module  # raw as accelerate prepared it (DDP, compiled): what the steps run
+    ema: EMA
+    opt: torch.optim.Optimizer
+    sched: Any
+    diffusion: Diffusion
+    ts_sampler: Any  # None: uniform t from per_sample_draws
+    start: int
+    micro: int
+    accum: int
+    mp: str
+    channels_last: bool
+    world: int
+    rank: int
+    main: bool
+    device: torch.device
+
+    @property
+    def T(self) -> int:
+        return self.diffusion.num_timesteps
+
+
+def start_training(cfg: TrainConfig) -> tuple[Training, Iterator]:
+    """Check the data and the resume, start the processes, open the run directory, build or restore the model
+    state, prepare it and open the data loader; return the run's Training and its batch iterator."""
+    from accelerate import Accelerator
+
+    ds = load_training_data(cfg)  # checks first: bad input fails before any process group starts
+    classes, config = ds.classes, to_dict(cfg)
+    run, ckpt = resolve_resume(cfg)
+    if run is not None and (run / "config.json").is_file():
+        check_resume_compatible(run, config, classes)
+    cuda = torch.cuda.is_available()
+    mp, mp_from = resolve_for(cfg.mixed_precision, "cuda" if cuda else "cpu")
+    accelerator = Accelerator(cpu=not cuda, mixed_precision=mp, **accelerator_kwargs(cfg.log_with, cfg.out))
+    if not cuda:
+        torch.set_flush_denormal(True)  # denormal floats made CPU steps 5-20x slower in measurements
+    world, rank, main, device = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process, accelerator.device
+    micro, accum = batch_plan(cfg.global_batch, cfg.batch_gpu, world)
+    run = open_run_dir(cfg, run, config, classes, world, main)
+    log = RunLog(run, main)
+    if main:
+        for p in clean_stale_temp(run):
+            log(f"removed {p}: left by an interrupted checkpoint write")
+
+    raw, ema, opt, sched, start, state = restore_state(cfg, len(classes), ckpt)
+    if main:
+        trim_stats(run, start)
     channels_last = cfg.channels_last and cuda
     if channels_last:
         raw.to(memory_format=torch.channels_last)
@@ -304,108 +360,168 @@ def train(cfg: TrainConfig, stop=None) -> Path:
     if use_compile:  # falls back to eager with one warning; the warm-up (compiling) is logged with its time
         model = Compiled(model, log=log)
     diffusion = Diffusion(cfg.diffusion.num_timesteps, cfg.diffusion.schedule, cfg.diffusion.learn_sigma, cfg.diffusion.lambda_vlb)
-    T, S = diffusion.num_timesteps, preset_image_size(cfg.model)
-    ts_sampler = build_timestep_sampler(cfg.timestep_sampler, T)  # None: uniform t from per_sample_draws
-    if ts_sampler is not None and ckpt is not None and "timestep_sampler" in c["state"]:
-        ts_sampler.load_state_dict(c["state"]["timestep_sampler"])
+    ts_sampler = build_timestep_sampler(cfg.timestep_sampler, diffusion.num_timesteps)
+    if ts_sampler is not None and "timestep_sampler" in state:
+        ts_sampler.load_state_dict(state["timestep_sampler"])
     start_trackers(accelerator, cfg.log_with, run, config, start)
     loader = DataLoader(ds, batch_sampler=StepBatches(start, cfg.steps, cfg.global_batch, micro, accum, world, rank, len(ds), cfg.seed),
                         num_workers=cfg.num_workers, pin_memory=cuda)
     batches = iter(loader)
+    S = preset_image_size(cfg.model)
     log(f"run {run}: {len(ds)} images {ds.class_counts()}, preset {cfg.model.preset} ({count_params(raw) / 1e6:.2f} M params) "
         f"at {S}×{S}, {world} process(es) × {micro} × {accum} accumulation = global batch {cfg.global_batch}, "
         f"precision {mp} ({mp_from}), {compile_why}, device {device}" + (f", resumed from {ckpt} (step {start})" if ckpt else ""))
+    return Training(cfg, accelerator, run, log, classes, raw, model, ema, opt, sched, diffusion, ts_sampler, start, micro,
+                    accum, mp, channels_last, world, rank, main, device), batches
 
-    # -- loop -----------------------------------------------------------------------------------
-    stats = IntervalStats(T, device)
-    bars = main and progress_wanted()  # a person watches: draw the bar (with the loss) instead of loss lines
-    bar = tqdm(total=cfg.steps, initial=start, unit="step", disable=not bars, desc="train")
-    for step in range(start, cfg.steps):
-        torch.manual_seed(_seed(cfg.seed, step, rank, 11))  # dropout RNG: a function of the step
-        model.train()
-        seen: tuple[list, list, list] = ([], [], [])  # loss-aware: (positions, t, L_t) of this step
-        for k in range(accum):
-            x, y = next(batches)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            pos = np.arange((k * world + rank) * micro, (k * world + rank + 1) * micro)
-            t, noise, drop = per_sample_draws(cfg.seed, step, pos, T, tuple(x.shape[1:]), cfg.cfg_dropout)
-            t, noise, drop = t.to(device), noise.to(device), drop.to(device)
-            iw = None
-            if ts_sampler is not None:  # t from p_t by the sample's own uniform; weights 1/(T·p_t) keep the loss unbiased
-                t_np, w_np = ts_sampler.draw(cfg.seed, step, pos)
-                t, iw = torch.from_numpy(t_np).to(device), torch.from_numpy(w_np).to(device, torch.float32)
-            y = torch.where(drop, torch.full_like(y, len(classes)), y)
-            x_t = diffusion.q_sample(x, t, noise)
-            if channels_last:
-                x_t = x_t.contiguous(memory_format=torch.channels_last)
-            sync = contextlib.nullcontext() if k == accum - 1 else accelerator.no_sync(model)
-            with sync:
-                with accelerator.autocast():
-                    out = model(x_t, t, y)
-                terms = diffusion.losses(out.float(), x, noise, t)
-                accelerator.backward((terms["loss"] if iw is None else terms["loss"] * iw).mean() / accum)
-            stats.add(terms, t)
-            if ts_sampler is not None:
-                seen[0].append(pos), seen[1].append(t), seen[2].append(terms["vb"])
-        if ts_sampler is not None:
-            update_from_global_batch(ts_sampler, accelerator, *seen)
-        gn = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-        # nan/inf in any process's loss reaches the all-reduced gradient norm, so every process stops together
-        # (fp16's loss scaler skips inf steps by design: there only the interval's loss is checked, below)
-        if mp != "fp16" and not math.isfinite(float(gn)):
-            raise NonFiniteError(f"step {step + 1}: the gradient norm is {float(gn)} (the loss diverged); stopped before "
-                                 f"applying it, without writing a checkpoint; {last_good()}. Lower --lr or --grad_clip")
-        lr_used = sched.get_last_lr()[0]  # the rate this step was taken with
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        ema.update(raw, step)
-        stats.grad_norm += float(gn)
-        stats.steps += 1
+
+# ----------------------------------------------------------------------------------------------
+# One step, the interval's log line, the preview grid, the checkpoint
+
+
+def micro_step(tr: Training, step: int, k: int, batches: Iterator, stats: IntervalStats):
+    """Forward and backward of micro-batch k of step `step` (gradients synchronised on the last one);
+    returns its (positions in the global batch, t, L_t) for the loss-aware timestep sampler."""
+    cfg, accelerator, device = tr.cfg, tr.accelerator, tr.device
+    x, y = next(batches)
+    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    pos = np.arange((k * tr.world + tr.rank) * tr.micro, (k * tr.world + tr.rank + 1) * tr.micro)
+    t, noise, drop = per_sample_draws(cfg.seed, step, pos, tr.T, tuple(x.shape[1:]), cfg.cfg_dropout)
+    t, noise, drop = t.to(device), noise.to(device), drop.to(device)
+    iw = None
+    if tr.ts_sampler is not None:  # t from p_t by the sample's own uniform; weights 1/(T·p_t) keep the loss unbiased
+        t_np, w_np = tr.ts_sampler.draw(cfg.seed, step, pos)
+        t, iw = torch.from_numpy(t_np).to(device), torch.from_numpy(w_np).to(device, torch.float32)
+    y = torch.where(drop, torch.full_like(y, len(tr.classes)), y)
+    x_t = tr.diffusion.q_sample(x, t, noise)
+    if tr.channels_last:
+        x_t = x_t.contiguous(memory_format=torch.channels_last)
+    sync = contextlib.nullcontext() if k == tr.accum - 1 else accelerator.no_sync(tr.model)
+    with sync:
+        with accelerator.autocast():
+            out = tr.model(x_t, t, y)
+        terms = tr.diffusion.losses(out.float(), x, noise, t)
+        accelerator.backward((terms["loss"] if iw is None else terms["loss"] * iw).mean() / tr.accum)
+    stats.add(terms, t)
+    return pos, t, terms["vb"]
+
+
+def train_step(tr: Training, step: int, batches: Iterator, stats: IntervalStats) -> float:
+    """Optimiser step `step`: its micro-batches, the clipped gradient (stopping on nan/inf), AdamW, the LR schedule
+    and the EMA; returns the learning rate the step was taken with."""
+    cfg = tr.cfg
+    torch.manual_seed(_seed(cfg.seed, step, tr.rank, 11))  # dropout RNG: a function of the step
+    tr.model.train()
+    seen: tuple[list, list, list] = ([], [], [])  # loss-aware: (positions, t, L_t) of this step
+    for k in range(tr.accum):
+        drawn = micro_step(tr, step, k, batches, stats)
+        if tr.ts_sampler is not None:
+            for part, value in zip(seen, drawn):
+                part.append(value)
+    if tr.ts_sampler is not None:
+        update_from_global_batch(tr.ts_sampler, tr.accelerator, *seen)
+    gn = tr.accelerator.clip_grad_norm_(tr.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+    # nan/inf in any process's loss reaches the all-reduced gradient norm, so every process stops together
+    # (fp16's loss scaler skips inf steps by design: there only the interval's loss is checked, in log_interval)
+    if tr.mp != "fp16" and not math.isfinite(float(gn)):
+        raise NonFiniteError(f"step {step + 1}: the gradient norm is {float(gn)} (the loss diverged); stopped before "
+                             f"applying it, without writing a checkpoint; {tr.log.last_good()}. Lower --lr or --grad_clip")
+    lr_used = tr.sched.get_last_lr()[0]  # the rate this step was taken with
+    tr.opt.step()
+    tr.sched.step()
+    tr.opt.zero_grad(set_to_none=True)
+    tr.ema.update(tr.raw, step)
+    stats.grad_norm += float(gn)
+    stats.steps += 1
+    return lr_used
+
+
+def log_interval(tr: Training, stats: IntervalStats, done: int, lr_used: float, bar, screen: bool) -> None:
+    """The interval's mean losses over every process to stats.jsonl, the trackers and the bar or log line; stops on nan."""
+    rec = stats.record(tr.accelerator.reduce(stats.sums.clone(), "sum"), done, lr_used, tr.cfg.global_batch)
+    if not math.isfinite(rec["loss"]):
+        raise NonFiniteError(f"step {done}: the mean loss of steps {done - stats.steps + 1}-{done} is {rec['loss']}; "
+                             f"stopped without writing a checkpoint; {tr.log.last_good()}. Lower --lr or --grad_clip")
+    if tr.main:
+        append_jsonl(tr.run / "stats.jsonl", rec)
+        log_metrics(tr.accelerator, rec, "train", done)
+        bar.set_postfix(loss=f"{rec['loss']:.4f}", img_s=f"{rec['images_per_s']:.1f}")
+        tr.log(f"step {done}: loss {rec['loss']:.4f} mse {rec['mse']:.4f} vb {rec['vb']:.4f} "
+               f"grad {rec['grad_norm']:.3f} lr {rec['lr']:.2e} {rec['images_per_s']:.1f} img/s",
+               screen=screen)  # log.txt always; the bar shows the loss on a terminal
+    stats.reset()
+
+
+def preview(tr: Training, done: int) -> None:
+    """samples/step-NNNNNNN.png: a grid of EMA samples, sample_per_class of each class from fixed seeds."""
+    cfg = tr.cfg
+    labels = plan_labels(tr.classes, cfg.sample_per_class)
+    loaded = LoadedRun(tr.ema.model, tr.diffusion, tr.classes, preset_image_size(cfg.model), cfg, done, tr.run, "ema")
+    imgs = sample_images(loaded, labels, image_seeds(cfg.seed, range(len(labels))), steps=min(cfg.sample_steps, tr.T),
+                         batch_size=max(len(labels), 1), device=tr.device, precision=tr.mp)
+    save_grid(tr.run / "samples" / f"step-{done:07d}.png", imgs, cfg.sample_per_class)
+    log_image_file(tr.accelerator, "samples", tr.run / "samples" / f"step-{done:07d}.png", done)
+
+
+def stop_requested(tr: Training, stop) -> bool:
+    """Whether a signal asked the run to stop; with several processes, whether any of them got one."""
+    if stop is None:
+        return False
+    if tr.world == 1:
+        return bool(stop.signum)
+    # a signal reaches ranks at different steps: agree first
+    return float(tr.accelerator.reduce(torch.tensor([float(bool(stop.signum))], device=tr.device), "sum")) > 0
+
+
+def checkpoint(tr: Training, done: int) -> None:
+    """Checkpoint step `done` (main process), unless a weight is nan/inf; prune old ones; every process waits for it."""
+    bad = nonfinite_keys(tr.ema.state_dict()) + nonfinite_keys(tr.raw.state_dict())
+    if bad:  # the same on every process: the weights are replicas
+        raise NonFiniteError(f"step {done}: the model or EMA weights hold nan/inf ({', '.join(bad[:3])}); "
+                             f"checkpoint step {done} not written; {tr.log.last_good()}. Check --ema_decay and --lr")
+    if tr.main:
+        cfg = tr.cfg
+        save_checkpoint(tr.run, done, model=tr.raw.state_dict(), ema=tr.ema.state_dict(), optimizer=tr.opt.state_dict(),
+                        scheduler=tr.sched.state_dict(),
+                        state={"world_size": tr.world, "global_batch": cfg.global_batch, "images_seen": done * cfg.global_batch,
+                               **({"timestep_sampler": tr.ts_sampler.state_dict()} if tr.ts_sampler is not None else {})})
+        kept = prune_checkpoints(tr.run, cfg.keep_last, cfg.keep_every)
+        tr.log(f"checkpoint step {done} (kept: {kept})")
+    tr.accelerator.wait_for_everyone()
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+
+
+def train(cfg: TrainConfig, stop=None) -> Path:
+    """Train (or resume) a diffusion run as configured; return its run directory. Call under `accelerate launch`.
+
+    `stop` (a echosynth.gen.core.launcher.GracefulStop) is polled after every step: on a signal the step is finished,
+    checkpointed, and echosynth.gen.core.launcher.Interrupted is raised with the command that continues the run.
+    """
+    tr, batches = start_training(cfg)
+    stats = IntervalStats(tr.T, tr.device)
+    bars = tr.main and progress_wanted()  # a person watches: draw the bar (with the loss) instead of loss lines
+    bar = tqdm(total=cfg.steps, initial=tr.start, unit="step", disable=not bars, desc="train")
+    for step in range(tr.start, cfg.steps):
+        lr_used = train_step(tr, step, batches, stats)
         done = step + 1
         bar.update(1)
         if done % cfg.log_every == 0 or done == cfg.steps:
-            rec = stats.record(accelerator.reduce(stats.sums.clone(), "sum"), done, lr_used, cfg.global_batch)
-            if not math.isfinite(rec["loss"]):
-                raise NonFiniteError(f"step {done}: the mean loss of steps {done - stats.steps + 1}-{done} is {rec['loss']}; "
-                                     f"stopped without writing a checkpoint; {last_good()}. Lower --lr or --grad_clip")
-            if main:
-                append_jsonl(run / "stats.jsonl", rec)
-                log_metrics(accelerator, rec, "train", done)
-                bar.set_postfix(loss=f"{rec['loss']:.4f}", img_s=f"{rec['images_per_s']:.1f}")
-                log(f"step {done}: loss {rec['loss']:.4f} mse {rec['mse']:.4f} vb {rec['vb']:.4f} "
-                    f"grad {rec['grad_norm']:.3f} lr {rec['lr']:.2e} {rec['images_per_s']:.1f} img/s",
-                    screen=not bars)  # log.txt always; the bar shows the loss on a terminal
-            stats.reset()
-        if main and cfg.sample_per_class and ((cfg.sample_every and done % cfg.sample_every == 0) or done == cfg.steps):
-            labels = plan_labels(classes, cfg.sample_per_class)
-            lr_ = LoadedRun(ema.model, diffusion, classes, S, cfg, done, run, "ema")
-            imgs = sample_images(lr_, labels, image_seeds(cfg.seed, range(len(labels))), steps=min(cfg.sample_steps, T),
-                                 batch_size=max(len(labels), 1), device=device, precision=mp)
-            save_grid(run / "samples" / f"step-{done:07d}.png", imgs, cfg.sample_per_class)
-            log_image_file(accelerator, "samples", run / "samples" / f"step-{done:07d}.png", done)
-        stopping = stop is not None and (bool(stop.signum) if world == 1 else  # a signal reaches ranks at different steps
-                                         float(accelerator.reduce(torch.tensor([float(bool(stop.signum))], device=device), "sum")) > 0)
+            log_interval(tr, stats, done, lr_used, bar, screen=not bars)
+        if tr.main and cfg.sample_per_class and ((cfg.sample_every and done % cfg.sample_every == 0) or done == cfg.steps):
+            preview(tr, done)
+        stopping = stop_requested(tr, stop)
         if done % cfg.checkpoint_every == 0 or done == cfg.steps or stopping:
-            bad = nonfinite_keys(ema.state_dict()) + nonfinite_keys(raw.state_dict())
-            if bad:  # the same on every process: the weights are replicas
-                raise NonFiniteError(f"step {done}: the model or EMA weights hold nan/inf ({', '.join(bad[:3])}); "
-                                     f"checkpoint step {done} not written; {last_good()}. Check --ema_decay and --lr")
-            if main:
-                save_checkpoint(run, done, model=raw.state_dict(), ema=ema.state_dict(), optimizer=opt.state_dict(),
-                                scheduler=sched.state_dict(),
-                                state={"world_size": world, "global_batch": cfg.global_batch, "images_seen": done * cfg.global_batch,
-                                       **({"timestep_sampler": ts_sampler.state_dict()} if ts_sampler is not None else {})})
-                kept = prune_checkpoints(run, cfg.keep_last, cfg.keep_every)
-                log(f"checkpoint step {done} (kept: {kept})")
-            accelerator.wait_for_everyone()
+            checkpoint(tr, done)
         if stopping:
             bar.close()
             name = {2: "SIGINT", 15: "SIGTERM"}.get(stop.signum, "a signal")
-            raise Interrupted(f"{name}: stopped after step {done}, checkpoint {run}/checkpoints/step-{done:07d} written; "
-                              f"continue with: {resume_command({'--run_dir': str(run), '--resume': 'latest'})}",
+            raise Interrupted(f"{name}: stopped after step {done}, checkpoint {tr.run}/checkpoints/step-{done:07d} written; "
+                              f"continue with: {resume_command({'--run_dir': str(tr.run), '--resume': 'latest'})}",
                               stop.exit_code or 143)
     bar.close()
-    finish_trackers(accelerator)
-    log(f"done: {cfg.steps} steps in {run}")
-    return run
+    finish_trackers(tr.accelerator)
+    tr.log(f"done: {cfg.steps} steps in {tr.run}")
+    return tr.run
