@@ -77,7 +77,7 @@ def resume_run_dir(cfg: ClassifierTrainConfig, config: dict) -> Path:
         run = Path(cfg.resume)
     if not (run / "config.json").is_file():
         raise FileNotFoundError(f"--resume: {run} is not a classify run (no config.json)")
-    check_resumable(run, read_json(run / "config.json"), config, RESUME_MAY_DIFFER)
+    check_resumable(run, config, RESUME_MAY_DIFFER)
     write_json(run / "config.json", config)
     return run
 

@@ -138,17 +138,11 @@ def start_run(
     return run
 
 
-def init_run_dir(
-    run: str | os.PathLike, config: dict, *, overwrite: bool = False, resume: bool = False,
-    **provenance_kwargs: Any,
-) -> Path:
-    """Use an explicit run directory: refuse a used one unless resuming (same config) or overwriting."""
+def init_run_dir(run: str | os.PathLike, config: dict, *, overwrite: bool = False, **provenance_kwargs: Any) -> Path:
+    """Use an explicit run directory: refuse a used one unless overwriting (a stage that resumes checks it with check_resumable)."""
     run = Path(run)
     cfg_path = run / "config.json"
     if cfg_path.exists():
-        if resume:
-            old = read_json(cfg_path)
-            return run if old == config else _resume_mismatch(run, old, config)
         if not overwrite:
             # Scripts that can continue a run (gen/train.py, classify/train.py) say so before calling this.
             raise FileExistsError(f"{run} already holds a run; pass --overwrite to replace it or choose another output")
@@ -161,13 +155,13 @@ def init_run_dir(
     return run
 
 
-def _resume_mismatch(run: Path, old: dict, new: dict) -> Path:
-    diffs = sorted(_diff_keys(old, new))
-    raise ValueError(f"{run}: cannot resume, the config differs from the saved one in: {', '.join(diffs)}")
+def check_resumable(run: Path, new: dict, may_differ: set[str] | frozenset[str] = frozenset()) -> None:
+    """Refuse to continue `run` when its saved config.json differs from `new` outside the top-level keys `may_differ`.
 
-
-def check_resumable(run: Path, old: Any, new: dict, may_differ: set[str] | frozenset[str] = frozenset()) -> None:
-    """Refuse to continue `run` when its saved config `old` differs from `new` outside the top-level keys `may_differ`."""
+    The one resume check of every stage that can continue a run: each declares only what may differ
+    (echosynth.gen.diffusion.settings.RESUME_MAY_DIFFER, echosynth.classify.train.RESUME_MAY_DIFFER).
+    """
+    old = read_json(run / "config.json")
     if not isinstance(old, dict):
         raise ValueError(f"{run / 'config.json'}: not a saved config (a JSON mapping of config keys); "
                          "replace the run with --overwrite")
