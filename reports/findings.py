@@ -92,12 +92,17 @@ def _archs(study: Study) -> list[str]:
 
 def findings(study: Study) -> list[Finding]:
     """Findings with their uncertainty, one per comparison, on a split that selected none of the checkpoints."""
-    out: list[Finding] = []
     subsets = study.config.get("dataset", {}).get("subsets", [])
     archs = _archs(study)
-    info = read_json_or_none(study.split_dir / "splits.json") or {}
-    counts = info.get("subset_counts", {})
-    # 1. Real vs synthetic per size.
+    out: list[Finding] = []
+    for finding in FINDINGS:
+        out += finding(study, archs, subsets)
+    return out
+
+
+def _real_vs_synthetic(study: Study, archs: list[str], subsets: list[int]) -> list[Finding]:
+    """Training only on the synthetic set vs only on the real subset, per size, then a tally over sizes."""
+    out = []
     for a in archs:
         diffs = []
         for i, n in enumerate(subsets):
@@ -118,7 +123,12 @@ def findings(study: Study) -> list[Finding]:
                                [n for n, _ in diffs],
                                [r for n, _ in diffs for r in (_run(study, "real", subset=n, arch=a),
                                                               _run(study, "synthetic", subset=n, arch=a, filtered=False))]))
-    # Thesis Table 5.3: from scratch vs a head on frozen ImageNet features, on the same real subset.
+    return out
+
+
+def _scratch_vs_frozen(study: Study, archs: list[str], subsets: list[int]) -> list[Finding]:
+    """Thesis Table 5.3: from scratch vs a head on frozen ImageNet features, on the same real subset."""
+    out = []
     frozen = [a for a in archs if a.startswith("fid_inception_frozen")]
     for f in frozen:
         for a in (a for a in archs if a not in frozen):
@@ -132,7 +142,13 @@ def findings(study: Study) -> list[Finding]:
                 out.append(Finding(f"{n:,} real images, from scratch vs frozen ImageNet features (cf. thesis Table 5.3: "
                                    f"from scratch won, VGG16 0.988 vs 0.892 on 32k frames): "
                                    f"{_compare(a + ' from scratch', f, d)}; {found}.", [], [scratch, head]))
-    # Minority-class recall at the smallest subset.
+    return out
+
+
+def _minority_recall(study: Study, archs: list[str], subsets: list[int]) -> list[Finding]:
+    """Recall of the rarest classes at the smallest subset, real-only vs synthetic-only."""
+    out = []
+    counts = (read_json_or_none(study.split_dir / "splits.json") or {}).get("subset_counts", {})
     for a in archs:
         n = subsets[0] if subsets else None
         real, syn = _run(study, "real", subset=n, arch=a), _run(study, "synthetic", subset=n, arch=a, filtered=False)
@@ -152,7 +168,12 @@ def findings(study: Study) -> list[Finding]:
         out.append(Finding(f"{a}, {n:,} real: minority-class recall on {SPLIT_WORDS.get(split, split)} (share of the "
                            f"class classified correctly, seed mean) real → synthetic: {'; '.join(parts)}. Minority "
                            f"classes: {names}. {tail}.", [n], [real, syn]))
-    # 2. Privacy filter.
+    return out
+
+
+def _privacy_filter(study: Study, archs: list[str], subsets: list[int]) -> list[Finding]:
+    """The privacy-filtered vs the unfiltered synthetic set (first architecture, smallest subset)."""
+    out = []
     for a in archs[:1]:
         for n in subsets[:1]:
             syn, filt = (_run(study, "synthetic", subset=n, arch=a, filtered=x) for x in (False, True))
@@ -165,7 +186,12 @@ def findings(study: Study) -> list[Finding]:
                     f" The filter removed {dropped} images." if dropped else "")
             out.append(Finding(f"{a}, {n:,} real: privacy-filtered vs unfiltered synthetic set: "
                                f"{_compare('unfiltered', 'filtered', d)}.{note}", [n], [syn, filt]))
-    # 3. Mixing: each fraction against real only.
+    return out
+
+
+def _mixing(study: Study, archs: list[str], subsets: list[int]) -> list[Finding]:
+    """Each fraction of synthetic images added to the real subset, against real only."""
+    out = []
     for a in archs:
         for n in subsets:
             real = _run(study, "real", subset=n, arch=a)
@@ -179,13 +205,18 @@ def findings(study: Study) -> list[Finding]:
             if parts:
                 out.append(Finding(f"{a}, {n:,} real: adding synthetic images to the real subset ({_what(base)}, real "
                                    f"only {base.a:.3f}): " + "; ".join(parts) + ".", [n], [real, *(r.run_dir for r in mixes)]))
-    # 4. Upsampling and SMOTE vs synthetic at the smallest subset.
+    return out
+
+
+def _resampling_baselines(study: Study, archs: list[str], subsets: list[int]) -> list[Finding]:
+    """Synthetic-only against upsampling and SMOTE at the smallest subset (first architecture)."""
+    out = []
     for a in archs[:1]:
         n = subsets[0] if subsets else None
         syn = _run(study, "synthetic", subset=n, arch=a, filtered=False)
         parts, arms, first = [], [syn], None
         for label, run in _baselines(study, n, a):
-            if label == "real only":  # said in the synthetic-only finding above
+            if label == "real only":  # said in the synthetic-only finding
                 continue
             d = compare_runs(run, syn) if syn else None
             if d is not None:
@@ -195,7 +226,11 @@ def findings(study: Study) -> list[Finding]:
         if parts:
             out.append(Finding(f"{a}, {n:,} real: synthetic-only ({_what(first)} {first.b:.3f}) against the resampling "
                                "baselines (difference = synthetic − baseline): " + "; ".join(parts) + ".", [n], arms))
-    # 5. Diffusion: fidelity and ablation.
+    return out
+
+
+def _fidelity(study: Study, archs: list[str], subsets: list[int]) -> list[Finding]:
+    """FID of each synthetic set against its real training subset, beside the real-vs-real floor."""
     fids = []
     for s in study.by_experiment("synthetic"):
         if s.name.startswith("fidelity-"):
@@ -203,11 +238,16 @@ def findings(study: Study) -> list[Finding]:
             name = "inception" if "inception" in m else next(iter(m), None)
             if name and m[name]["fid"] is not None:
                 fids.append((s.meta.get("subset", 0), name, m[name]["fid"], m[name]["floor_fid"]))
-    if fids:
-        out.append(Finding("FID of each synthetic set against its real training subset: "
-                           + "; ".join(f"{v:.2f} with {name} features (DDPM on {n:,}"
-                                       + (f"; real-vs-real floor {fl:.2f})" if fl is not None else ")")
-                                       for n, name, v, fl in fids) + "."))
+    if not fids:
+        return []
+    return [Finding("FID of each synthetic set against its real training subset: "
+                    + "; ".join(f"{v:.2f} with {name} features (DDPM on {n:,}"
+                                + (f"; real-vs-real floor {fl:.2f})" if fl is not None else ")")
+                                for n, name, v, fl in fids) + ".")]
+
+
+def _ablation(study: Study, archs: list[str], subsets: list[int]) -> list[Finding]:
+    """The DDPM variant with the lowest Inception FID at the largest ablation sample count."""
     sizes = study.config.get("experiments", {}).get("ablation_samples", [])
     abl = []
     for s in study.by_experiment("ablation"):
@@ -215,12 +255,17 @@ def findings(study: Study) -> list[Finding]:
             curve = dict(fid_curve(read_json_or_none(s.run_dir / "fidelity.json"), "fid_vs_samples", "n").get("inception", []))
             if curve.get(float(max(sizes))) is not None:
                 abl.append((s.meta.get("variant"), curve[float(max(sizes))]))
-    if abl:
-        best = min(abl, key=lambda x: x[1])
-        out.append(Finding(f"Ablation: at {max(sizes):,} samples the lowest Inception FID is {best[1]:.2f}, with {best[0]} "
-                           "(one run per variant, so differences within the FID's sampling spread are not resolved; "
-                           "the thesis found learned σ + linear best, 4.56 at 10k)."))
-    # 6. Privacy flags.
+    if not abl:
+        return []
+    best = min(abl, key=lambda x: x[1])
+    return [Finding(f"Ablation: at {max(sizes):,} samples the lowest Inception FID is {best[1]:.2f}, with {best[0]} "
+                    "(one run per variant, so differences within the FID's sampling spread are not resolved; "
+                    "the thesis found learned σ + linear best, 4.56 at 10k).")]
+
+
+def _privacy_flags(study: Study, archs: list[str], subsets: list[int]) -> list[Finding]:
+    """Share of each synthetic set flagged as too close to a training image, beside the rule's false-positive rate."""
+    out = []
     for s in study.by_experiment("synthetic"):
         if not s.name.startswith("privacy-"):
             continue
@@ -231,7 +276,12 @@ def findings(study: Study) -> list[Finding]:
                                "flagged as too close to a training image" + (
                                    f" (vs {cal:.1%} of held-out real images, the rule's false-positive rate)."
                                    if cal is not None else ".")))
-    # 7. Domain shift (neither test nor shift selected the final model's checkpoint).
+    return out
+
+
+def _domain_shift(study: Study, archs: list[str], subsets: list[int]) -> list[Finding]:
+    """The final model on the test set vs the domain-shift set (neither selected its checkpoint)."""
+    out = []
     for s in study.by_experiment("final"):
         d = compare_runs(s.run_dir, s.run_dir, "test", eval_set_b="shift")
         if d is None:
@@ -244,6 +294,11 @@ def findings(study: Study) -> list[Finding]:
                            + (f"; the class hurt most by the shift is {worst} (recall {rec[worst]:.2f})." if worst else "."),
                            [s.meta["subset"]] if "subset" in s.meta and "fraction" in s.meta else [], [s.run_dir]))
     return out
+
+
+# The findings in report order, each a function of (study, classifier architectures, real subset sizes).
+FINDINGS = (_real_vs_synthetic, _scratch_vs_frozen, _minority_recall, _privacy_filter, _mixing, _resampling_baselines,
+            _fidelity, _ablation, _privacy_flags, _domain_shift)
 
 
 def _baselines(study: Study, n, arch) -> list[tuple[str, object]]:
