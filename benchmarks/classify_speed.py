@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from echosynth.classify.models import MODELS, build_classifier, count_parameters
+from echosynth.classify.models import MODELS, build_classifier
+from echosynth.gen.core.checkpoint import count_parameters
 from echosynth.gen.core.config import field, parse_config
 from echosynth.gen.core.io import write_json
 

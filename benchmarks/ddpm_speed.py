@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from echosynth.gen.core.checkpoint import count_parameters
 from echosynth.gen.core.config import field, parse_config, to_dict
 from echosynth.gen.core.hardware import Compiled, autocast, resolve_for
 from echosynth.gen.core.io import write_json
@@ -31,7 +32,7 @@ from echosynth.gen.diffusion.process import Diffusion
 from echosynth.gen.diffusion.settings import COMPILE_CHOICES, PRECISIONS, SAMPLERS
 from echosynth.gen.diffusion.synthesis import sample_images
 from echosynth.gen.diffusion.trained import LoadedRun
-from echosynth.gen.diffusion.unet import PRESETS, ClassUNet, count_params
+from echosynth.gen.diffusion.unet import PRESETS, ClassUNet
 
 
 @dataclass
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.channels_last and device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     diffusion = Diffusion(1000, "linear", True)
-    print(f"{cfg.preset} at {S}×{S}: {count_params(model) / 1e6:.2f} M params, {flops_here / 1e9:.2f} GFLOP/forward; "
+    print(f"{cfg.preset} at {S}×{S}: {count_parameters(model) / 1e6:.2f} M params, {flops_here / 1e9:.2f} GFLOP/forward; "
           f"device {device}, precision {cfg.mp} ({mp_from}), compile {cfg.use_compile}, sampler {cfg.sampler} × {cfg.sample_evals}")
     t_train, t_train_min = time_training(model, diffusion, cfg, S, device)
     t_step, t_fwd, t_fwd_min = time_sampling(model, diffusion, cfg, S, device)
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": torch.get_num_threads(), "load_average_1min": os.getloadavg()[0], "precision": cfg.mp, "precision_from": mp_from,
         "compile": cfg.use_compile, "sampler": cfg.sampler,
         "versions": {k: v for k, v in package_versions().items() if k in ("torch", "diffusers", "accelerate", "numpy")},
-        "preset": cfg.preset, "image_size": S, "params": count_params(model),
+        "preset": cfg.preset, "image_size": S, "params": count_parameters(model),
         "gflops_per_forward": {k: v / 1e9 for k, v in flops.items()} | {f"{cfg.preset}@{S}": flops_here / 1e9},
         "results": res,
     }

@@ -518,9 +518,6 @@ def build_classifier(arch: str, num_classes: int, image_size: int, in_channels: 
     return model
 
 
-def count_parameters(model: nn.Module) -> int:
-    """Number of parameters (trainable or not)."""
-    return sum(p.numel() for p in model.parameters())
 
 
 def model_info(arch: str, classes: list[str], image_size: int, in_channels: int = 1,

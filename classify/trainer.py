@@ -165,7 +165,7 @@ def make_budget(cfg: ClassifierTrainConfig, n_train: int, epochs: int | None = N
     return Budget((cfg.epochs if epochs is None else epochs) * spe, spe, spe, False)
 
 
-def make_scheduler(cfg: ClassifierTrainConfig, opt: torch.optim.Optimizer, budget: Budget):
+def make_lr_scheduler(cfg: ClassifierTrainConfig, opt: torch.optim.Optimizer, budget: Budget):
     """StepLR (every step_size rounds), cosine annealing or constant learning rate; stepped once per
     optimizer step under a step budget, once per epoch otherwise."""
     unit = budget.eval_every if budget.per_step_schedule else 1
@@ -224,7 +224,7 @@ def run_epochs(accelerator, cfg: ClassifierTrainConfig, net: Classifier, trainab
     """Training loop of `budget.steps` optimizer steps in rounds of `budget.eval_every`: `step_fn(trainable, x, idx)
     -> loss` steps `trainable` (the model or one head); each round ends by scoring `net` on val and keeping the
     best (by `select`) and last checkpoints. Without a step budget a round is one epoch."""
-    sched = make_scheduler(cfg, opt, budget)
+    sched = make_lr_scheduler(cfg, opt, budget)
     # after a kill: continue from the last round's checkpoint (weights, moments, LR, RNG, selection state)
     resumed = load_epoch_state(seed_dir, phase, net, opt, sched, accelerator.is_main_process, tqdm.write) if cfg.resume else None
     net.to(accelerator.device)

@@ -62,7 +62,8 @@ class FidelityConfig:
     run: str = field("", help="diffusion run for the FID-vs-checkpoint curve (thesis Fig 5.2)")
     checkpoints: str = field("", help="'all' or comma-separated steps of --run to sample and score")
     n: int = field(1000, help="images sampled per checkpoint", min=2)
-    checkpoint_weights: str = field("ema", help="weights sampled per checkpoint", choices=("ema", "model"))
+    weights: str = field("ema", help="weights sampled per checkpoint: the EMA or the raw model", choices=("ema", "model"),
+                         was=("checkpoint_weights",))
     checkpoint_reference: str = field("holdout", help="reference of the checkpoint curve", choices=("holdout", "real"))
     sampler: str = field("ddpm", help="checkpoint sampling: sampler", choices=SAMPLERS)
     sampling_steps: int = field(100, help="checkpoint sampling: denoising steps", min=1)
@@ -216,7 +217,7 @@ def _checkpoint_curve(cfg: FidelityConfig, sets, feats, extractors, dist, progre
     ref = "holdout" if cfg.checkpoint_reference == "holdout" and "holdout" in sets else "real"
     curves, strip = scoring.score_checkpoints(
         cfg.run, steps, {k: feats[k][ref].feats for k in extractors}, sets[ref].views, extractors, dist, n=cfg.n,
-        weights=cfg.checkpoint_weights, sampler=cfg.sampler, sampling_steps=cfg.sampling_steps, guidance=cfg.guidance,
+        weights=cfg.weights, sampler=cfg.sampler, sampling_steps=cfg.sampling_steps, guidance=cfg.guidance,
         batch_size=cfg.batch_size, seed=cfg.seed, kid_opts={"subsets": cfg.kid_subsets, "subset_size": cfg.kid_subset_size},
         progress=progress)
     for points in curves.values():

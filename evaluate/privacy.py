@@ -53,7 +53,8 @@ class PrivacyConfig:
     pairs: int = field(24, help="closest pairs shown in closest_pairs.png", min=0)
     run: str = field("", help="diffusion run for the membership-inference attack ('' = skip)")
     mia_step: int = field(0, help="membership attack: checkpoint step (0 = latest)", min=0)
-    mia_weights: str = field("ema", help="membership attack: weights", choices=("ema", "model"))
+    weights: str = field("ema", help="membership attack: the EMA or the raw model weights", choices=("ema", "model"),
+                         was=("mia_weights",))
     mia_timesteps: list[int] = field(default_factory=lambda: [100], help="membership attack: diffusion timesteps")
     mia_loss: str = field("mse", help="membership attack: per-image loss", choices=("mse", "loss"))
     mia_max: int = field(1000, help="membership attack: members and non-members sampled (each)", min=2)
@@ -205,7 +206,7 @@ def _membership(cfg: PrivacyConfig, train, holdout, device: str, progress: bool,
     from echosynth.evaluate.plots import distance_histogram
     from echosynth.gen.diffusion.trained import load_run
 
-    run = load_run(cfg.run, checkpoint=cfg.mia_weights, step=cfg.mia_step or None, device=device)
+    run = load_run(cfg.run, weights=cfg.weights, step=cfg.mia_step or None, device=device)
     res = loss_threshold_attack(run, train, holdout, timesteps=cfg.mia_timesteps, max_images=cfg.mia_max, seed=cfg.seed,
                                 loss=cfg.mia_loss, batch_size=cfg.batch_size, device=device, progress=progress)
     losses = res.pop("_losses")

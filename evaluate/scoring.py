@@ -137,7 +137,7 @@ def score_checkpoints(run_dir: str, steps: list[int], references: dict[str, np.n
     ref_stats = {name: FeatureStats.of(f) for name, f in references.items()}
     rows = []
     for step in steps:
-        run = load_run(run_dir, checkpoint=weights, step=step, device=dist.device)
+        run = load_run(run_dir, weights=weights, step=step, device=dist.device)
         classes = list(run.classes)
         unknown = sorted(set(np.unique(ref_views)) - set(classes))
         if unknown:

@@ -1,7 +1,7 @@
 """Export a trained diffusion run to the diffusers format: UNet, scheduler config and a model card.
 
   python gen/export.py runs/00003-ddpm-thesis-train --out exports/ddpm-thesis
-  python gen/export.py RUN --out DIR --checkpoint model --step 20000
+  python gen/export.py RUN --out DIR --weights model --step 20000
 
 Writes DIR/{unet/ (UNet2DModel.save_pretrained), scheduler/ (DDPMScheduler with the run's β,
 T and variance type), echosynth.json (classes, null class, source run), README.md (model card)}.
@@ -29,7 +29,8 @@ class ExportConfig:
 
     run: str = cfg_field("", help="diffusion run directory (from gen/train.py)")
     out: str = cfg_field("", help="output directory (diffusers layout)")
-    checkpoint: str = cfg_field("ema", help="weights to export", choices=("ema", "model"))
+    weights: str = cfg_field("ema", help="weights to export: the EMA or the raw model", choices=("ema", "model"),
+                             was=("checkpoint",))
     step: int = cfg_field(0, help="checkpoint step (0 = newest intact)", min=0)
     overwrite: bool = cfg_field(False, help="replace an existing output directory")
 
@@ -67,7 +68,7 @@ tags: [diffusers, class-conditional, image-generation, echocardiography, echosyn
 
 An improved DDPM (Nichol & Dhariwal 2021: {meta['schedule']} β schedule, T = {meta['num_timesteps']},
 {'learned variance (`learned_range`)' if meta['learn_sigma'] else 'fixed variance (`fixed_small`)'}) trained with echosynth,
-exported from `{meta['run']}` at step {meta['step']} ({meta['checkpoint']} weights).
+exported from `{meta['run']}` at step {meta['step']} ({meta['weights']} weights).
 
 ## Classes
 
@@ -115,13 +116,13 @@ this reproduces `gen/sample.py`'s images. The scheduler clips x̂₀ to [−1, 1
 def export(cfg: ExportConfig) -> Path:
     """Write the diffusers folder for cfg.run into cfg.out (assembled in a temporary directory, then renamed)."""
     # here, not at the top: --help and config errors answer without torch
-    from echosynth.gen.diffusion.process import make_scheduler
+    from echosynth.gen.diffusion.process import make_noise_scheduler
     from echosynth.gen.diffusion.trained import load_run
 
     out = check_writable_output(cfg.out, cfg.overwrite)
-    loaded = load_run(cfg.run, cfg.checkpoint, cfg.step or None)
+    loaded = load_run(cfg.run, cfg.weights, cfg.step or None)
     tc, d = loaded.config, loaded.diffusion
-    meta = {"run": str(Path(cfg.run).resolve()), "step": loaded.step, "checkpoint": cfg.checkpoint,
+    meta = {"run": str(Path(cfg.run).resolve()), "step": loaded.step, "weights": cfg.weights,
             "classes": loaded.classes, "null_class": len(loaded.classes), "image_size": loaded.image_size,
             "num_timesteps": d.num_timesteps, "schedule": d.schedule, "learn_sigma": d.learn_sigma,
             "variance_type": "learned_range" if d.learn_sigma else "fixed_small", "cfg_dropout": tc.cfg_dropout,
@@ -130,7 +131,7 @@ def export(cfg: ExportConfig) -> Path:
     tmp = temp_dir(out.parent, prefix=f".{out.name}.")
     try:
         loaded.model.unet.save_pretrained(tmp / "unet", safe_serialization=True)
-        make_scheduler(d, "ddpm").save_pretrained(tmp / "scheduler")
+        make_noise_scheduler(d, "ddpm").save_pretrained(tmp / "scheduler")
         write_json(tmp / "echosynth.json", meta)
         write_text(tmp / "README.md", model_card(meta))
         if out.exists():

@@ -1,8 +1,8 @@
 """Sample a balanced (or explicitly counted) class-conditional synthetic set from a diffusion run.
 
-  accelerate launch gen/sample.py --run runs/00000-ddpm-tiny --per_class 100 --steps 100 --out samples/tiny
+  accelerate launch gen/sample.py --run runs/00000-ddpm-tiny --per_class 100 --sampling_steps 100 --out samples/tiny
   accelerate launch --multi_gpu --num_processes 4 gen/sample.py --run RUN --counts A2C=8000,PSAX=8000 \\
-      --sampler ddim --steps 50 --guidance 1.5 --out samples/run-ddim50
+      --sampler ddim --sampling_steps 50 --guidance 1.5 --out samples/run-ddim50
 
 Writes DIR/{samples.npz, images/<class>/<index>.png, manifest.csv, sample.json}; each image has
 its own seed, so the result is the same for any number of processes. Rerun to resume.

@@ -21,7 +21,7 @@ class StageConfigError(ValueError):
 def _sampling_steps(stage: Stage) -> int:
     """The sampling chain a stage runs from its DDPM (0: none)."""
     if stage.section == "ddpm.sample":
-        return stage.settings.steps
+        return stage.settings.sampling_steps
     if stage.section == "evaluate.fidelity" and stage.settings.run:  # the FID-vs-checkpoint curve samples
         return stage.settings.sampling_steps
     return 0
@@ -34,7 +34,7 @@ def _too_long(stage: Stage, by_name: dict[str, Stage]) -> str:
         up = by_name[d]
         if up.section == "ddpm.train" and steps > up.settings.diffusion.num_timesteps:
             return (f"{steps} sampling steps exceed diffusion.num_timesteps {up.settings.diffusion.num_timesteps} "
-                    f"of the DDPM it samples ({d}); lower the study's {stage.section} sampling steps")
+                    f"of the DDPM it samples ({d}); lower the study's {stage.section}.sampling_steps")
     return ""
 
 

@@ -104,7 +104,7 @@ class DDPMStageConfig:
     threads: int = field(0, help="OMP/MKL threads of the training and sampling stages (0 = the study's threads); "
                                  "more than the other stages' when the DDPM is the study's critical path", min=0)
     train: TrainConfig = field(default_factory=TrainConfig)  # gen/train.py's settings (over the preset)
-    sample: SampleConfig = field(default_factory=lambda: SampleConfig(steps=25))  # gen/sample.py's settings
+    sample: SampleConfig = field(default_factory=lambda: SampleConfig(sampling_steps=25))  # gen/sample.py's settings
 
 
 @dataclass
@@ -223,7 +223,7 @@ class StudyConfig:
         "evaluate.privacy_args": _write_instead("evaluate.privacy"), "evaluate.embed_args": _write_instead("evaluate.embed"),
         "evaluate.judge_args": _write_instead("evaluate.judge_train"),
         "experiments.quality_args": _write_instead("experiments.quality_train"),
-        "ddpm.steps": _write_instead("ddpm.train", "steps"), "ddpm.sample_steps": _write_instead("ddpm.sample", "steps"),
+        "ddpm.steps": _write_instead("ddpm.train", "steps"), "ddpm.sample_steps": _write_instead("ddpm.sample", "sampling_steps"),
         "evaluate.fidelity_features": _write_instead("evaluate.fidelity", "features"),
     }
 

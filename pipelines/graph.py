@@ -304,7 +304,7 @@ class GraphBuilder:
             out, real, holdout = self.runs / "trainingtime-fidelity", self.train_manifest(n), self.split_dir / "val.csv"
             keys = {"features": ["inception"], "real": str(real), "holdout": str(holdout), "out": str(out),
                     "run": str(self.runs / ddpm), "checkpoints": ",".join(map(str, ex.training_time)),
-                    "n": cfg.ddpm.per_class * k, "sampling_steps": cfg.ddpm.sample.steps}
+                    "n": cfg.ddpm.per_class * k, "sampling_steps": cfg.ddpm.sample.sampling_steps}
             self.add_cli("trainingtime-fidelity", "evaluate/fidelity.py", stage_config(cfg.evaluate.fidelity, keys),
                          "evaluate.fidelity", inputs=[real, holdout, self.runs / ddpm], outputs=[out / "fidelity.json"],
                          deps=[ddpm], experiment="training-time", meta={"subset": n})

@@ -12,12 +12,12 @@ import torch.nn.functional as F
 from echosynth.classify.models import (
     MODELS,
     build_classifier,
-    count_parameters,
     load_classifier,
     model_info,
     view_loss,
 )
 from echosynth.classify.settings import inception_grid_sizes, inception_min_size, min_image_size
+from echosynth.gen.core.checkpoint import count_parameters
 
 # Published ImageNet reference counts (3 channels, 1,000 classes), as in torchvision's model cards.
 PUBLISHED = {

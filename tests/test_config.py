@@ -167,11 +167,11 @@ def test_torch_free_config_names_match_the_registries():
     from echosynth.gen.diffusion.settings import SAMPLERS, SCHEDULES
 
     assert set(SCHEDULES) == set(BETA_SCHEDULES) == set(DIFFUSION_SCHEDULES)
-    assert SAMPLERS == ("ddpm", "ddim", "dpm++2m", "dpm++2m-sde", "unipc")  # the branches of echosynth.gen.diffusion.process.make_scheduler
-    from echosynth.gen.diffusion.process import Diffusion, make_scheduler
+    assert SAMPLERS == ("ddpm", "ddim", "dpm++2m", "dpm++2m-sde", "unipc")  # the branches of echosynth.gen.diffusion.process.make_noise_scheduler
+    from echosynth.gen.diffusion.process import Diffusion, make_noise_scheduler
 
     for sampler in SAMPLERS:
-        make_scheduler(Diffusion(1000, "linear", True), sampler)
+        make_noise_scheduler(Diffusion(1000, "linear", True), sampler)
 
 
 DRY_RUN = {"gen/train.py": ["--data", "x.csv"], "gen/sample.py": ["--run", "r", "--out", "o", "--per_class", "1"],

@@ -14,7 +14,7 @@ from echosynth.gen.diffusion.process import (
     cosine_betas,
     discretized_gaussian_log_likelihood,
     linear_betas,
-    make_scheduler,
+    make_noise_scheduler,
     normal_kl,
     space_timesteps,
 )
@@ -138,7 +138,7 @@ def test_respacing_keeps_alpha_bar():
 def test_respaced_learned_range_step_agrees_with_diffusers(schedule, steps, spacing):
     """Our respaced p(x_{t-1}|x_t) equals DDPMScheduler(variance_type='learned_range').set_timesteps(N).step."""
     d = Diffusion(1000, schedule, learn_sigma=True)
-    sched = make_scheduler(d, "ddpm", spacing)
+    sched = make_noise_scheduler(d, "ddpm", spacing)
     sched.set_timesteps(steps)
     kept = space_timesteps(1000, steps, spacing)
     assert sorted(sched.timesteps.tolist()) == kept
@@ -159,10 +159,10 @@ def test_respaced_learned_range_step_agrees_with_diffusers(schedule, steps, spac
 
 def test_ddim_scheduler_uses_same_alphas():
     d = Diffusion(1000, "linear")
-    s = make_scheduler(d, "ddim")
+    s = make_noise_scheduler(d, "ddim")
     np.testing.assert_allclose(s.alphas_cumprod.numpy(), d.alphas_cumprod, rtol=1e-5)
     with pytest.raises(ValueError, match="unknown sampler"):
-        make_scheduler(d, "euler")
+        make_noise_scheduler(d, "euler")
 
 
 # ----------------------------------------------------------------------------------------------

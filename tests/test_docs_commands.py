@@ -28,8 +28,8 @@ LINKED = ["gen", "classify", "evaluate", "pipelines", "reports", "configs", "ben
 # flag override an earlier one): few images, a few steps, one epoch, few samples.
 TINY = {
     "gen/prepare.py phantom": "--n 200 --size 32",
-    "gen/train.py": "--steps 4 --checkpoint_every 2 --log_every 1 --sample_steps 2",
-    "gen/sample.py": "--per_class 4 --steps 2",
+    "gen/train.py": "--steps 4 --checkpoint_every 2 --log_every 1 --sampling_steps 2",
+    "gen/sample.py": "--per_class 4 --sampling_steps 2",
     "classify/train.py": "--epochs 1 --seeds 0",
     "evaluate/fidelity.py": "--kid_subsets 5 --n 8 --sampling_steps 2",
     "evaluate/privacy.py": "--mia_max 16",

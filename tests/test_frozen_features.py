@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from conftest import PYTHON, run_cli
-from echosynth.classify.models import build_classifier, count_parameters, load_classifier
+from echosynth.classify.models import build_classifier, load_classifier
 from echosynth.classify.settings import ClassifierTrainConfig
+from echosynth.gen.core.checkpoint import count_parameters
 from echosynth.gen.core.config import ConfigError, build
 
 # The FID Inception costs ~0.2-0.7 s per image on one busy CPU thread: a few dozen images only.

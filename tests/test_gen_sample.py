@@ -208,11 +208,11 @@ def _vp(t: int):
 
 
 def _run_scheduler(sampler: str, x: np.ndarray, n_steps: int, steps: int, noise: list[np.ndarray] | None = None):
-    """`n_steps` updates of echosynth.gen.diffusion.process.make_scheduler's solver on the toy model, fed a 2-channel
+    """`n_steps` updates of echosynth.gen.diffusion.process.make_noise_scheduler's solver on the toy model, fed a 2-channel
     output's ε half (and, for the SDE solver, the given noise of each step)."""
-    from echosynth.gen.diffusion.process import Diffusion, make_scheduler
+    from echosynth.gen.diffusion.process import Diffusion, make_noise_scheduler
 
-    sched = make_scheduler(Diffusion(1000, "linear", True), sampler)
+    sched = make_noise_scheduler(Diffusion(1000, "linear", True), sampler)
     sched.set_timesteps(steps)
     xt = torch.from_numpy(x.astype(np.float32))
     for i, t in enumerate(sched.timesteps[:n_steps]):

@@ -34,7 +34,7 @@ def train_args(split_dir, run_dir, steps=STEPS, *extra):
             "--model.image_size", "16", "--diffusion.num_timesteps", "100", "--steps", str(steps),
             "--global_batch", "8", "--lr", "0.001", "--warmup_steps", "2", "--log_every", "1",
             "--checkpoint_every", "6", "--keep_last", "5", "--sample_every", "6", "--sample_per_class", "2",
-            "--sample_steps", "4", "--ema_decay", "0.9", *extra]
+            "--sampling_steps", "4", "--ema_decay", "0.9", *extra]
 
 
 @pytest.fixture(scope="module", params=["no", "bf16"])

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from echosynth.gen.core.checkpoint import (
+    count_parameters,
     list_checkpoints,
     load_checkpoint,
     prune_checkpoints,
@@ -17,7 +18,7 @@ from echosynth.gen.core.io import write_json
 from echosynth.gen.diffusion.ema import EMA, ema_decay_at
 from echosynth.gen.diffusion.trained import load_run
 from echosynth.gen.diffusion.trainer import DiffusionConfig, TrainConfig
-from echosynth.gen.diffusion.unet import PRESETS, ClassUNet, ModelConfig, count_params, preset_table
+from echosynth.gen.diffusion.unet import PRESETS, ClassUNet, ModelConfig, preset_table
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -43,7 +44,7 @@ def test_thesis_preset_architecture_on_meta_device():
     kinds = [type(b).__name__ for b in m.unet.down_blocks]
     # levels at 112, 56, 28, 14 px: attention at 28×28 and 14×14 (4× and 8× downsampled)
     assert kinds == ["DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"]
-    assert 100e6 < count_params(m) < 140e6
+    assert 100e6 < count_parameters(m) < 140e6
     table = preset_table()
     assert all(name in table for name in PRESETS) and "M params" in table
 
@@ -109,10 +110,10 @@ def test_checkpoint_round_trip_prune_and_load_run(tmp_path):
     assert r.step == 30 and r.classes == ["A2C", "PSAX"] and r.image_size == 16 and r.weights == "ema"
     assert r.diffusion.num_timesteps == 50 and r.diffusion.learn_sigma
     assert not r.model.training and r.model.out_channels == 2
-    r10 = load_run(run, checkpoint="model", step=10)
+    r10 = load_run(run, weights="model", step=10)
     assert r10.step == 10
     with pytest.raises(FileNotFoundError, match="no checkpoint at step 7"):
         load_run(run, step=7)
     with pytest.raises(ValueError, match="'ema' or 'model'"):
-        load_run(run, checkpoint="best")
+        load_run(run, weights="best")
     np.testing.assert_array_equal(r.model.unet.conv_in.weight.numpy(), c["ema"]["unet.conv_in.weight"].numpy())

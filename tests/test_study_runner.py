@@ -337,7 +337,7 @@ def test_log_tail_leaves_out_the_launcher_traceback(tmp_path):
 
 
 @pytest.mark.parametrize("flags, stage, words", [
-    (["--ddpm.sample.steps", "5000"], "sample-n200", ["5000 sampling steps exceed diffusion.num_timesteps 1000",
+    (["--ddpm.sample.sampling_steps", "5000"], "sample-n200", ["5000 sampling steps exceed diffusion.num_timesteps 1000",
                                                       "ddpm.sample"]),
     (["--classify.archs", "inception_v3", "--classify.train.image_size", "40"], "clf-real-n200-inception_v3",
      ["classify.train: image_size 40 is too small for inception_v3"]),
@@ -357,7 +357,7 @@ def test_dry_run_checks_every_stage_setting(tmp_path, capsys, flags, stage, word
     ("ddpm:\n  train_args: [lr=0.001, global_batch=8]\n",
      ["ddpm.train_args is gone", "write ddpm.train: {lr: 0.001, global_batch: 8}"]),
     ("evaluate:\n  judge_args: []\n", ["evaluate.judge_args is gone", "write evaluate.judge_train:"]),
-    ("ddpm:\n  sample_steps: 50\n", ["ddpm.sample_steps is gone", "write ddpm.sample: {steps: 50}"]),
+    ("ddpm:\n  sample_steps: 50\n", ["ddpm.sample_steps is gone", "write ddpm.sample: {sampling_steps: 50}"]),
     ("ddpm:\n  train: {data: x.csv}\n", ["ddpm.train.data: the study sets data for each stage"]),
     ("evaluate:\n  fidelity: {gate: {min_class_ratio: 0.5}}\n", ["evaluate.fidelity.gate.min_class_ratio: the study"]),
 ])

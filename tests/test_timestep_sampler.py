@@ -121,7 +121,7 @@ def args(split_dir, run_dir, steps=STEPS, *extra):
             "--model.image_size", "16", "--diffusion.num_timesteps", "4", "--diffusion.schedule", "cosine", "--steps", str(steps),
             "--global_batch", "16", "--lr", "0.001", "--warmup_steps", "2", "--log_every", "1",
             "--checkpoint_every", "6", "--keep_last", "5", "--sample_every", "6", "--sample_per_class", "1",
-            "--sample_steps", "4", "--ema_decay", "0.9", "--timestep_sampler", "loss-aware",
+            "--sampling_steps", "4", "--ema_decay", "0.9", "--timestep_sampler", "loss-aware",
             "--log_with", "tensorboard", *extra]
 
 

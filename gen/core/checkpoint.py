@@ -44,6 +44,11 @@ def checkpoint_dir(run_dir: str | os.PathLike, step: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"step-{step:07d}"
 
 
+def count_parameters(model: torch.nn.Module) -> int:
+    """Number of parameters (trainable or not) of a UNet or a classifier."""
+    return sum(p.numel() for p in model.parameters())
+
+
 def rng_states() -> dict[str, Any]:
     """Python, numpy, torch (and CUDA) RNG states as JSON-able values."""
     np_state = np.random.get_state()

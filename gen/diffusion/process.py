@@ -237,7 +237,7 @@ class Diffusion:
         return {"mse": mse, "vb": vb, "loss": mse + self.lambda_vlb * self.num_timesteps * vb}
 
 
-def make_scheduler(diffusion: Diffusion, sampler: str = "ddpm", spacing: str = "linspace"):
+def make_noise_scheduler(diffusion: Diffusion, sampler: str = "ddpm", spacing: str = "linspace"):
     """The diffusers scheduler over the same β: DDPM (learned_range / fixed_small), DDIM, DPM-Solver++ (2M, ODE or SDE) or UniPC.
 
     All but `ddpm` take the ε half of the model output only (echosynth.gen.diffusion.synthesis passes it): diffusers'

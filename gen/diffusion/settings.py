@@ -22,7 +22,7 @@ PRECISION_HELP = "auto = bf16 on CUDA with bf16 and on CPUs with AMX/AVX512-BF16
 COMPILE_CHOICES = ("auto", True, False)
 
 RESUME_MAY_DIFFER = {"verify", "steps", "resume", "overwrite", "checkpoint_every", "keep_last", "keep_every", "log_every",
-                     "sample_every", "sample_per_class", "sample_steps", "num_workers", "compile", "batch_gpu",
+                     "sample_every", "sample_per_class", "sampling_steps", "sample_steps", "num_workers", "compile", "batch_gpu",
                      "out", "run_dir", "desc", "preload", "mixed_precision", "channels_last", "log_with"}
 
 
@@ -74,7 +74,8 @@ class TrainConfig:
     log_every: int = cfg_field(50, help="stats.jsonl line every N steps", min=1)
     sample_every: int = cfg_field(0, help="sample grid every N steps (0 = only at the end)", min=0)
     sample_per_class: int = cfg_field(4, help="grid images per class", min=0)
-    sample_steps: int = cfg_field(50, help="sampling steps for grids", min=1)
+    sampling_steps: int = cfg_field(50, help="sampling steps (model evaluations) of the preview grids", min=1,
+                                    was=("sample_steps",))
     num_workers: int = cfg_field(0, help="data-loader worker processes (0 = main process)", min=0)
     preload: bool = cfg_field(True, help="decode the whole training set into memory once")
     verify: bool = cfg_field(False, help="check every training image's SHA-1 against the manifest first (names changed files by CSV line)")
@@ -85,8 +86,9 @@ class TrainConfig:
             raise ConfigError("--data MANIFEST is required (a manifest CSV, e.g. from gen/prepare.py split)")
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other; pick one")
-        if self.sample_steps > self.diffusion.num_timesteps:
-            raise ConfigError(f"sample_steps {self.sample_steps} exceeds diffusion.num_timesteps {self.diffusion.num_timesteps}")
+        if self.sampling_steps > self.diffusion.num_timesteps:
+            raise ConfigError(f"sampling_steps {self.sampling_steps} exceeds diffusion.num_timesteps "
+                              f"{self.diffusion.num_timesteps}")
         if self.timestep_sampler == "loss-aware" and not self.diffusion.learn_sigma:
             raise ConfigError("--timestep_sampler loss-aware importance-samples L_vlb, which a fixed-σ model "
                               "(diffusion.learn_sigma false) does not train; use uniform")
@@ -102,11 +104,13 @@ class SampleConfig:
     """`gen/sample.py`: which run and weights, how many images of which class, which sampler."""
 
     run: str = cfg_field("", help="diffusion run directory (from gen/train.py)")
-    checkpoint: str = cfg_field("ema", help="weights to sample with", choices=("ema", "model"))
+    weights: str = cfg_field("ema", help="weights to sample with: the EMA or the raw model", choices=("ema", "model"),
+                             was=("checkpoint",))
     step: int = cfg_field(0, help="checkpoint step (0 = latest kept)", min=0)
     per_class: int = cfg_field(0, help="images per class (balanced set)", min=0)
     counts: str = cfg_field("", help="explicit counts instead, e.g. A2C=500,PSAX=300")
-    steps: int = cfg_field(100, help="sampling steps (respaced chain)", min=1)
+    sampling_steps: int = cfg_field(100, help="sampling steps (model evaluations of the respaced chain)", min=1,
+                                    was=("steps",))
     sampler: str = cfg_field("ddpm", choices=SAMPLERS,
                              help="ddpm (ancestral, learned variances), ddim, dpm++2m (DPM-Solver++ 2M), dpm++2m-sde (its stochastic form) or unipc; all but ddpm use ε only")
     eta: float = cfg_field(0.0, help="DDIM η (0 = deterministic)", min=0.0, max=1.0)

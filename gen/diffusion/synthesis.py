@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from echosynth.gen.core.config import to_dict
+from echosynth.gen.core.config import current_keys, to_dict
 from echosynth.gen.core.hardware import Compiled, autocast, resolve_for, want_compile
 from echosynth.gen.core.io import (
     check_writable_output,
@@ -35,7 +35,7 @@ from echosynth.gen.core.launcher import progress_wanted
 from echosynth.gen.core.rundir import provenance
 from echosynth.gen.data.dataset import to_uint8
 from echosynth.gen.data.manifest import write_manifest
-from echosynth.gen.diffusion.process import make_scheduler
+from echosynth.gen.diffusion.process import make_noise_scheduler
 from echosynth.gen.diffusion.settings import SAMPLERS, SampleConfig, parse_counts  # noqa: F401
 from echosynth.gen.diffusion.trained import load_run
 
@@ -102,7 +102,7 @@ def sample_images(loaded_run, labels, seeds, steps: int = 100, sampler: str = "d
         gens = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds[lo:hi]]
         x = torch.cat([torch.randn((1, C, S, S), generator=g) for g in gens]).to(device)
         y = torch.as_tensor(labels[lo:hi], device=device)
-        sched = make_scheduler(diffusion, sampler, spacing)  # multistep solvers keep state: a fresh one per batch
+        sched = make_noise_scheduler(diffusion, sampler, spacing)  # multistep solvers keep state: a fresh one per batch
         sched.set_timesteps(steps)
         for t in sched.timesteps:
             tt = t.to(device).expand(hi - lo)
@@ -114,7 +114,7 @@ def sample_images(loaded_run, labels, seeds, steps: int = 100, sampler: str = "d
                 x = sched.step(mo[:, :C], t, x, eta=eta, generator=gens).prev_sample
             elif sampler == "dpm++2m-sde":  # ε only; per-image noise from each image's generator
                 x = sched.step(mo[:, :C].contiguous(), t, x, generator=gens).prev_sample
-            else:  # deterministic ODE solvers: ε only (see echosynth.gen.diffusion.process.make_scheduler)
+            else:  # deterministic ODE solvers: ε only (see echosynth.gen.diffusion.process.make_noise_scheduler)
                 x = sched.step(mo[:, :C].contiguous(), t, x).prev_sample
             if on_step is not None:
                 on_step((hi - lo) / len(sched.timesteps))
@@ -218,7 +218,7 @@ def sample_to_dir(cfg: SampleConfig) -> Path:
     device = state.device
     if device.type == "cpu":
         torch.set_flush_denormal(True)
-    loaded = load_run(cfg.run, cfg.checkpoint, cfg.step or None, device=device)
+    loaded = load_run(cfg.run, cfg.weights, cfg.step or None, device=device)
     if device.type == "cuda":
         loaded.model.to(memory_format=torch.channels_last)
     labels = plan_labels(loaded.classes, cfg.per_class, parse_counts(cfg.counts))
@@ -226,10 +226,10 @@ def sample_to_dir(cfg: SampleConfig) -> Path:
     if n == 0:
         raise ValueError("nothing to sample: every count is 0")
     mp, mp_from = resolve_for(cfg.mixed_precision, device)
-    evals = -(-n // state.num_processes) * cfg.steps * (2 if cfg.guidance != 1.0 else 1) // max(cfg.batch_size, 1)
+    evals = -(-n // state.num_processes) * cfg.sampling_steps * (2 if cfg.guidance != 1.0 else 1) // max(cfg.batch_size, 1)
     use_compile, why = want_compile(cfg.compile, device, evals)
     say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if state.is_main_process else (lambda msg: None)
-    say(f"sampling {n} images: {cfg.sampler}, {cfg.steps} steps, precision {mp} ({mp_from}), {why}, device {device}")
+    say(f"sampling {n} images: {cfg.sampler}, {cfg.sampling_steps} steps, precision {mp} ({mp_from}), {why}, device {device}")
     if use_compile:
         loaded.model = Compiled(loaded.model, log=say)
     seeds = image_seeds(cfg.seed, range(n))
@@ -238,7 +238,7 @@ def sample_to_dir(cfg: SampleConfig) -> Path:
     request.update(run=str(Path(cfg.run).resolve()), step=loaded.step)
     old = sample_meta(out)
     if old is not None and not cfg.overwrite:
-        if old.get("request") != request:
+        if current_keys(SampleConfig, old.get("request") or {}) != request:  # names of before a rename too
             raise FileExistsError(f"{out} holds samples of another request ({out / 'sample.json'}); "
                                   "pass --overwrite to replace them or choose another --out")
         if old.get("complete"):
@@ -250,8 +250,8 @@ def sample_to_dir(cfg: SampleConfig) -> Path:
         if cfg.overwrite and out.exists():
             shutil.rmtree(out)
         out.mkdir(parents=True, exist_ok=True)
-        meta = {"request": request, "complete": False, "run": request["run"], "checkpoint": cfg.checkpoint,
-                "checkpoint_step": loaded.step, "sampler": cfg.sampler, "steps": cfg.steps, "guidance": cfg.guidance,
+        meta = {"request": request, "complete": False, "run": request["run"], "weights": cfg.weights,
+                "checkpoint_step": loaded.step, "sampler": cfg.sampler, "sampling_steps": cfg.sampling_steps, "guidance": cfg.guidance,
                 "precision": mp, "precision_from": mp_from, "compile": use_compile,
                 "classes": loaded.classes, "n": n, "counts": {c: int((labels == i).sum()) for i, c in enumerate(loaded.classes)},
                 "provenance": provenance(seed=cfg.seed, world_size=state.num_processes, parents=[cfg.run])}
@@ -265,7 +265,7 @@ def sample_to_dir(cfg: SampleConfig) -> Path:
                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total_fmt} img [{elapsed}<{remaining}]",
                    disable=not (state.is_main_process and progress_wanted()))
         for lo, hi in todo:
-            imgs = sample_images(loaded, labels[lo:hi], seeds[lo:hi], cfg.steps, cfg.sampler, cfg.guidance,
+            imgs = sample_images(loaded, labels[lo:hi], seeds[lo:hi], cfg.sampling_steps, cfg.sampler, cfg.guidance,
                                  cfg.batch_size, device, eta=cfg.eta, spacing=cfg.spacing, on_step=bar.update,
                                  precision=mp)
             write_shard(out, lo, imgs, labels[lo:hi], seeds[lo:hi], loaded.classes)

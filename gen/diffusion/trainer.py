@@ -29,6 +29,7 @@ from echosynth.gen.core.checkpoint import (
     NonFiniteError,
     checkpoint_dir,
     clean_stale_temp,
+    count_parameters,
     latest_intact,
     list_checkpoints,
     load_checkpoint,
@@ -60,7 +61,7 @@ from echosynth.gen.diffusion.timestep_sampler import (
     update_from_global_batch,
 )
 from echosynth.gen.diffusion.trained import LoadedRun
-from echosynth.gen.diffusion.unet import build_model, count_params, preset_image_size
+from echosynth.gen.diffusion.unet import build_model, preset_image_size
 
 # DiffusionConfig, TrainConfig and RESUME_MAY_DIFFER live in echosynth.gen.diffusion.settings (torch-free); re-exported here.
 
@@ -368,7 +369,7 @@ def start_training(cfg: TrainConfig) -> tuple[Training, Iterator]:
                         num_workers=cfg.num_workers, pin_memory=cuda)
     batches = iter(loader)
     S = preset_image_size(cfg.model)
-    log(f"run {run}: {len(ds)} images {ds.class_counts()}, preset {cfg.model.preset} ({count_params(raw) / 1e6:.2f} M params) "
+    log(f"run {run}: {len(ds)} images {ds.class_counts()}, preset {cfg.model.preset} ({count_parameters(raw) / 1e6:.2f} M params) "
         f"at {S}×{S}, {world} process(es) × {micro} × {accum} accumulation = global batch {cfg.global_batch}, "
         f"precision {mp} ({mp_from}), {compile_why}, device {device}" + (f", resumed from {ckpt} (step {start})" if ckpt else ""))
     return Training(cfg, accelerator, run, log, classes, raw, model, ema, opt, sched, diffusion, ts_sampler, start, micro,
@@ -457,7 +458,7 @@ def preview(tr: Training, done: int) -> None:
     cfg = tr.cfg
     labels = plan_labels(tr.classes, cfg.sample_per_class)
     loaded = LoadedRun(tr.ema.model, tr.diffusion, tr.classes, preset_image_size(cfg.model), cfg, done, tr.run, "ema")
-    imgs = sample_images(loaded, labels, image_seeds(cfg.seed, range(len(labels))), steps=min(cfg.sample_steps, tr.T),
+    imgs = sample_images(loaded, labels, image_seeds(cfg.seed, range(len(labels))), steps=min(cfg.sampling_steps, tr.T),
                          batch_size=max(len(labels), 1), device=tr.device, precision=tr.mp)
     save_grid(tr.run / "samples" / f"step-{done:07d}.png", imgs, cfg.sample_per_class)
     log_image_file(tr.accelerator, "samples", tr.run / "samples" / f"step-{done:07d}.png", done)

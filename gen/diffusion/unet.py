@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from echosynth.gen.core.checkpoint import count_parameters
 from echosynth.gen.core.config import ConfigError
 from echosynth.gen.diffusion.presets import PRESETS, ModelConfig, Preset, preset_image_size  # noqa: F401
 
@@ -60,17 +61,12 @@ def build_model(cfg: ModelConfig, num_classes: int, learn_sigma: bool) -> ClassU
     return ClassUNet(cfg.preset, preset_image_size(cfg), num_classes, learn_sigma, dropout=cfg.dropout)
 
 
-def count_params(model: nn.Module) -> int:
-    """Number of parameters."""
-    return sum(p.numel() for p in model.parameters())
-
-
 def preset_table(num_classes: int = 4) -> str:
     """One line per preset with its parameter count (σ learned, 4 classes), for --help and docs/ddpm.md."""
     lines = []
     for name, p in PRESETS.items():
         with torch.device("meta"):
-            n = count_params(ClassUNet(name, p.image_size, num_classes, True))
+            n = count_parameters(ClassUNet(name, p.image_size, num_classes, True))
         lines.append(f"  {name:7s} {n / 1e6:6.1f} M params  {p.image_size}×{p.image_size}  channels {p.channels}, "
                      f"{p.layers_per_block} res blocks/level, {p.note}")
     return "\n".join(lines)
