@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from echosynth.gen.core.config import SetupError
 from echosynth.gen.core.io import sha1_file
 
 INCEPTION_SIZE = 299
@@ -34,7 +35,7 @@ INCEPTION_HELP = (
     "that maps N×3×299×299 images in [-1, 1) to N×2048 features. Nothing is downloaded at run time.")
 
 
-class FeatureError(RuntimeError):
+class FeatureError(SetupError):  # a RuntimeError
     """A feature extractor that cannot be built; the message says how to get it."""
 
 

@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from echosynth.gen.core.config import ConfigError, field, parse_config, run_script
+from echosynth.gen.core.config import ConfigError, field, parse_config
 from echosynth.gen.core.io import atomic_path
-from echosynth.gen.data.manifest import ManifestError, load_gray, read_manifest
+from echosynth.gen.core.script import run_script, user_errors
+from echosynth.gen.data.manifest import load_gray, read_manifest
 from echosynth.gen.diffusion.settings import PRECISION_HELP, PRECISIONS
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -112,6 +113,7 @@ def predict_images(model, info: dict, files: list[Path], batch: int = 256, worke
     return df
 
 
+@user_errors("classify/predict.py", FileNotFoundError, ValueError)
 def main(argv: list[str] | None = None) -> None:
     """Load the model, classify the images, write or print the table."""
     cfg = parse_config(PredictConfig, argv, description=__doc__.split("\n")[0])
@@ -121,15 +123,11 @@ def main(argv: list[str] | None = None) -> None:
     from echosynth.gen.core.hardware import resolve_for
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
-    try:
-        model, info = load_classifier(cfg.model, cfg.which, device=device)
-        files, table = list_images(cfg.images)
-        skipped: list[str] = []
-        df = predict_images(model, info, files, cfg.batch, skipped=skipped,
-                            precision=resolve_for(cfg.mixed_precision, device)[0])
-    except (FileNotFoundError, ManifestError, ValueError) as e:
-        print(f"classify/predict.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    model, info = load_classifier(cfg.model, cfg.which, device=device)
+    files, table = list_images(cfg.images)
+    skipped: list[str] = []
+    df = predict_images(model, info, files, cfg.batch, skipped=skipped,
+                        precision=resolve_for(cfg.mixed_precision, device)[0])
     for reason in skipped:
         print(f"classify/predict.py: skipped an unreadable image: {reason}", file=sys.stderr)
     if skipped:

@@ -11,15 +11,15 @@ and the split that selected the checkpoint, which findings must not be computed 
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 from echosynth.classify.settings import SPEC_DOC, ClassifierTrainConfig
-from echosynth.gen.core.config import parse_config, run_script, to_dict
+from echosynth.gen.core.config import parse_config, to_dict
 from echosynth.gen.core.io import read_json, write_json
 from echosynth.gen.core.launcher import GracefulStop, Interrupted, resume_command
 from echosynth.gen.core.rundir import check_resumable, init_run_dir, provenance, start_run
+from echosynth.gen.core.script import run_script, user_errors
 from echosynth.gen.core.tracking import accelerator_kwargs, start_trackers
 
 # torch, the image sets and the models are imported after parsing, so --help and config errors answer fast
@@ -96,6 +96,7 @@ def make_run_dir(cfg: ClassifierTrainConfig, config: dict, kind: str, inputs: di
     return start_run(cfg.out, "classify", desc, config, world_size=world, inputs=inputs)
 
 
+@user_errors("classify/train.py", FileExistsError, FileNotFoundError, ValueError, code=1)
 def main(argv: list[str] | None = None) -> None:
     """Parse the config, build the sets, train every seed, write the summary."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -108,17 +109,13 @@ def main(argv: list[str] | None = None) -> None:
     from accelerate import Accelerator
     from accelerate.utils import broadcast_object_list
 
-    from echosynth.classify.datasets import SpecError
     from echosynth.classify.metrics import summarize_seeds
     from echosynth.gen.core.hardware import resolve_for
-    from echosynth.gen.data.manifest import ManifestError
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    try:  # before the Accelerator: bad input fails fast, in every process alike
-        spec, train, evals, inputs = load_data(cfg)
-    except (SpecError, ManifestError, ValueError, FileNotFoundError) as e:
-        sys.exit(f"classify/train.py: error: {e}")
+    # before the Accelerator: bad input (SpecError, ManifestError: ValueErrors) fails fast, in every process alike
+    spec, train, evals, inputs = load_data(cfg)
     cuda = torch.cuda.is_available()
     mp, mp_from = resolve_for(cfg.mixed_precision, "cuda" if cuda else "cpu")
     accelerator = Accelerator(cpu=not cuda, mixed_precision=mp, **accelerator_kwargs(cfg.log_with, cfg.out))
@@ -130,9 +127,9 @@ def main(argv: list[str] | None = None) -> None:
             holder = [str(make_run_dir(cfg, config, spec.kind, inputs, accelerator.num_processes))]
         except (FileExistsError, FileNotFoundError, ValueError) as e:
             holder = [f"error: {e}"]
-    broadcast_object_list(holder)
+    broadcast_object_list(holder)  # the main process's run-directory error stops every process
     if holder[0].startswith("error: "):
-        sys.exit(f"classify/train.py: {holder[0]}")
+        raise ValueError(holder[0].removeprefix("error: "))
     run = Path(holder[0])
     start_trackers(accelerator, cfg.log_with, run, config)  # --log_with: RUN/tracking/ (ended by end_training)
     if main_proc:
@@ -196,16 +193,10 @@ def _train_seed_or_stop(run: Path, *args):
                           e.exit_code) from None
 
 
-def run_with_signals(argv: list[str] | None = None) -> int:
+def run_with_signals(argv: list[str] | None = None) -> int | None:
     """main() with Ctrl-C/SIGTERM stopping after the current step: one line saying how to continue, exit 130/143."""
     with GracefulStop():
-        try:
-            main(argv)
-        except Interrupted as e:
-            if os.environ.get("RANK", "0") == "0":
-                print(e, file=sys.stderr, flush=True)
-            return e.exit_code
-    return 0
+        return main(argv)
 
 
 if __name__ == "__main__":

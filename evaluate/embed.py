@@ -11,16 +11,16 @@ OUT/<method>_density.png (per-view 2-D histograms, real beside synthetic) and OU
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from echosynth.gen.core.config import ConfigError, build, field, parse_config, run_script, to_dict
+from echosynth.gen.core.config import ConfigError, build, field, parse_config, to_dict
 from echosynth.gen.core.io import atomic_path, write_json
 from echosynth.gen.core.launcher import progress_wanted
 from echosynth.gen.core.rundir import init_run_dir
+from echosynth.gen.core.script import run_script, user_errors
 
 # torch, pandas, sklearn and matplotlib modules are imported in the functions that use them, so
 # --help and config errors answer without them
@@ -148,15 +148,10 @@ def embed(cfg: EmbedConfig | None = None, **overrides) -> dict:
     return summary
 
 
+@user_errors("embed.py", FileExistsError, FileNotFoundError, ValueError)
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(EmbedConfig, argv, description=__doc__)
-    from echosynth.evaluate.features import FeatureError
-
-    try:
-        summary = embed(cfg)
-    except (FeatureError, FileExistsError, FileNotFoundError, ValueError) as e:
-        print(f"embed.py: error: {e}", file=sys.stderr)
-        return 2
+    summary = embed(cfg)
     print(f"embedded {summary['n']} images with {', '.join(summary['methods'])}; wrote {Path(cfg.out) / 'embedding.csv'}")
     return 0
 

@@ -18,16 +18,16 @@ set under the --gate.* thresholds (evaluate/gate.py) into its `gate`.
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from echosynth.evaluate.gate import GateConfig, gate_verdict
 from echosynth.evaluate.sector import sector_fidelity
-from echosynth.gen.core.config import ConfigError, build, field, parse_config, run_script, to_dict
+from echosynth.gen.core.config import ConfigError, build, field, parse_config, to_dict
 from echosynth.gen.core.io import save_png, write_bytes, write_json
 from echosynth.gen.core.launcher import progress_wanted
 from echosynth.gen.core.rundir import init_run_dir
+from echosynth.gen.core.script import run_script, user_errors
 from echosynth.gen.diffusion.settings import PRECISION_HELP, PRECISIONS, SAMPLERS
 
 # torch, pandas and matplotlib modules are imported in the functions that use them, so --help and
@@ -294,16 +294,10 @@ def _fmt(v) -> str:
     return "—" if v is None else f"{v:.4g}"
 
 
+@user_errors("fidelity.py", FileExistsError, FileNotFoundError, ValueError)
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(FidelityConfig, argv, description=__doc__)
-    from echosynth.evaluate.features import FeatureError
-    from echosynth.evaluate.torch_fidelity_backend import BackendError
-
-    try:
-        result = compute_fidelity(cfg)
-    except (FeatureError, BackendError, FileExistsError, FileNotFoundError, ValueError) as e:
-        print(f"fidelity.py: error: {e}", file=sys.stderr)
-        return 2
+    result = compute_fidelity(cfg)
     if os.environ.get("RANK", "0") == "0":
         print(summary(result))
         print(f"wrote {Path(cfg.out) / 'fidelity.json'}")

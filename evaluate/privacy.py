@@ -13,15 +13,15 @@ OUT/hist_*.png, OUT/closest_pairs*.png, and with --filter the kept images as a s
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from echosynth.evaluate.fidelity import default_holdout
-from echosynth.gen.core.config import ConfigError, build, field, parse_config, run_script, to_dict
+from echosynth.gen.core.config import ConfigError, build, field, parse_config, to_dict
 from echosynth.gen.core.io import atomic_path, write_json
 from echosynth.gen.core.launcher import progress_wanted
 from echosynth.gen.core.rundir import init_run_dir
+from echosynth.gen.core.script import run_script, user_errors
 from echosynth.gen.diffusion.settings import PRECISION_HELP, PRECISIONS
 
 # torch, pandas and matplotlib modules are imported in the functions that use them, so --help and
@@ -215,15 +215,10 @@ def _membership(cfg: PrivacyConfig, train, holdout, device: str, progress: bool,
     return res
 
 
+@user_errors("privacy.py", FileExistsError, FileNotFoundError, ValueError)
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(PrivacyConfig, argv, description=__doc__)
-    from echosynth.evaluate.features import FeatureError
-
-    try:
-        r = audit(cfg)
-    except (FeatureError, FileExistsError, FileNotFoundError, ValueError) as e:
-        print(f"privacy.py: error: {e}", file=sys.stderr)
-        return 2
+    r = audit(cfg)
     th = ", ".join(f"{k} {v:.4g}" for k, v in r["thresholds"].items())
     print(f"thresholds: {th}; held-out flagged {r['calibration']['fraction']:.1%}")
     print(f"synthetic flagged: {r['flagged']['count']}/{r['flagged']['n']} ({r['flagged']['fraction']:.1%}) "

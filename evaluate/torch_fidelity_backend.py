@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from echosynth.evaluate.features import Extractor
+from echosynth.gen.core.config import SetupError
 
 INSTALL_HELP = (
     "torch-fidelity cannot be imported here{why}. It needs torchvision, which does not work beside the "
@@ -20,7 +21,7 @@ INSTALL_HELP = (
     "or use the default `--backend ours`.")
 
 
-class BackendError(RuntimeError):
+class BackendError(SetupError):  # a RuntimeError
     """torch-fidelity is unavailable; the message says where it works."""
 
 

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from echosynth.gen.core.config import ConfigError, parse_config, run_script
+from echosynth.gen.core.config import ConfigError, parse_config
 from echosynth.gen.core.config import field as cfg_field
 from echosynth.gen.core.io import check_writable_output, temp_dir, write_json, write_text
+from echosynth.gen.core.script import run_script, user_errors
 
 
 @dataclass
@@ -143,14 +143,11 @@ def export(cfg: ExportConfig) -> Path:
     return out
 
 
+@user_errors("export.py", FileExistsError, FileNotFoundError, ValueError)
 def main(argv: list[str] | None = None) -> int:
     """Parse (without torch), then export."""
     cfg = parse_config(ExportConfig, argv, description=__doc__, positional=("run",))
-    try:
-        out = export(cfg)
-    except (ConfigError, FileExistsError, FileNotFoundError, ValueError) as e:
-        print(f"export.py: error: {e}", file=sys.stderr)
-        return 2
+    out = export(cfg)
     print(f"wrote {out}/unet, {out}/scheduler, {out}/README.md")
     return 0
 

@@ -7,12 +7,12 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from echosynth.gen.core.config import ConfigError, field, parse_config, run_script
+from echosynth.gen.core.config import ConfigError, field, parse_config
 from echosynth.gen.core.launcher import progress_wanted
+from echosynth.gen.core.script import run_script, user_errors
 
 COMMANDS = ("phantom", "split", "import")
 
@@ -72,6 +72,7 @@ class PrepareConfig:
                 raise ConfigError(f"format: {self.format!r} is not one of {', '.join(FORMATS)}")
 
 
+@user_errors("prepare.py", FileExistsError, FileNotFoundError, ValueError)
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(PrepareConfig, argv, description=__doc__, positional=("command", "format"))
     # after parsing: --help and config errors answer without pandas and scipy
@@ -79,23 +80,19 @@ def main(argv: list[str] | None = None) -> int:
     from echosynth.gen.data.importers import run_import
     from echosynth.gen.data.manifest import read_manifest
 
-    try:
-        if cfg.command == "phantom":
-            m = build_phantom(cfg.out, n=cfg.n, size=cfg.size, seed=cfg.seed, workers=cfg.workers,
-                              overwrite=cfg.overwrite, progress=progress_wanted())
-            print_summary(m.df, f"phantom dataset in {cfg.out}")
-        elif cfg.command == "split":
-            info = build_splits(cfg.manifest, cfg.out, cfg.subsets, seed=cfg.seed, fractions=cfg.fractions,
-                                holdout_sources=cfg.holdout_sources, overwrite=cfg.overwrite,
-                                allow_outside=cfg.allow_outside_paths)
-            print_summary(read_manifest(Path(cfg.out) / "manifest.csv", check_files=False).df, f"splits in {cfg.out}")
-            print(f"nested training subsets: {info['subsets']}" +
-                  (f" (dropped, larger than the training split: {info['dropped_subsets']})" if info["dropped_subsets"] else ""))
-        else:
-            run_import(cfg, progress=progress_wanted())  # prints its own report (counts, exclusions, colour groups)
-    except (FileExistsError, FileNotFoundError, ValueError) as e:
-        print(f"prepare.py: error: {e}", file=sys.stderr)
-        return 2
+    if cfg.command == "phantom":
+        m = build_phantom(cfg.out, n=cfg.n, size=cfg.size, seed=cfg.seed, workers=cfg.workers,
+                          overwrite=cfg.overwrite, progress=progress_wanted())
+        print_summary(m.df, f"phantom dataset in {cfg.out}")
+    elif cfg.command == "split":
+        info = build_splits(cfg.manifest, cfg.out, cfg.subsets, seed=cfg.seed, fractions=cfg.fractions,
+                            holdout_sources=cfg.holdout_sources, overwrite=cfg.overwrite,
+                            allow_outside=cfg.allow_outside_paths)
+        print_summary(read_manifest(Path(cfg.out) / "manifest.csv", check_files=False).df, f"splits in {cfg.out}")
+        print(f"nested training subsets: {info['subsets']}" +
+              (f" (dropped, larger than the training split: {info['dropped_subsets']})" if info["dropped_subsets"] else ""))
+    else:
+        run_import(cfg, progress=progress_wanted())  # prints its own report (counts, exclusions, colour groups)
     return 0
 
 

@@ -11,12 +11,12 @@ A damaged newest checkpoint is skipped with a warning naming the file; weights w
 
 from __future__ import annotations
 
-import sys
-
-from echosynth.gen.core.config import ConfigError, parse_config, run_script
+from echosynth.gen.core.config import parse_config
+from echosynth.gen.core.script import run_script, user_errors
 from echosynth.gen.diffusion.settings import SampleConfig
 
 
+@user_errors("sample.py", FileExistsError, FileNotFoundError, ValueError)
 def main(argv: list[str] | None = None) -> int:
     """Parse (without torch), then sample."""
     cfg = parse_config(SampleConfig, argv, description=__doc__)
@@ -25,12 +25,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from echosynth.gen.diffusion.synthesis import sample_to_dir
 
-    try:
-        out = sample_to_dir(cfg)
-    except (ConfigError, FileExistsError, FileNotFoundError, ValueError) as e:
-        if PartialState().is_main_process:
-            print(f"sample.py: error: {e}", file=sys.stderr)
-        return 2
+    out = sample_to_dir(cfg)
     state = PartialState()
     if state.is_main_process:
         print(f"wrote {out}/samples.npz, manifest.csv, images/")

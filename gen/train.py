@@ -11,37 +11,24 @@ Ctrl-C (or SIGTERM) finishes the current step, writes a checkpoint and prints th
 
 from __future__ import annotations
 
-import os
-import sys
-
-from echosynth.gen.core.config import ConfigError, parse_config, run_script
-from echosynth.gen.core.launcher import GracefulStop, Interrupted
+from echosynth.gen.core.config import parse_config
+from echosynth.gen.core.launcher import GracefulStop
+from echosynth.gen.core.script import run_script, user_errors
 from echosynth.gen.diffusion.presets import preset_summary
 from echosynth.gen.diffusion.settings import TrainConfig
 
 
+@user_errors("train.py", FileExistsError, FileNotFoundError, ValueError)
 def main(argv: list[str] | None = None) -> int:
     """Parse (without torch: --help and config errors answer at once), then train."""
     cfg = parse_config(TrainConfig, argv, description=__doc__,
                        epilog="UNet presets (parameter counts: the run's log.txt, or echosynth.gen.diffusion.unet.preset_table()):\n"
                               + preset_summary())
     # after parsing: --help and config errors answer without torch
-    from echosynth.gen.core.checkpoint import CheckpointError
-    from echosynth.gen.data.manifest import ManifestError
     from echosynth.gen.diffusion.trainer import train
 
-    main_process = os.environ.get("RANK", "0") == "0"
-    with GracefulStop() as stop:
-        try:
-            train(cfg, stop=stop)
-        except Interrupted as e:
-            if main_process:
-                print(e, file=sys.stderr, flush=True)
-            return e.exit_code
-        except (ConfigError, ManifestError, CheckpointError, FileExistsError, FileNotFoundError, ValueError) as e:
-            if main_process:
-                print(f"train.py: error: {e}", file=sys.stderr, flush=True)
-            return 2
+    with GracefulStop() as stop:  # the config, manifest and checkpoint errors are ValueErrors
+        train(cfg, stop=stop)
     from accelerate import Accelerator
 
     accelerator = Accelerator()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from echosynth.gen.core.script import run_script
 from echosynth.pipelines import study
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,4 +36,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

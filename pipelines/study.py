@@ -22,9 +22,10 @@ import sys
 import time
 from pathlib import Path
 
-from echosynth.gen.core.config import ConfigError, parse_config, to_dict
-from echosynth.gen.core.io import run_main, write_json
+from echosynth.gen.core.config import parse_config, to_dict
+from echosynth.gen.core.io import write_json
 from echosynth.gen.core.rundir import provenance
+from echosynth.gen.core.script import run_script, user_errors
 from echosynth.pipelines.checks import StageConfigError, check_stages
 from echosynth.pipelines.config import StudyConfig
 from echosynth.pipelines.executor import ExecutorError, LocalExecutor, default_jobs
@@ -85,6 +86,7 @@ def _check_cluster(stages, names: list[str], cfg: StudyConfig, dry_run: bool) ->
     return 0
 
 
+@user_errors("study.py")  # a ConfigError from checks outside parse_config (e.g. the Slurm settings) is one line
 def main(argv: list[str] | None = None) -> int:
     args, dry_run = _argv(argv)
     cfg = parse_config(StudyConfig, args, description=__doc__)
@@ -201,8 +203,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(run_main(main))  # an unwritable output: one line, exit 2
-    except ConfigError as e:  # raised by checks outside parse_config (e.g. stage selection)
-        print(f"study.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_script(main)

@@ -8,12 +8,12 @@ section whose experiment did not run says so instead of failing.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from echosynth.gen.core.config import ConfigError, field, parse_config
-from echosynth.gen.core.io import run_main, write_text
+from echosynth.gen.core.io import write_text
+from echosynth.gen.core.script import run_script, user_errors
 from echosynth.reports.collect import load_study
 from echosynth.reports.render import esc, page, section
 
@@ -132,23 +132,15 @@ def directions_html(directions: list[tuple[str, str, str]]) -> str:
     return f"<h3>Thesis directions at the smallest real subset</h3><ul class=findings>{rows}</ul>"
 
 
+@user_errors("build.py", FileNotFoundError)
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(ReportConfig, argv, description=__doc__, positional=("study",))
     if not cfg.study:
-        print("build.py: error: give the study directory: python reports/build.py STUDY_DIR", file=sys.stderr)
-        return 2
-    try:
-        out = build_report(cfg.study, cfg.out or None)
-    except FileNotFoundError as e:
-        print(f"build.py: error: {e}", file=sys.stderr)
-        return 2
+        raise ConfigError("give the study directory: python reports/build.py STUDY_DIR")
+    out = build_report(cfg.study, cfg.out or None)
     print(f"report: {out.resolve()}")
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(run_main(main))  # an unwritable output: one line, exit 2
-    except ConfigError as e:
-        print(f"build.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_script(main)

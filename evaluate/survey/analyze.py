@@ -5,15 +5,15 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from echosynth.evaluate.survey.design import SurveyError, load_survey
+from echosynth.evaluate.survey.design import load_survey
 from echosynth.evaluate.survey.results import save_figures, survey_results
 from echosynth.evaluate.survey.store import SurveyStore
-from echosynth.gen.core.config import ConfigError, field, parse_config, run_script
+from echosynth.gen.core.config import ConfigError, field, parse_config
 from echosynth.gen.core.io import warn_if_tracked, write_json
+from echosynth.gen.core.script import run_script, user_errors
 
 
 @dataclass
@@ -32,16 +32,13 @@ class AnalyzeConfig:
                 raise ConfigError(f"--{key} is required")
 
 
+@user_errors("", ValueError)  # SurveyError is one
 def main(argv: list[str] | None = None) -> int:
     """Parse the config, compute the results, write JSON, plots and CSVs."""
     cfg = parse_config(AnalyzeConfig, argv, description=__doc__)
     out = Path(cfg.out)
-    try:
-        res = survey_results(cfg.survey, include_unfinished=cfg.include_unfinished)
-        survey = load_survey(cfg.survey)
-    except (SurveyError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    res = survey_results(cfg.survey, include_unfinished=cfg.include_unfinished)
+    survey = load_survey(cfg.survey)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.csv:
         warn_if_tracked(out, "survey analysis; its CSVs hold participant codes", "analyze.py")

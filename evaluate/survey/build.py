@@ -10,8 +10,9 @@ import sys
 from dataclasses import dataclass
 
 from echosynth.evaluate.survey.design import KEY_FILE, SurveyError, build_survey
-from echosynth.gen.core.config import ConfigError, field, parse_config, run_script, to_dict
+from echosynth.gen.core.config import ConfigError, field, parse_config, to_dict
 from echosynth.gen.core.io import check_writable_output, read_json, warn_if_tracked
+from echosynth.gen.core.script import run_script, user_errors
 from echosynth.gen.data.manifest import KNOWN_VIEWS
 
 
@@ -41,21 +42,18 @@ class BuildConfig:
                 raise ConfigError(f"--{key} is required")
 
 
+@user_errors("", SurveyError, FileExistsError)
 def main(argv: list[str] | None = None) -> int:
     """Parse the config, build the survey, print where everything went."""
     cfg = parse_config(BuildConfig, argv, description=__doc__)
-    try:
-        out = check_writable_output(cfg.out, cfg.overwrite)
-        if cfg.overwrite and out.exists():
-            import shutil
+    out = check_writable_output(cfg.out, cfg.overwrite)
+    if cfg.overwrite and out.exists():
+        import shutil
 
-            shutil.rmtree(out)
-        survey = build_survey(cfg.real, cfg.fake, out, n_pairs=cfg.pairs, views=list(cfg.views), seed=cfg.seed,
-                              real_split=cfg.real_split, image_size=cfg.image_size, title=cfg.title,
-                              config=to_dict(cfg), allow_outside=cfg.allow_outside_paths)
-    except (SurveyError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        shutil.rmtree(out)
+    survey = build_survey(cfg.real, cfg.fake, out, n_pairs=cfg.pairs, views=list(cfg.views), seed=cfg.seed,
+                          real_split=cfg.real_split, image_size=cfg.image_size, title=cfg.title,
+                          config=to_dict(cfg), allow_outside=cfg.allow_outside_paths)
     views = {}
     for p in survey.pairs:
         views[p.view] = views.get(p.view, 0) + 1

@@ -14,7 +14,6 @@ import dataclasses
 import difflib
 import json
 import math
-import os
 import re
 import sys
 import types
@@ -25,13 +24,15 @@ from typing import Any, TypeVar
 
 import yaml
 
-from echosynth.gen.core.io import run_main
-
 T = TypeVar("T")
 
 
 class ConfigError(ValueError):
     """A config value or key a user can fix: the message says which and how."""
+
+
+class SetupError(RuntimeError):
+    """What a stage needs cannot be had here (weights, an optional package): the message says how to get it."""
 
 
 def field(
@@ -425,21 +426,3 @@ def parse_config(
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False).rstrip())
         sys.exit(0)
     return cfg
-
-
-def run_script(main: Callable[[], int | None]) -> None:
-    """Run a script's `main()` and exit with its status; output piped into `head` ends quietly, Ctrl-C exits 130."""
-    try:
-        try:
-            code = run_main(main)  # an unwritable output: one line, exit 2
-        except SystemExit as e:  # --help, --dry-run, config errors: flush here, where a closed pipe can be caught
-            code = e.code
-        sys.stdout.flush()
-    except BrokenPipeError:
-        # the reader (e.g. `| head`) has gone: point stdout at /dev/null so the exit-time flush stays quiet
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        code = 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        code = 130
-    sys.exit(code)
