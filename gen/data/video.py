@@ -115,9 +115,14 @@ def read_video(path: str | os.PathLike, keep_partial: bool = False) -> np.ndarra
     except (av.FFmpegError, OSError, EOFError, ValueError) as e:
         if not (keep_partial and frames):
             raise VideoError(f"{path}: cannot read video ({type(e).__name__}: {e}); is it a complete video file?") from e
+    return stack_frames(frames, path)
+
+
+def stack_frames(frames: list[np.ndarray], path: str | os.PathLike, error: type[Exception] = VideoError) -> np.ndarray:
+    """The decoded frames of `path` as one (T, ...) array; `error` names the file if there are none or their sizes differ."""
     if not frames:
-        raise VideoError(f"{path}: video has no decodable frames")
+        raise error(f"{path}: no frames could be decoded")
     shapes = {f.shape for f in frames}
     if len(shapes) > 1:
-        raise VideoError(f"{path}: frames of different sizes {sorted(shapes)}")
+        raise error(f"{path}: frames of different sizes {sorted(shapes)}")
     return np.stack(frames)

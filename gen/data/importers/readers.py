@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from echosynth.gen.data.preprocess import to_uint8
-from echosynth.gen.data.video import VideoError, read_video
+from echosynth.gen.data.video import VideoError, read_video, stack_frames
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 VIDEO_EXTS = (".avi", ".mp4", ".mov", ".mkv", ".webm", ".gif")
@@ -70,15 +70,6 @@ def kind_of(path: str | os.PathLike) -> str | None:
     return None
 
 
-def _stack(frames: list[np.ndarray], path) -> np.ndarray:
-    if not frames:
-        raise UnreadableError(f"{path}: no frames could be decoded")
-    shapes = {f.shape for f in frames}
-    if len(shapes) > 1:
-        raise UnreadableError(f"{path}: frames of different sizes {sorted(shapes)}")
-    return np.stack(frames)
-
-
 def _squeeze_gray(frames: np.ndarray) -> np.ndarray:
     """(T,H,W,3) whose channels are all equal -> (T,H,W), keeping memory low for gray videos."""
     if frames.ndim == 4 and np.array_equal(frames[..., 0], frames[..., 1]) and np.array_equal(frames[..., 1], frames[..., 2]):
@@ -111,7 +102,7 @@ def read_gif(path: str | os.PathLike) -> np.ndarray:
             frames = [np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(im)]
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError) as e:
         raise UnreadableError(f"{path}: not a readable GIF ({e})") from None
-    return _squeeze_gray(_stack(frames, path))
+    return _squeeze_gray(stack_frames(frames, path, UnreadableError))
 
 
 def read_clip(path: str | os.PathLike) -> np.ndarray:
