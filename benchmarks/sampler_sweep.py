@@ -196,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
               "device": f"cpu: {cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads",
               "cpu_bf16_flags": sorted(f for f in cpu_flags() if "bf16" in f), "fid_floor": c["floor"], "n_floor": c["m"],
               "rows": list(done.values())}
+    if done and "timing" in old:  # a run without timing rounds keeps the last measured ones
+        record["timing"] = old["timing"]
     ref_path = Path(cfg.out).with_suffix(".reference.npz")  # the reference's features, to rebuild its band on a rerun
     ref = None
     ref_key = (cfg.reference.partition(":")[0], int(cfg.reference.partition(":")[2]))
