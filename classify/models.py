@@ -46,6 +46,15 @@ def _init_weights(model: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
+class PooledClassifier(Classifier):
+    """A classifier whose encoder is its `body` then global average pooling (DenseNet121, MobileNetV2, SmallCNN)."""
+
+    body: nn.Module
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(F.adaptive_avg_pool2d(self.body(x), 1), 1)
+
+
 # ----------------------------------------------------------------------------------------------
 # VGG16 (Simonyan & Zisserman 2015)
 
@@ -150,7 +159,7 @@ class DenseLayer(nn.Module):
         return torch.cat([x, self.net(x)], 1)
 
 
-class DenseNet121(Classifier):
+class DenseNet121(PooledClassifier):
     """DenseNet121: growth 32, blocks (6, 12, 24, 16), transitions halving channels and size."""
 
     def __init__(self, num_classes: int, in_channels: int = 1, growth: int = 32,
@@ -175,9 +184,6 @@ class DenseNet121(Classifier):
         self.feature_dim = c
         self.head = nn.Linear(c, num_classes)
         _init_weights(self)
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(F.adaptive_avg_pool2d(self.body(x), 1), 1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -209,7 +215,7 @@ MOBILENET_V2_LAYOUT = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2
                        (6, 160, 3, 2), (6, 320, 1, 1))  # (expand, channels, repeats, first stride)
 
 
-class MobileNetV2(Classifier):
+class MobileNetV2(PooledClassifier):
     """MobileNetV2 (width 1.0): inverted residual stages, 1,280-d pooled features."""
 
     def __init__(self, num_classes: int, in_channels: int = 1, dropout: float = 0.2):
@@ -227,9 +233,6 @@ class MobileNetV2(Classifier):
         self.feature_dim = 1280
         self.head = nn.Linear(1280, num_classes)
         _init_weights(self)
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(F.adaptive_avg_pool2d(self.body(x), 1), 1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -453,7 +456,7 @@ def view_loss(out, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch
     return F.cross_entropy(out.float(), y, weight=weight)
 
 
-class SmallCNN(Classifier):
+class SmallCNN(PooledClassifier):
     """A cheap CPU classifier for 32-px demos: blocks of two 3×3 convs (BN, ReLU) + max pool, global average pool.
 
     Not a thesis architecture: the `quick` preset uses it because its measured curve reaches the same
@@ -474,9 +477,6 @@ class SmallCNN(Classifier):
         self.feature_dim = c
         self.head = nn.Linear(c, num_classes)
         _init_weights(self)
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(F.adaptive_avg_pool2d(self.body(x), 1), 1)
 
 
 # ----------------------------------------------------------------------------------------------
