@@ -52,6 +52,24 @@ def split_dir(phantom_dir, tmp_path_factory) -> Path:
     return out
 
 
+def interrupt_after_first_stats(args: list[str], stats: Path, env: dict | None = None) -> tuple[int, str]:
+    """Run a command from the repo root in its own session and send its process group SIGINT once `stats`
+    (a stats.jsonl) holds a line; return (exit code, stderr)."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(args, cwd=REPO, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    t0 = time.time()
+    while not (stats.is_file() and stats.read_text().count("\n") >= 1):
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() - t0 < 300
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    return proc.returncode, err
+
+
 def run_cli(args: list[str], cwd: Path = REPO, timeout: int = 600, env: dict | None = None,
             check: bool = True) -> subprocess.CompletedProcess:
     """Run a command (e.g. [PYTHON, 'gen/prepare.py', ...]) from the repo root and capture output."""

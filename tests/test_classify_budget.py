@@ -118,33 +118,21 @@ def test_classifier_gate_flags_shuffled_labels_not_true_labels(big_test_split, t
 
 def test_a_step_budget_run_resumes_to_the_uninterrupted_weights(big_test_split, tmp_path):
     """SIGINT after the first validation round of a --steps run, then --resume latest: the same weights."""
-    import os
     import shlex
-    import signal
-    import subprocess
-    import time
 
     from safetensors.torch import load_file
 
-    from tests.conftest import REPO
+    from tests.conftest import interrupt_after_first_stats
 
     split = big_test_split
     args = [*RUN, "--train", f"upsampled:{split / 'train_100.csv'}", "--val", f"val={split / 'val.csv'}",
             "--steps", "48", "--eval_every", "6", "--precise_bn", "64", "--seeds", "0"]
     run_cli([PYTHON, "classify/train.py", *args, "--run_dir", str(tmp_path / "full")])
     cut = tmp_path / "cut"
-    proc = subprocess.Popen([PYTHON, "classify/train.py", *args, "--run_dir", str(cut), "--checkpoint_every", "1"],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
     stats = cut / "seed-0" / "stats.jsonl"
-    t0 = time.time()
-    while not (stats.is_file() and stats.read_text().count("\n") >= 1):
-        assert proc.poll() is None, proc.communicate()
-        assert time.time() - t0 < 300
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGINT)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 130, err
+    code, err = interrupt_after_first_stats([PYTHON, "classify/train.py", *args, "--run_dir", str(cut), "--checkpoint_every", "1"],
+                                            stats, env={"OMP_NUM_THREADS": "1"})
+    assert code == 130, err
     line = next(x for x in err.splitlines() if "continue with:" in x)
     assert "stopped in seed 0 view step" in line
     run_cli([PYTHON, *shlex.split(line.split("continue with: ")[1])[1:]])

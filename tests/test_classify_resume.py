@@ -4,18 +4,14 @@ run ends with exactly the weights of the uninterrupted one; finished seeds are k
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
-import signal
-import subprocess
-import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import PYTHON, REPO, run_cli
+from conftest import PYTHON, interrupt_after_first_stats, run_cli
 from echosynth.classify.resume import epoch_dirs, load_epoch_state, save_epoch_state
 
 ENV = {"OMP_NUM_THREADS": "1"}
@@ -45,16 +41,9 @@ def stats(run):
 
 def test_sigint_then_resume_gives_the_uninterrupted_weights(full_run, split_dir, tmp_path):
     run = tmp_path / "cut"
-    proc = subprocess.Popen([PYTHON, "classify/train.py", *args(split_dir, run)], cwd=REPO, env={**os.environ, **ENV},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    t0 = time.time()
-    while not ((run / "seed-0" / "stats.jsonl").is_file() and len(stats(run)) >= 1):
-        assert proc.poll() is None, proc.communicate()
-        assert time.time() - t0 < 300
-        time.sleep(0.1)
-    os.killpg(proc.pid, signal.SIGINT)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 130, err
+    code, err = interrupt_after_first_stats([PYTHON, "classify/train.py", *args(split_dir, run)],
+                                            run / "seed-0" / "stats.jsonl", env=ENV)
+    assert code == 130, err
     assert "Traceback" not in err
     lines = [ln for ln in err.splitlines() if "continue with:" in ln]
     assert len(lines) == 1 and "SIGINT: stopped in seed 0 view epoch" in lines[0], err
