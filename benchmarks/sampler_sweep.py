@@ -137,7 +137,7 @@ def plot(record: dict, path: Path) -> None:
     rows, band = record["rows"], record.get("reference_band")
     fig, axes = plt.subplots(1, 4, figsize=(17, 4), constrained_layout=True)
     panels = [("ratio", "class fidelity: above-chance ratio"), ("fid_over_floor", "FID (judge features) / floor"),
-              ("outside_mean", "mean outside the sector (0–255)"), ("seconds_per_image", "seconds per image (this CPU)")]
+              ("outside_mean", "mean outside the sector (0–255)")]
     for ax, (key, title) in zip(axes, panels):
         for s in sorted({r["sampler"] for r in rows}):
             rs = sorted((r for r in rows if r["sampler"] == s and r.get(key) is not None), key=lambda r: r["evals"])
@@ -147,6 +147,14 @@ def plot(record: dict, path: Path) -> None:
         ax.set_xscale("log")
         ax.set_xlabel("model evaluations")
         ax.set_title(title, fontsize=10)
+    timed = {k: v for k, v in (record.get("timing") or {}).items() if isinstance(v, dict)}
+    if timed:  # interleaved rounds: the only times fair to compare on a shared machine
+        names = list(timed)
+        axes[3].barh(names, [timed[k]["speedup_vs_ddpm50_fp32"] for k in names], color="tab:grey")
+        axes[3].invert_yaxis()
+        axes[3].set_xlabel("speed-up over ddpm:50:no (interleaved, median)")
+        axes[3].set_title("sampling speed, SAMPLER:EVALS:PRECISION", fontsize=10)
+        axes[3].tick_params(axis="y", labelsize=8)
     axes[0].legend(fontsize=8)
     fig.suptitle(f"quick generator ({record['run_name']}), {record['config']['per_class']} images per class, "
                  f"UNet in {record['config']['precision']}", fontsize=10)
