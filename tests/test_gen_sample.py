@@ -96,7 +96,7 @@ def test_guidance_needs_cfg_training_and_changes_output(tmp_path, run_dir):
 
 
 def _cfg(run, out, **kw):
-    return SampleConfig(run=str(run), out=str(out), per_class=2, steps=6, batch_size=2, seed=3, **kw)
+    return SampleConfig(run=str(run), out=str(out), per_class=2, sampling_steps=6, batch_size=2, seed=3, **kw)
 
 
 def test_sample_dir_resume_and_refusals(tmp_path, run_dir):
@@ -105,7 +105,7 @@ def test_sample_dir_resume_and_refusals(tmp_path, run_dir):
     assert z["images"].shape == (6, 16, 16) and z["labels"].tolist() == [0, 0, 1, 1, 2, 2]
     assert z["classes"].tolist() == CLASSES and np.array_equal(z["seeds"], image_seeds(3, range(6)))
     meta = json.loads((out / "sample.json").read_text())
-    assert meta["complete"] and meta["checkpoint_step"] == 1 and meta["sampler"] == "ddpm" and meta["steps"] == 6
+    assert meta["complete"] and meta["checkpoint_step"] == 1 and meta["sampler"] == "ddpm" and meta["sampling_steps"] == 6
     assert not (out / "shards").exists()
     with pytest.raises(FileExistsError, match="already complete"):
         sample_to_dir(_cfg(run_dir, out))
@@ -131,7 +131,7 @@ def test_one_and_two_processes_give_identical_sets(tmp_path, run_dir, sampler, p
     for n in (1, 2):
         outs[n] = tmp_path / f"p{n}"
         run_cli(accelerate_cmd("gen/sample.py", n) + ["--run", str(run_dir), "--counts", "A2C=3,PSAX=2,A4C=1",
-                                                      "--steps", "5", "--batch-size", "2", "--out", str(outs[n]),
+                                                      "--sampling_steps", "5", "--batch-size", "2", "--out", str(outs[n]),
                                                       "--sampler", sampler, "--mixed_precision", precision],
                 env={"OMP_NUM_THREADS": "1"})
     assert json.loads((outs[1] / "sample.json").read_text())["precision"] == precision
