@@ -138,7 +138,7 @@ def test_sampling_refuses_nan_weights_naming_the_file(tmp_path, capsys):
         load_run(run)
     assert load_run(run, "model").step == 2  # the raw weights of that step are fine
     assert load_run(run, step=1).step == 1
-    code = sample_main(["--run", str(run), "--out", str(tmp_path / "s"), "--per_class", "1", "--steps", "2"])
+    code = sample_main(["--run", str(run), "--out", str(tmp_path / "s"), "--per_class", "1", "--sampling_steps", "2"])
     assert code == 2 and "ema.safetensors" in capsys.readouterr().err
     assert not (tmp_path / "s" / "samples.npz").exists()
 
@@ -325,7 +325,7 @@ def test_a_garbage_config_json_is_one_clear_error(content, tmp_path, capsys):
 
     run = fake_run(tmp_path)
     (run / "config.json").write_bytes(content)
-    code = sample_main(["--run", str(run), "--out", str(tmp_path / "s"), "--per_class", "1", "--steps", "2"])
+    code = sample_main(["--run", str(run), "--out", str(tmp_path / "s"), "--per_class", "1", "--sampling_steps", "2"])
     err = capsys.readouterr().err
     assert code == 2 and f"{run / 'config.json'}: " in err and "Traceback" not in err
     with pytest.raises(ValueError, match="config.json"):
