@@ -6,7 +6,7 @@
 Arms fp32 and bf16 (echosynth.gen.core.hardware.autocast) of the same architecture run alternately (fp32, bf16, fp32, bf16 ...)
 in `--rounds` rounds of `--steps` timed steps each, one torch thread by default; the ratio of a round is
 fp32 time / bf16 time of that round, and the reported ratio is the median over rounds (every round is in
-the JSON). The loss is computed on `.float()` logits, as classify/trainer.py does. Random inputs: model
+the JSON). The loss is computed on `.float()` logits, as classify/loop.py does. Random inputs: model
 step only, no data loading. Records the CPU's bf16 flags, load average, torch version and date.
 Writes benchmarks/results/classify_precision.json.
 """

@@ -3,7 +3,7 @@
   python benchmarks/ddpm_throughput.py                      # tiny UNet, 32 px, batch 16, 1 thread
   python benchmarks/ddpm_throughput.py --threads 2 --rounds 5
 
-Training: `echosynth.gen.diffusion.trainer.train` (data loader, per-sample seeded draws, hybrid loss, EMA, gradient
+Training: `echosynth.gen.diffusion.loop.train` (data loader, per-sample seeded draws, hybrid loss, EMA, gradient
 clipping, logging) against a bare loop over the same UNet, batch and threads: UNet forward, MSE,
 backward, AdamW. Sampling: `echosynth.gen.diffusion.synthesis.sample_images` (per-image seeded noise, learned
 variances) against a bare diffusers `DDPMScheduler` loop over the same model and steps. The arms
@@ -28,10 +28,10 @@ from echosynth.gen.core.io import read_jsonl, write_json
 from echosynth.gen.core.rundir import cpu_name, package_versions
 from echosynth.gen.data.build import build_phantom
 from echosynth.gen.data.dataset import ManifestDataset
+from echosynth.gen.diffusion.loop import TrainConfig, train
 from echosynth.gen.diffusion.process import Diffusion
 from echosynth.gen.diffusion.synthesis import sample_images
 from echosynth.gen.diffusion.trained import LoadedRun
-from echosynth.gen.diffusion.trainer import TrainConfig, train
 from echosynth.gen.diffusion.unet import PRESETS, ClassUNet, ModelConfig
 
 
@@ -73,7 +73,7 @@ def bare_training(model: torch.nn.Module, images: torch.Tensor, labels: torch.Te
 
 
 def echosynth_training(manifest: Path, root: Path, cfg: ThroughputConfig, round_: int) -> float:
-    """Images/s of echosynth.gen.diffusion.trainer.train over its logged intervals after the first (warm-up) one."""
+    """Images/s of echosynth.gen.diffusion.loop.train over its logged intervals after the first (warm-up) one."""
     log_every = 10
     tc = TrainConfig(data=str(manifest), run_dir=str(root / f"run-{round_}"), steps=cfg.train_steps + log_every,
                      global_batch=cfg.batch, lr=1e-3, ema_decay=0.995, log_every=log_every, sample_per_class=0,

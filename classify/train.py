@@ -182,7 +182,7 @@ def training_summary(per_seed: list[dict]) -> dict:
 
 def _train_seed_or_stop(run: Path, *args):
     """train_seed; on Ctrl-C/SIGTERM, Interrupted carrying the command that continues this run."""
-    from echosynth.classify.trainer import train_seed
+    from echosynth.classify.loop import train_seed
 
     try:
         return train_seed(*args)

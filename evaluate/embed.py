@@ -97,10 +97,9 @@ def embed(cfg: EmbedConfig | None = None, **overrides) -> dict:
 
     from echosynth.evaluate.distributed import resolve_device
     from echosynth.evaluate.features import build_extractor, features_for
-    from echosynth.evaluate.image_sets import check_same_size
     from echosynth.evaluate.metrics import subsample
     from echosynth.evaluate.plots import density_panels, scatter
-    from echosynth.gen.data.image_sets import load_image_set
+    from echosynth.gen.data.image_sets import check_same_size, load_image_set
 
     cfg = build(EmbedConfig, overrides=overrides) if cfg is None else cfg
     device = resolve_device(cfg.device)

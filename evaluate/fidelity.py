@@ -116,8 +116,7 @@ def compute_fidelity(cfg: FidelityConfig | None = None, **overrides) -> dict:
     from echosynth.evaluate import scoring
     from echosynth.evaluate.distributed import Dist
     from echosynth.evaluate.features import build_extractor
-    from echosynth.evaluate.image_sets import check_same_size
-    from echosynth.gen.data.image_sets import load_image_set
+    from echosynth.gen.data.image_sets import check_same_size, load_image_set
 
     cfg = build(FidelityConfig, overrides=overrides) if cfg is None else cfg
     dist = Dist(cfg.device)

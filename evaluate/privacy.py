@@ -79,8 +79,7 @@ def audit(cfg: PrivacyConfig | None = None, **overrides) -> dict:
 
     from echosynth.evaluate import copy_detection
     from echosynth.evaluate.distributed import resolve_device
-    from echosynth.evaluate.image_sets import check_same_size
-    from echosynth.gen.data.image_sets import load_image_set, write_sample_dir
+    from echosynth.gen.data.image_sets import check_same_size, load_image_set, write_sample_dir
 
     cfg = build(PrivacyConfig, overrides=overrides) if cfg is None else cfg
     device = resolve_device(cfg.device)

@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
                        epilog="UNet presets (parameter counts: the run's log.txt, or echosynth.gen.diffusion.unet.preset_table()):\n"
                               + preset_summary())
     # after parsing: --help and config errors answer without torch
-    from echosynth.gen.diffusion.trainer import train
+    from echosynth.gen.diffusion.loop import train
 
     with GracefulStop() as stop:  # the config, manifest and checkpoint errors are ValueErrors
         train(cfg, stop=stop)

@@ -73,7 +73,7 @@ def make_standin_diffusion_run(run_dir: str | os.PathLike, classes: list[str], s
     from echosynth.gen.core.checkpoint import save_checkpoint
     from echosynth.gen.core.config import build, to_dict
     from echosynth.gen.core.io import write_json
-    from echosynth.gen.diffusion.trainer import TrainConfig
+    from echosynth.gen.diffusion.loop import TrainConfig
     from echosynth.gen.diffusion.unet import build_model
 
     run_dir = Path(run_dir)

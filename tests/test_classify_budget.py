@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from echosynth.classify.loop import make_budget
 from echosynth.classify.settings import ClassifierTrainConfig
-from echosynth.classify.trainer import make_budget
 from echosynth.reports.classifier_gate import classifier_gate
 from tests.conftest import PYTHON, run_cli
 
@@ -80,8 +80,8 @@ def test_two_training_sets_of_different_sizes_get_the_same_optimizer_steps(big_t
 def test_precise_bn_recomputes_running_statistics_from_training_images():
     import torch
 
+    from echosynth.classify.loop import precise_bn
     from echosynth.classify.models import build_classifier
-    from echosynth.classify.trainer import precise_bn
 
     class Acc:  # the two members precise_bn uses
         device = torch.device("cpu")

@@ -82,7 +82,7 @@ def test_clear_errors():
 
 
 def test_checkpoint_round_trip(tmp_path):
-    from echosynth.classify.trainer import save_state
+    from echosynth.classify.loop import save_state
     from echosynth.gen.core.io import write_json
 
     torch.manual_seed(0)

@@ -78,8 +78,8 @@ def test_gen_train_verify_names_a_changed_image(small_data, tmp_path):
     victim = data / df["path"][7]
     save_png(victim, np.zeros((32, 32), np.uint8))  # changed after the manifest was written
     from echosynth.gen.data.manifest import ManifestError
+    from echosynth.gen.diffusion.loop import load_training_data
     from echosynth.gen.diffusion.settings import TrainConfig
-    from echosynth.gen.diffusion.trainer import load_training_data
 
     cfg = TrainConfig(data=str(data / "manifest.csv"), verify=True)
     with pytest.raises(ManifestError, match=rf"manifest.csv: line 9 \({df['path'][7]}\): sha1 mismatch"):

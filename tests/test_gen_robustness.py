@@ -31,9 +31,9 @@ from echosynth.gen.core.config import build, to_dict
 from echosynth.gen.core.io import read_jsonl, write_json
 from echosynth.gen.core.launcher import resolve_precision, resume_command
 from echosynth.gen.diffusion.ema import EMA
+from echosynth.gen.diffusion.loop import resolve_resume
 from echosynth.gen.diffusion.settings import DiffusionConfig, TrainConfig
 from echosynth.gen.diffusion.trained import load_run
-from echosynth.gen.diffusion.trainer import resolve_resume
 from echosynth.gen.diffusion.unet import ClassUNet, ModelConfig
 from echosynth.gen.sample import main as sample_main
 from echosynth.gen.train import main as train_main
@@ -321,7 +321,7 @@ def _read(fd):
 
 @pytest.mark.parametrize("content", [b"\x89PNG garbage", b"", b'"just a string"'])
 def test_a_garbage_config_json_is_one_clear_error(content, tmp_path, capsys):
-    from echosynth.gen.diffusion.trainer import check_resume_compatible
+    from echosynth.gen.diffusion.loop import check_resume_compatible
 
     run = fake_run(tmp_path)
     (run / "config.json").write_bytes(content)

@@ -15,6 +15,7 @@ from echosynth.gen.core.config import ConfigError, to_dict
 from echosynth.gen.core.io import save_npz, write_json
 from echosynth.gen.data.manifest import load_gray, read_manifest
 from echosynth.gen.diffusion.ema import EMA
+from echosynth.gen.diffusion.loop import DiffusionConfig, TrainConfig
 from echosynth.gen.diffusion.synthesis import (
     SampleConfig,
     image_seeds,
@@ -25,7 +26,6 @@ from echosynth.gen.diffusion.synthesis import (
     shard_path,
 )
 from echosynth.gen.diffusion.trained import load_run
-from echosynth.gen.diffusion.trainer import DiffusionConfig, TrainConfig
 from echosynth.gen.diffusion.unet import ClassUNet, ModelConfig
 
 CLASSES = ["A2C", "A4C", "PSAX"]

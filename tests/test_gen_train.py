@@ -15,7 +15,7 @@ from echosynth.gen.core.checkpoint import list_checkpoints
 from echosynth.gen.core.config import ConfigError, build, to_dict
 from echosynth.gen.core.io import read_jsonl
 from echosynth.gen.data.manifest import ManifestError
-from echosynth.gen.diffusion.trainer import (
+from echosynth.gen.diffusion.loop import (
     TrainConfig,
     batch_plan,
     check_resume_compatible,

@@ -158,12 +158,12 @@ def test_graph_reader_resolves_imports():
     graph = import_graph()
     assert "echosynth.gen.core.io" in graph["echosynth.gen.core.rundir"]
     assert "echosynth.gen.data.manifest" in graph["echosynth.gen.data.dataset"] or "echosynth.gen.data.manifest" in graph["echosynth.gen.data.build"]
-    assert "echosynth.gen.diffusion.trainer" in graph["echosynth.gen.train"]  # `from echosynth.gen.diffusion.trainer import train` inside main(), after parsing
-    assert "echosynth.gen.diffusion.trainer" not in import_graph(module_level_only=True)["echosynth.gen.train"]
+    assert "echosynth.gen.diffusion.loop" in graph["echosynth.gen.train"]  # `from echosynth.gen.diffusion.loop import train` inside main(), after parsing
+    assert "echosynth.gen.diffusion.loop" not in import_graph(module_level_only=True)["echosynth.gen.train"]
     assert layer("echosynth.gen.data.phantom") == "data" and layer("echosynth.gen.core.config") == "foundation"
-    assert layer("echosynth.gen.diffusion.trainer") == "diffusion" and layer("echosynth.reports.build") == "reports"
-    assert not allowed("echosynth.gen.diffusion.trainer", "echosynth.classify.models") and allowed("echosynth.evaluate.fidelity", "echosynth.gen.diffusion.trainer")
-    assert not allowed("echosynth.reports.build", "echosynth.gen.diffusion.trainer") and allowed("echosynth.reports.build", "echosynth.gen.core.io")
+    assert layer("echosynth.gen.diffusion.loop") == "diffusion" and layer("echosynth.reports.build") == "reports"
+    assert not allowed("echosynth.gen.diffusion.loop", "echosynth.classify.models") and allowed("echosynth.evaluate.fidelity", "echosynth.gen.diffusion.loop")
+    assert not allowed("echosynth.reports.build", "echosynth.gen.diffusion.loop") and allowed("echosynth.reports.build", "echosynth.gen.core.io")
     assert layer("echosynth.gen.train") == "diffusion" and layer("echosynth.cli") == "command"
     assert not allowed("echosynth.pipelines.study", "echosynth.cli")
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
@@ -274,11 +274,11 @@ def local_import_problems() -> tuple[list[str], set[tuple[str, str]]]:
 def test_module_level_loads():
     """The reader finds torch behind repository imports, and which modules run before a script parses."""
     loads, runs = module_level_loads()
-    assert "torch" in loads["echosynth.gen.diffusion.trainer"] and "torch" in loads["echosynth.evaluate.scoring"]  # directly; via echosynth.gen.diffusion.synthesis
+    assert "torch" in loads["echosynth.gen.diffusion.loop"] and "torch" in loads["echosynth.evaluate.scoring"]  # directly; via echosynth.gen.diffusion.synthesis
     assert "pandas" in loads["echosynth.gen.data.manifest"] and "torch" not in loads["echosynth.gen.data.manifest"]
     assert loads["echosynth.gen.core.config"] == set() and loads["echosynth.gen.train"] == set()
     assert {"echosynth.gen", "echosynth.gen.core.config", "echosynth.gen.diffusion.settings", "echosynth.gen.core.io"} <= runs["echosynth.gen.train"]
-    assert "echosynth.gen.diffusion.trainer" not in runs["echosynth.gen.train"]  # imported after parsing
+    assert "echosynth.gen.diffusion.loop" not in runs["echosynth.gen.train"]  # imported after parsing
     assert _heavy("safetensors.torch") == "torch" and _heavy("safetensors") is None
     assert _heavy("matplotlib.pyplot") == "matplotlib" and _heavy("scipyx") is None
 

@@ -16,8 +16,8 @@ from echosynth.gen.core.checkpoint import (
 from echosynth.gen.core.config import ConfigError, to_dict
 from echosynth.gen.core.io import write_json
 from echosynth.gen.diffusion.ema import EMA, ema_decay_at
+from echosynth.gen.diffusion.loop import DiffusionConfig, TrainConfig
 from echosynth.gen.diffusion.trained import load_run
-from echosynth.gen.diffusion.trainer import DiffusionConfig, TrainConfig
 from echosynth.gen.diffusion.unet import PRESETS, ClassUNet, ModelConfig, preset_table
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

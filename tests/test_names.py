@@ -39,3 +39,23 @@ def test_known_duplicates_are_still_duplicates():
     classes = public_classes()
     gone = [n for n in KNOWN_DUPLICATES if len(classes.get(n, [])) < 2]
     assert not gone, f"no longer duplicated, delete from KNOWN_DUPLICATES: {gone}"
+
+
+def _stem(name: str) -> str:
+    """A module name without the endings that make near-twins (train/training/trainer, config/configs)."""
+    for end in ("ing", "er", "s"):
+        if name.endswith(end) and len(name) - len(end) >= 4:
+            return name[: -len(end)]
+    return name
+
+
+def test_no_two_modules_of_a_folder_are_near_twins():
+    """train.py beside training.py, or config.py beside configs.py, leaves a reader guessing which is which."""
+    assert _stem("training") == _stem("train") == _stem("trainer") and _stem("configs") == _stem("config")
+    twins = []
+    for folder in sorted({p.parent for pkg in PACKAGES for p in (REPO / pkg).rglob("*.py")}):
+        stems = defaultdict(list)
+        for path in sorted(folder.glob("*.py")):
+            stems[_stem(path.stem)].append(path.name)
+        twins += [f"{folder.relative_to(REPO)}: {', '.join(names)}" for names in stems.values() if len(names) > 1]
+    assert not twins, "near-twin module names (rename one so that the names say what differs): " + "; ".join(twins)

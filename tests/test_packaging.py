@@ -80,3 +80,13 @@ def test_echosynth_command_is_the_script(tmp_path):
                    "--size", "32"], tmp_path)
     assert again.returncode == direct.returncode != 0  # a second run refuses to overwrite, both ways
     assert "--overwrite" in again.stderr and "--overwrite" in direct.stderr
+
+
+def test_documented_script_paths_work_from_any_directory(tmp_path):
+    """`accelerate launch gen/train.py` and `python pipelines/study.py` by path, from another directory."""
+    proc = _run([str(BIN / "accelerate"), "launch", "--num_processes", "1", str(REPO / "gen" / "train.py"), "--help"],
+                tmp_path)
+    assert proc.returncode == 0 and "improved DDPM" in proc.stdout, proc.stderr
+    proc = _run([sys.executable, str(REPO / "pipelines" / "study.py"), "--config",
+                 str(REPO / "configs" / "study" / "tiny.yaml"), "--out", str(tmp_path / "s"), "--dry-run"], tmp_path)
+    assert proc.returncode == 0 and "ddpm-n60" in proc.stdout, proc.stderr  # the preset paths resolve from the repo

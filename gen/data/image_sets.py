@@ -337,3 +337,12 @@ def write_sample_dir(out: str | os.PathLike, s: ImageSet, source_index: np.ndarr
                        "meta_source_index": src})
     write_manifest(df, out / "manifest.csv")
     return out
+
+
+def check_same_size(**sets: ImageSet) -> int:
+    """The common image size of named sets, or a ValueError that says which differ and what to do."""
+    sizes = {k: s.size for k, s in sets.items() if s is not None}
+    if len(set(sizes.values())) > 1:
+        listing = ", ".join(f"{k} {v}×{v}" for k, v in sizes.items())
+        raise ValueError(f"image sizes differ ({listing}); pass --size N to resize every set to one size")
+    return next(iter(sizes.values()))

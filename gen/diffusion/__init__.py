@@ -1,2 +1,2 @@
 """The diffusion layer: the Gaussian diffusion maths (process), the UNet (unet, presets), training
-(trainer, ema, timestep_sampler), loading a trained run (trained) and sampling from it (synthesis)."""
+(loop, ema, timestep_sampler), loading a trained run (trained) and sampling from it (synthesis)."""

@@ -1,6 +1,6 @@
 """The configs of gen/train.py and gen/sample.py: torch-free, so `--help` and config errors answer in about a second.
 
-echosynth.gen.diffusion.trainer and echosynth.gen.diffusion.synthesis re-export them; the scripts import torch only after parsing.
+echosynth.gen.diffusion.loop and echosynth.gen.diffusion.synthesis re-export them; the scripts import torch only after parsing.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 TIMESTEP_SAMPLERS = ("uniform", "loss-aware")
-STREAM = 13  # the per-sample seed's last part: independent of the noise/timestep stream of echosynth.gen.diffusion.trainer
+STREAM = 13  # the per-sample seed's last part: independent of the noise/timestep stream of echosynth.gen.diffusion.loop
 
 
 def inverse_cdf(probs: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -92,7 +92,7 @@ class LossSecondMomentSampler:
 
 
 def build_timestep_sampler(kind: str, num_timesteps: int) -> LossSecondMomentSampler | None:
-    """None for `uniform` (echosynth.gen.diffusion.trainer's own per-sample draw), the loss-aware sampler otherwise."""
+    """None for `uniform` (echosynth.gen.diffusion.loop's own per-sample draw), the loss-aware sampler otherwise."""
     if kind not in TIMESTEP_SAMPLERS:
         raise ValueError(f"unknown timestep sampler {kind!r}; choose one of {', '.join(TIMESTEP_SAMPLERS)}")
     return LossSecondMomentSampler(num_timesteps) if kind == "loss-aware" else None
