@@ -27,14 +27,25 @@ def _sampling_steps(stage: Stage) -> int:
     return 0
 
 
+# diffusers' multistep solvers space steps + 1 points over 0…T−1 (echosynth.gen.diffusion.synthesis.check_timesteps):
+# with linspace or leading spacing, T steps repeat a timestep
+MULTISTEP = ("dpm++2m", "dpm++2m-sde", "unipc")
+
+
 def _too_long(stage: Stage, by_name: dict[str, Stage]) -> str:
-    """A message when the stage samples more steps than its DDPM's diffusion has ('' when fine)."""
+    """A message when the stage samples more steps than its DDPM's diffusion allows ('' when fine)."""
     steps = _sampling_steps(stage)
+    multistep = getattr(stage.settings, "sampler", "") in MULTISTEP and getattr(stage.settings, "spacing", "") != "trailing"
     for d in stage.deps if steps else []:
         up = by_name[d]
-        if up.section == "ddpm.train" and steps > up.settings.diffusion.num_timesteps:
-            return (f"{steps} sampling steps exceed diffusion.num_timesteps {up.settings.diffusion.num_timesteps} "
+        T = up.settings.diffusion.num_timesteps if up.section == "ddpm.train" else 0
+        if T and steps > T:
+            return (f"{steps} sampling steps exceed diffusion.num_timesteps {T} "
                     f"of the DDPM it samples ({d}); lower the study's {stage.section}.sampling_steps")
+        if T and multistep and steps >= T:
+            return (f"{steps} sampling steps of {stage.settings.sampler} with {stage.settings.spacing} spacing repeat a "
+                    f"timestep of the DDPM it samples ({d}, diffusion.num_timesteps {T}); lower the study's "
+                    f"{stage.section}.sampling_steps to at most {T - 1}, or set {stage.section}.spacing: trailing")
     return ""
 
 

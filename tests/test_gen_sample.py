@@ -278,3 +278,30 @@ def test_unipc_first_step_is_the_first_order_update():
     a_t, s_t, l_t = _vp(ts[1])
     x0 = (x - s_s * _toy_eps(x, ts[0])) / a_s
     np.testing.assert_allclose(got, (s_t / s_s) * x - a_t * np.expm1(-(l_t - l_s)) * x0, rtol=2e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("sampler", ["dpm++2m", "dpm++2m-sde", "unipc"])
+def test_multistep_solvers_refuse_a_chain_that_repeats_a_timestep(sampler):
+    """diffusers' multistep solvers space steps + 1 points over 0…T−1: with linspace and steps = T two steps
+    share a timestep (h = 0) and every image came out black. That chain is refused; T − 1 steps, or
+    trailing spacing, sample an oracle model back to x₀."""
+    from echosynth.gen.diffusion.process import Diffusion
+    from echosynth.gen.diffusion.trained import LoadedRun
+
+    d, S = Diffusion(100, "linear", True), 4
+    x0s = torch.linspace(-0.8, 0.8, 2 * S * S).view(2, 1, S, S)
+
+    class Oracle(torch.nn.Module):
+        null_class, in_channels = 2, 1
+
+        def forward(self, x, t, y):
+            ab = torch.as_tensor(d.alphas_cumprod, dtype=x.dtype)[t].view(-1, 1, 1, 1)
+            return torch.cat([(x - ab.sqrt() * x0s[y]) / (1 - ab).sqrt(), torch.zeros_like(x)], 1)
+
+    r = LoadedRun(Oracle(), d, ["a", "b"], S, None, 0, None, "ema")
+    with pytest.raises(ValueError, match="repeats timesteps at 100 sampling steps over T = 100: use at most 99"):
+        sample_images(r, [0, 1], [1, 2], steps=100, sampler=sampler)
+    want = ((x0s[:, 0] + 1) * 127.5).round().numpy()
+    for steps, spacing in ((99, "linspace"), (100, "trailing")):
+        got = sample_images(r, [0, 1], [1, 2], steps=steps, sampler=sampler, spacing=spacing)
+        assert np.abs(got - want).max() <= 1, (steps, spacing)

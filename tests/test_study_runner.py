@@ -339,6 +339,9 @@ def test_log_tail_leaves_out_the_launcher_traceback(tmp_path):
 @pytest.mark.parametrize("flags, stage, words", [
     (["--ddpm.sample.sampling_steps", "5000"], "sample-n200", ["5000 sampling steps exceed diffusion.num_timesteps 1000",
                                                       "ddpm.sample"]),
+    (["--ddpm.sample.sampling_steps", "1000", "--ddpm.sample.sampler", "dpm++2m-sde"], "sample-n200",
+     ["1000 sampling steps of dpm++2m-sde with linspace spacing repeat a timestep", "at most 999",
+      "ddpm.sample.spacing: trailing"]),
     (["--classify.archs", "inception_v3", "--classify.train.image_size", "40"], "clf-real-n200-inception_v3",
      ["classify.train: image_size 40 is too small for inception_v3"]),
 ])

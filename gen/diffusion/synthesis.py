@@ -71,6 +71,19 @@ def guided_output(model, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor,
     return torch.cat([eps, cond[:, C:]], dim=1)
 
 
+def check_timesteps(diffusion, sampler: str, spacing: str, steps: int) -> None:
+    """Refuse a chain that visits a timestep twice: diffusers' multistep solvers space `steps + 1` points
+    over 0…T−1 and drop the last, so with `linspace` and steps ≥ T two steps share a timestep, the
+    step size h is 0 and the solver's update divides by it (every image comes out black)."""
+    sched = make_noise_scheduler(diffusion, sampler, spacing)
+    sched.set_timesteps(steps)
+    ts = sched.timesteps.tolist()
+    if len(set(ts)) < len(ts):
+        raise ValueError(f"sampler {sampler} with {spacing} spacing repeats timesteps at {steps} sampling steps over "
+                         f"T = {diffusion.num_timesteps}: use at most {diffusion.num_timesteps - 1} sampling steps, "
+                         "or --spacing trailing")
+
+
 @torch.no_grad()
 def sample_images(loaded_run, labels, seeds, steps: int = 100, sampler: str = "ddpm", guidance: float = 1.0,
                   batch_size: int = 64, device: str | torch.device = "cpu", eta: float = 0.0,
@@ -91,6 +104,7 @@ def sample_images(loaded_run, labels, seeds, steps: int = 100, sampler: str = "d
     model, diffusion = loaded_run.model, loaded_run.diffusion
     if guidance != 1.0 and not getattr(loaded_run.config, "cfg_dropout", 0.0):
         raise ValueError(f"{loaded_run.run_dir}: guidance {guidance} needs a model trained with cfg_dropout > 0")
+    check_timesteps(diffusion, sampler, spacing, steps)
     device = torch.device(device)
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # denormals slow CPU convolutions many-fold
