@@ -155,13 +155,12 @@ def test_one_and_two_processes_give_identical_sets(tmp_path, run_dir, sampler, p
     shutil.rmtree(outs[2])
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm++2m", "dpm++2m-sde", "unipc"])
-def test_an_oracle_model_is_sampled_back_exactly(sampler):
-    """A model that knows each class's x₀ (ε̂ = (x_t − √ᾱ_t x₀)/√(1−ᾱ_t)) must yield x₀ with every sampler."""
+def _oracle(T: int, S: int):
+    """(a loaded run whose model knows each class's x₀, ε̂ = (x_t − √ᾱ_t x₀)/√(1−ᾱ_t), over T steps; the uint8 x₀ images)."""
     from echosynth.gen.diffusion.process import Diffusion
     from echosynth.gen.diffusion.trained import LoadedRun
 
-    d, S = Diffusion(1000, "linear", True), 8
+    d = Diffusion(T, "linear", True)
     x0s = torch.linspace(-0.8, 0.8, 2 * S * S).view(2, 1, S, S)
 
     class Oracle(torch.nn.Module):
@@ -172,8 +171,13 @@ def test_an_oracle_model_is_sampled_back_exactly(sampler):
             eps = (x - ab.sqrt() * x0s[y]) / (1 - ab).sqrt()
             return torch.cat([eps, torch.zeros_like(eps)], 1)
 
-    r = LoadedRun(Oracle(), d, ["a", "b"], S, None, 0, None, "ema")
-    want = ((x0s[:, 0] + 1) * 127.5).round().numpy()
+    return LoadedRun(Oracle(), d, ["a", "b"], S, None, 0, None, "ema"), ((x0s[:, 0] + 1) * 127.5).round().numpy()
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm++2m", "dpm++2m-sde", "unipc"])
+def test_an_oracle_model_is_sampled_back_exactly(sampler):
+    """A model that knows each class's x₀ must yield x₀ with every sampler."""
+    r, want = _oracle(1000, 8)
     for steps in (10, 50):
         got = sample_images(r, [0, 1], [1, 2], steps=steps, sampler=sampler)
         # the ODE solvers reach x₀ through float32 sums of a few terms: a level may round the other way
@@ -285,23 +289,9 @@ def test_multistep_solvers_refuse_a_chain_that_repeats_a_timestep(sampler):
     """diffusers' multistep solvers space steps + 1 points over 0…T−1: with linspace and steps = T two steps
     share a timestep (h = 0) and every image came out black. That chain is refused; T − 1 steps, or
     trailing spacing, sample an oracle model back to x₀."""
-    from echosynth.gen.diffusion.process import Diffusion
-    from echosynth.gen.diffusion.trained import LoadedRun
-
-    d, S = Diffusion(100, "linear", True), 4
-    x0s = torch.linspace(-0.8, 0.8, 2 * S * S).view(2, 1, S, S)
-
-    class Oracle(torch.nn.Module):
-        null_class, in_channels = 2, 1
-
-        def forward(self, x, t, y):
-            ab = torch.as_tensor(d.alphas_cumprod, dtype=x.dtype)[t].view(-1, 1, 1, 1)
-            return torch.cat([(x - ab.sqrt() * x0s[y]) / (1 - ab).sqrt(), torch.zeros_like(x)], 1)
-
-    r = LoadedRun(Oracle(), d, ["a", "b"], S, None, 0, None, "ema")
+    r, want = _oracle(100, 4)
     with pytest.raises(ValueError, match="repeats timesteps at 100 sampling steps over T = 100: use at most 99"):
         sample_images(r, [0, 1], [1, 2], steps=100, sampler=sampler)
-    want = ((x0s[:, 0] + 1) * 127.5).round().numpy()
     for steps, spacing in ((99, "linspace"), (100, "trailing")):
         got = sample_images(r, [0, 1], [1, 2], steps=steps, sampler=sampler, spacing=spacing)
         assert np.abs(got - want).max() <= 1, (steps, spacing)
