@@ -8,8 +8,8 @@ WORK is benchmarks/quick_convergence.py's working directory: the quick study's p
 and runs/ with the quick generator trained in fp32 and in bf16 side by side (checkpoints every 250 steps,
 benchmarks/quick_precision.py). Each arm NAME=RUN:PRECISION:SAMPLER:EVALS walks the run's checkpoints in
 order; at each it samples the demo's set (`--per_class` per class, seeds as gen/sample.py's) with its
-sampler and precision, scores it as the gate does (evaluate.gate.GateConfig's defaults: above-chance ratio,
-FID in the judge's echo features over the real-vs-real floor, outside-sector mean) and stops at the first
+sampler and precision, scores it with the report's gate (evaluate.gate.gate_verdict, default thresholds: above-chance
+ratio, FID in the judge's echo features over the real-vs-real floor, outside-sector mean) and stops at the first
 checkpoint that passes. Training seconds to that step are read from the run's stats.jsonl (wall time);
 the sampling seconds of the final set are measured here in `--rounds` interleaved rounds (median).
 Writes benchmarks/results/time_to_gate.json.
@@ -72,14 +72,17 @@ def train_seconds(run: Path) -> dict[int, float]:
     return {r["step"]: r["time"] - start for r in rows}
 
 
-def passes(score: dict, real_outside: float) -> dict:
-    from echosynth.evaluate.gate import GateConfig
+def gate(score: dict, c: dict, real_outside: float) -> dict:
+    """The report's verdict (evaluate.gate.gate_verdict, default thresholds) on a scored set, handed the
+    fields of a fidelity.json: the judge's ratio, the echo FID at the floor's n and the floor, the sector means."""
+    from echosynth.evaluate.gate import gate_verdict
 
-    g = GateConfig()
-    checks = {"ratio": score["ratio"] is not None and score["ratio"] >= g.min_class_ratio,
-              "fid": score["fid_over_floor"] <= g.max_fid_over_floor,
-              "sector": score["outside_mean"] <= g.outside_factor * real_outside + g.outside_margin}
-    return {"passes": all(checks.values()), **{f"ok_{k}": v for k, v in checks.items()}}
+    fid_json = {"class_fidelity": {"ratio": score["ratio"]},
+                "metrics": {"echo": {"overall": {"fake_at_floor_n": {"fid": score["fid_over_floor"] * c["floor"]},
+                                                 "floor": {"fid": c["floor"]}, "n_floor": c["m"]}}},
+                "sector_fidelity": {"outside_mean_fake": score["outside_mean"], "outside_mean_real": real_outside}}
+    verdict = gate_verdict(fid_json)
+    return {"passes": verdict["status"] == "pass", "gate_failed": verdict["failed"]}
 
 
 def sample(arm: Arm, step: int, labels, seeds, batch_size: int) -> tuple[np.ndarray, float]:
@@ -100,7 +103,7 @@ def first_passing(arm: Arm, c: dict, labels, seeds, views, real_outside: float, 
         imgs, secs = sample(arm, step, labels, seeds, batch_size)
         s = _score(c, imgs, views)
         row = {"step": step, "sample_seconds": secs, **{k: v for k, v in s.items() if not k.startswith("_")},
-               **passes(s, real_outside)}
+               **gate(s, c, real_outside)}
         rows.append(row)
         print(f"{arm.name:10s} step {step:5d}: ratio {s['ratio']:.2f}, FID/floor {s['fid_over_floor']:.2f}, "
               f"outside {s['outside_mean']:.2f}/255 -> {'pass' if row['passes'] else 'fail'}", flush=True)
