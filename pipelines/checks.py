@@ -11,6 +11,7 @@ naming the stage and the study section, instead of an hour into the study.
 from __future__ import annotations
 
 from echosynth.gen.core.config import ConfigError, check
+from echosynth.gen.diffusion.settings import MULTISTEP_SAMPLERS
 from echosynth.pipelines.stages import Stage
 
 
@@ -27,15 +28,11 @@ def _sampling_steps(stage: Stage) -> int:
     return 0
 
 
-# diffusers' multistep solvers space steps + 1 points over 0…T−1 (echosynth.gen.diffusion.synthesis.check_timesteps):
-# with linspace or leading spacing, T steps repeat a timestep
-MULTISTEP = ("dpm++2m", "dpm++2m-sde", "unipc")
-
-
 def _too_long(stage: Stage, by_name: dict[str, Stage]) -> str:
     """A message when the stage samples more steps than its DDPM's diffusion allows ('' when fine)."""
     steps = _sampling_steps(stage)
-    multistep = getattr(stage.settings, "sampler", "") in MULTISTEP and getattr(stage.settings, "spacing", "") != "trailing"
+    multistep = (getattr(stage.settings, "sampler", "") in MULTISTEP_SAMPLERS
+                 and getattr(stage.settings, "spacing", "") != "trailing")
     for d in stage.deps if steps else []:
         up = by_name[d]
         T = up.settings.diffusion.num_timesteps if up.section == "ddpm.train" else 0

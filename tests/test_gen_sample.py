@@ -284,6 +284,23 @@ def test_unipc_first_step_is_the_first_order_update():
     np.testing.assert_allclose(got, (s_t / s_s) * x - a_t * np.expm1(-(l_t - l_s)) * x0, rtol=2e-4, atol=2e-5)
 
 
+def test_multistep_samplers_are_the_ones_that_repeat_a_timestep():
+    """settings.MULTISTEP_SAMPLERS (what a study's torch-free pre-run check uses) is exactly the set of
+    samplers whose diffusers scheduler repeats a timestep at T linspace steps."""
+    from echosynth.gen.diffusion.process import Diffusion
+    from echosynth.gen.diffusion.settings import MULTISTEP_SAMPLERS, SAMPLERS
+    from echosynth.gen.diffusion.synthesis import check_timesteps
+
+    def refused(sampler: str) -> bool:
+        try:
+            check_timesteps(Diffusion(100, "linear", True), sampler, "linspace", 100)
+        except ValueError:
+            return True
+        return False
+
+    assert {s for s in SAMPLERS if refused(s)} == set(MULTISTEP_SAMPLERS)
+
+
 @pytest.mark.parametrize("sampler", ["dpm++2m", "dpm++2m-sde", "unipc"])
 def test_multistep_solvers_refuse_a_chain_that_repeats_a_timestep(sampler):
     """diffusers' multistep solvers space steps + 1 points over 0…T−1: with linspace and steps = T two steps

@@ -17,6 +17,10 @@ from echosynth.gen.diffusion.timestep_sampler import TIMESTEP_SAMPLERS
 # (tests/test_config.py checks they agree).
 SCHEDULES = ("linear", "cosine")
 SAMPLERS = ("ddpm", "ddim", "dpm++2m", "dpm++2m-sde", "unipc")
+# diffusers' multistep solvers space steps + 1 points over 0…T−1, so with linspace or leading spacing a
+# chain of T steps repeats a timestep (echosynth.gen.diffusion.synthesis.check_timesteps refuses it;
+# tests/test_gen_sample.py checks this list against it)
+MULTISTEP_SAMPLERS = ("dpm++2m", "dpm++2m-sde", "unipc")
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 PRECISION_HELP = "auto = bf16 on CUDA with bf16 and on CPUs with AMX/AVX512-BF16, fp32 elsewhere; an accelerate launch flag wins over auto"
 COMPILE_CHOICES = ("auto", True, False)
