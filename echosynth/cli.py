@@ -14,7 +14,6 @@ scripts stay runnable by path. `echosynth train` runs one process; for several u
 from __future__ import annotations
 
 import ast
-import os
 import runpy
 import subprocess
 import sys
@@ -91,7 +90,7 @@ def survey(args: list[str]) -> int:
     action, rest = args[0], args[1:]
     if action == "app":
         cmd = [sys.executable, "-m", "streamlit", "run", str(module_file(SURVEY["app"])), *rest]
-        return subprocess.call(cmd, env=os.environ.copy())
+        return subprocess.call(cmd)
     return run_module(SURVEY[action], rest)
 
 
